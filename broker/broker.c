@@ -1,0 +1,326 @@
+/*
+ * broker: socket loop, message dispatch to the registry, the registry's
+ * sink (how its decisions become frames), and the built-in services.
+ */
+#include "broker.h"
+
+#include <czmq.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "clock/clock.h"
+#include "log/log.h"
+
+enum {
+    broker_hwm = 100000,
+    broker_batch_max = 1024, /* messages handled between timer checks */
+    logged_peers_max = 1024, /* peers remembered for log-once */
+    broker_linger_ms = 1000, /* flush time for the last answers on exit */
+};
+
+struct broker {
+    broker_config_t config;
+    char endpoint[256];
+    void *zmq_ctx;
+    void *socket;
+    registry_t *registry;
+    atomic_int stopping;
+    int64_t started_at;
+    uint64_t frames_malformed;
+    uint64_t commands_unknown;
+    uint64_t messages_oversized;
+    zhashx_t *logged_peers; /* identity hex -> 1: peers already logged */
+};
+
+/* ---- the registry's sink: decisions become frames --------------------- */
+
+static int sink_send_request(void *ctx, const worker_t *w, pending_t *p, uint32_t deadline_ms)
+{
+    broker_t *self = ctx;
+    Paygate__V1__CallMeta meta = PAYGATE__V1__CALL_META__INIT;
+    if (p->header->meta != NULL)
+        meta = *p->header->meta;
+    meta.deadline_ms = deadline_ms;
+    Paygate__V1__Header header = PAYGATE__V1__HEADER__INIT;
+    header.command = PAYGATE__V1__COMMAND__REQUEST;
+    header.correlation_id = p->broker_correlation;
+    header.service = p->header->service;
+    header.method = p->header->method;
+    header.meta = &meta;
+    return wire_send(self->socket, w->identity, w->identity_len, &header,
+                     p->has_body ? &p->body : NULL, ZMQ_DONTWAIT);
+}
+
+static int sink_send_reply(void *ctx, const uint8_t *client, size_t client_len,
+                           uint64_t correlation, const Paygate__V1__Status *status, zmq_msg_t *body)
+{
+    broker_t *self = ctx;
+    Paygate__V1__Header header = PAYGATE__V1__HEADER__INIT;
+    header.command = PAYGATE__V1__COMMAND__REPLY;
+    header.correlation_id = correlation;
+    header.status = (Paygate__V1__Status *)status;
+    return wire_send(self->socket, client, client_len, &header, body, ZMQ_DONTWAIT);
+}
+
+static int sink_send_command(void *ctx, const uint8_t *identity, size_t identity_len,
+                             Paygate__V1__Command command, const Paygate__V1__Status *status)
+{
+    broker_t *self = ctx;
+    Paygate__V1__Header header = PAYGATE__V1__HEADER__INIT;
+    header.command = command;
+    header.status = (Paygate__V1__Status *)status;
+    return wire_send(self->socket, identity, identity_len, &header, NULL, ZMQ_DONTWAIT);
+}
+
+/* ---- life cycle ------------------------------------------------------ */
+
+broker_t *broker_new(const broker_config_t *config)
+{
+    broker_t *self = calloc(1, sizeof *self);
+    if (self == NULL)
+        return NULL;
+    self->config = *config;
+    snprintf(self->endpoint, sizeof self->endpoint, "%s", config->endpoint);
+    self->config.endpoint = self->endpoint;
+    self->started_at = clock_now_ms();
+    self->logged_peers = zhashx_new();
+    registry_sink_t sink = {.ctx = self,
+                            .send_request = sink_send_request,
+                            .send_reply = sink_send_reply,
+                            .send_command = sink_send_command};
+    self->registry = registry_new(&config->registry, &sink);
+    self->zmq_ctx = zmq_ctx_new();
+    self->socket = self->zmq_ctx ? zmq_socket(self->zmq_ctx, ZMQ_ROUTER) : NULL;
+    if (self->registry == NULL || self->socket == NULL || self->logged_peers == NULL) {
+        log_error("broker: out of memory or ZeroMQ failure at start-up");
+        broker_destroy(&self);
+        return NULL;
+    }
+    int one = 1, zero = 0, hwm = broker_hwm;
+    /* Slightly above our own limit so that we see (and answer) oversized
+     * requests; libzmq drops peers that go far beyond. */
+    int64_t maxmsg = (int64_t)config->message_bytes_max + wire_header_bytes_max + 64;
+    zmq_setsockopt(self->socket, ZMQ_ROUTER_MANDATORY, &one, sizeof one);
+    zmq_setsockopt(self->socket, ZMQ_LINGER, &zero, sizeof zero);
+    zmq_setsockopt(self->socket, ZMQ_SNDHWM, &hwm, sizeof hwm);
+    zmq_setsockopt(self->socket, ZMQ_RCVHWM, &hwm, sizeof hwm);
+    zmq_setsockopt(self->socket, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg);
+    if (zmq_bind(self->socket, self->endpoint) != 0) {
+        log_error("broker: cannot bind %s: %s", self->endpoint, zmq_strerror(errno));
+        broker_destroy(&self);
+        return NULL;
+    }
+    return self;
+}
+
+void broker_destroy(broker_t **self_p)
+{
+    broker_t *self = *self_p;
+    if (self == NULL)
+        return;
+    registry_destroy(&self->registry);
+    if (self->socket != NULL) {
+        /* Give the answers sent at shutdown a moment to leave. */
+        int linger = broker_linger_ms;
+        zmq_setsockopt(self->socket, ZMQ_LINGER, &linger, sizeof linger);
+        zmq_close(self->socket);
+    }
+    if (self->zmq_ctx != NULL)
+        zmq_ctx_term(self->zmq_ctx);
+    zhashx_destroy(&self->logged_peers);
+    free(self);
+    *self_p = NULL;
+}
+
+void broker_stop(broker_t *self)
+{
+    atomic_store(&self->stopping, 1);
+}
+
+/* ---- bad input ------------------------------------------------------- */
+
+/* Logs a problem with a peer's message the first time that peer has one;
+ * later problems of that peer are only counted. */
+static void broker_log_bad_peer(broker_t *self, const wire_message_t *msg, const char *detail)
+{
+    char key[2 * wire_identity_bytes_max + 1];
+    static const char hex[] = "0123456789abcdef";
+    for (size_t i = 0; i < msg->identity_len; i++) {
+        key[2 * i] = hex[msg->identity[i] >> 4];
+        key[2 * i + 1] = hex[msg->identity[i] & 15];
+    }
+    key[2 * msg->identity_len] = '\0';
+    if (zhashx_lookup(self->logged_peers, key) != NULL)
+        return;
+    if (zhashx_size(self->logged_peers) >= logged_peers_max) {
+        log_warn("broker: %d peers sent bad messages; forgetting them, logging anew",
+                 logged_peers_max);
+        zhashx_purge(self->logged_peers);
+    }
+    zhashx_insert(self->logged_peers, key, (void *)1);
+    log_warn("broker: bad message from peer %s (%zu bytes): %s (further ones only counted)", key,
+             msg->bytes, detail);
+}
+
+/* Counts and logs a message that failed decoding; answers it when it is
+ * a request whose correlation id we could read. */
+static void broker_reject(broker_t *self, wire_message_t *msg, int error, const char *detail)
+{
+    switch (error) {
+    case WIRE_ERR_TOO_BIG:
+        self->messages_oversized++;
+        break;
+    case WIRE_ERR_COMMAND:
+        self->commands_unknown++;
+        break;
+    default:
+        self->frames_malformed++;
+        break;
+    }
+    broker_log_bad_peer(self, msg, detail);
+    if (msg->header == NULL || msg->header->command != PAYGATE__V1__COMMAND__REQUEST)
+        return;
+    Paygate__V1__Status status = PAYGATE__V1__STATUS__INIT;
+    char text[256];
+    if (error == WIRE_ERR_TOO_BIG) {
+        status.code = PAYGATE__V1__CODE__RESOURCE_EXHAUSTED;
+        status.reason = (char *)"message_too_big";
+        snprintf(text, sizeof text, "message of %zu bytes is over the broker's maximum of %zu",
+                 msg->bytes, self->config.message_bytes_max);
+    } else {
+        status.code = PAYGATE__V1__CODE__INVALID_ARGUMENT;
+        status.reason = (char *)"malformed_request";
+        snprintf(text, sizeof text, "%s", detail);
+    }
+    status.message = text;
+    sink_send_reply(self, msg->identity, msg->identity_len, msg->header->correlation_id, &status,
+                    NULL);
+}
+
+/* ---- built-in services ------------------------------------------------ */
+
+/* broker.services/List: the live services, instances and broker stats. */
+static void broker_list_services(broker_t *self, wire_message_t *msg, int64_t now)
+{
+    Paygate__V1__Status status = PAYGATE__V1__STATUS__INIT;
+    const Paygate__V1__Header *h = msg->header;
+    Paygate__V1__ListServicesRequest *request = paygate__v1__list_services_request__unpack(
+        NULL, msg->has_body ? zmq_msg_size(&msg->body) : 0,
+        msg->has_body ? zmq_msg_data(&msg->body) : (void *)"");
+    if (request == NULL) {
+        status.code = PAYGATE__V1__CODE__INVALID_ARGUMENT;
+        status.message = (char *)"body is not a valid paygate.v1.ListServicesRequest";
+        sink_send_reply(self, msg->identity, msg->identity_len, h->correlation_id, &status, NULL);
+        return;
+    }
+    Paygate__V1__ListServicesReply reply = PAYGATE__V1__LIST_SERVICES_REPLY__INIT;
+    void *memory = registry_list(self->registry, request->service, now, &reply);
+    paygate__v1__list_services_request__free_unpacked(request, NULL);
+    if (memory == NULL) {
+        status.code = PAYGATE__V1__CODE__INTERNAL;
+        status.message = (char *)"out of memory";
+        sink_send_reply(self, msg->identity, msg->identity_len, h->correlation_id, &status, NULL);
+        return;
+    }
+    reply.stats->frames_malformed = self->frames_malformed;
+    reply.stats->commands_unknown = self->commands_unknown;
+    reply.stats->messages_oversized = self->messages_oversized;
+    reply.stats->uptime_ms = (uint64_t)(now - self->started_at);
+    zmq_msg_t body;
+    zmq_msg_init_size(&body, paygate__v1__list_services_reply__get_packed_size(&reply));
+    paygate__v1__list_services_reply__pack(&reply, zmq_msg_data(&body));
+    registry_list_free(memory);
+    sink_send_reply(self, msg->identity, msg->identity_len, h->correlation_id, NULL, &body);
+    zmq_msg_close(&body);
+}
+
+/* A REQUEST for a broker.* service. */
+static void broker_builtin(broker_t *self, wire_message_t *msg, int64_t now)
+{
+    const Paygate__V1__Header *h = msg->header;
+    if (strcmp(h->service, "broker.services") == 0 && strcmp(h->method, "List") == 0) {
+        broker_list_services(self, msg, now);
+        return;
+    }
+    char text[192];
+    snprintf(text, sizeof text, "the broker has no %s.%s", h->service, h->method);
+    Paygate__V1__Status status = PAYGATE__V1__STATUS__INIT;
+    status.code = PAYGATE__V1__CODE__UNIMPLEMENTED;
+    status.message = text;
+    sink_send_reply(self, msg->identity, msg->identity_len, h->correlation_id, &status, NULL);
+}
+
+/* ---- the loop -------------------------------------------------------- */
+
+/* Routes one well-formed message. */
+static void broker_handle(broker_t *self, wire_message_t *msg, int64_t now)
+{
+    Paygate__V1__Header *h = msg->header;
+    switch (h->command) {
+    case PAYGATE__V1__COMMAND__READY:
+        registry_worker_ready(self->registry, msg->identity, msg->identity_len, h->ready, now);
+        break;
+    case PAYGATE__V1__COMMAND__HEARTBEAT:
+        registry_worker_heartbeat(self->registry, msg->identity, msg->identity_len, now);
+        break;
+    case PAYGATE__V1__COMMAND__DISCONNECT:
+        registry_worker_disconnect(self->registry, msg->identity, msg->identity_len, now);
+        break;
+    case PAYGATE__V1__COMMAND__REPLY:
+        registry_reply(self->registry, msg->identity, msg->identity_len, h,
+                       msg->has_body ? &msg->body : NULL, now);
+        break;
+    case PAYGATE__V1__COMMAND__REQUEST:
+        if (strncmp(h->service, "broker.", 7) == 0) {
+            broker_builtin(self, msg, now);
+            break;
+        }
+        msg->header = NULL; /* the registry owns it now */
+        registry_request(self->registry, msg->identity, msg->identity_len, h,
+                         msg->has_body ? &msg->body : NULL, now);
+        break;
+    default:
+        break; /* wire_decode admits only the commands above */
+    }
+}
+
+int broker_run(broker_t *self)
+{
+    log_info("broker: serving on %s", self->endpoint);
+    while (!atomic_load(&self->stopping)) {
+        int64_t now = clock_now_ms();
+        int64_t next = registry_tick(self->registry, now);
+        zmq_pollitem_t item = {.socket = self->socket, .events = ZMQ_POLLIN};
+        long timeout = (long)(next - now);
+        int ready = zmq_poll(&item, 1, timeout < 0 ? 0 : timeout);
+        if (ready < 0) {
+            if (errno == EINTR)
+                continue;
+            log_error("broker: poll failed: %s", zmq_strerror(errno));
+            break;
+        }
+        for (int i = 0; ready > 0 && i < broker_batch_max; i++) {
+            wire_message_t msg;
+            const char *detail = NULL;
+            int rc = wire_recv(self->socket, true, self->config.message_bytes_max, ZMQ_DONTWAIT,
+                               &msg, &detail);
+            if (rc < 0) {
+                wire_message_clear(&msg);
+                break; /* EAGAIN: drained; EINTR: back to the stop check */
+            }
+            now = clock_now_ms();
+            if (rc == WIRE_OK)
+                broker_handle(self, &msg, now);
+            else
+                broker_reject(self, &msg, rc, detail);
+            wire_message_clear(&msg);
+        }
+    }
+    log_info("broker: stopping; answering waiting requests");
+    registry_shutdown(self->registry, "broker is shutting down");
+    return 0;
+}

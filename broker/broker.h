@@ -1,0 +1,38 @@
+/*
+ * broker: the ROUTER socket, the loop around the registry, and the
+ * broker's own services (discovery).
+ *
+ * It owns one socket bound to the configured endpoint. Every message is
+ * decoded by lib/wire; bad ones are counted and logged once per peer and
+ * never stop the loop. Routing decisions are the registry's.
+ */
+#ifndef PAYGATE_BROKER_H
+#define PAYGATE_BROKER_H
+
+#include <stddef.h>
+
+#include "registry.h"
+
+typedef struct {
+    const char *endpoint;     /* where to bind, e.g. tcp://127.0.0.1:55555 */
+    size_t message_bytes_max; /* larger messages are refused */
+    registry_config_t registry;
+} broker_config_t;
+
+typedef struct broker broker_t;
+
+/* Binds a new broker. NULL, after logging why, when the endpoint cannot
+ * be bound. */
+broker_t *broker_new(const broker_config_t *config);
+
+/* Serves until broker_stop(); then answers whatever is still waiting with
+ * UNAVAILABLE. Returns 0. */
+int broker_run(broker_t *self);
+
+/* Asks a running broker to stop. Async-signal-safe. */
+void broker_stop(broker_t *self);
+
+/* Closes the socket, frees everything and sets '*self' to NULL. */
+void broker_destroy(broker_t **self);
+
+#endif

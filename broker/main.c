@@ -1,0 +1,114 @@
+/*
+ * paygate-broker: routes requests between clients and service workers
+ * over one ZeroMQ ROUTER endpoint; service discovery by heartbeat.
+ *
+ * The story: read the configuration (environment), bind, serve until
+ * SIGTERM/SIGINT, answer what is still waiting, exit.
+ */
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "broker.h"
+#include "config/config.h"
+#include "log/log.h"
+
+static broker_t *running_broker;
+
+static void on_stop_signal(int signo)
+{
+    (void)signo;
+    if (running_broker != NULL)
+        broker_stop(running_broker);
+}
+
+static void usage(void)
+{
+    fputs("usage: paygate-broker\n"
+          "Routes paygate RPCs between clients and services. Configured by environment:\n"
+          "  PAYGATE_BROKER_ENDPOINT             bind endpoint (tcp://127.0.0.1:55555)\n"
+          "  PAYGATE_BROKER_HEARTBEAT_MS         default worker heartbeat interval (1000)\n"
+          "  PAYGATE_BROKER_HEARTBEAT_LIVENESS   missed intervals before expiry (3)\n"
+          "  PAYGATE_BROKER_QUEUE_MAX            waiting requests per service (1000)\n"
+          "  PAYGATE_BROKER_UNAVAILABLE_GRACE_MS wait for a worker before UNAVAILABLE (2000)\n"
+          "  PAYGATE_BROKER_DEADLINE_DEFAULT_MS  deadline of requests without one (5000)\n"
+          "  PAYGATE_BROKER_DEADLINE_MAX_MS      longest deadline accepted (60000)\n"
+          "  PAYGATE_BROKER_MESSAGE_BYTES_MAX    largest message accepted (1048576)\n"
+          "  PAYGATE_BROKER_WORKERS_MAX          registered instances, all services (1024)\n"
+          "  PAYGATE_BROKER_SERVICES_MAX         distinct services (256)\n"
+          "  PAYGATE_BROKER_REQUESTS_MAX         waiting + in-flight requests (100000)\n"
+          "  PAYGATE_LOG_LEVEL                   debug, info, warn, error (info)\n",
+          stdout);
+}
+
+/* Reads every setting; false (after logging which) when one is invalid. */
+static bool broker_config_read(broker_config_t *config)
+{
+    registry_config_t *r = &config->registry;
+    *r = registry_config_default();
+    int64_t v[10], bytes_max;
+    bool ok =
+        config_str("PAYGATE_BROKER_ENDPOINT", "tcp://127.0.0.1:55555", 255, &config->endpoint);
+    ok &= config_int("PAYGATE_BROKER_HEARTBEAT_MS", r->heartbeat_interval_ms, 50, 60000, &v[0]);
+    ok &= config_int("PAYGATE_BROKER_HEARTBEAT_LIVENESS", r->heartbeat_liveness, 2, 20, &v[1]);
+    ok &= config_int("PAYGATE_BROKER_QUEUE_MAX", r->queue_max, 1, 1000000, &v[2]);
+    ok &=
+        config_int("PAYGATE_BROKER_UNAVAILABLE_GRACE_MS", r->unavailable_grace_ms, 0, 60000, &v[3]);
+    ok &=
+        config_int("PAYGATE_BROKER_DEADLINE_DEFAULT_MS", r->deadline_default_ms, 1, 3600000, &v[4]);
+    ok &= config_int("PAYGATE_BROKER_DEADLINE_MAX_MS", r->deadline_max_ms, 1, 3600000, &v[5]);
+    ok &= config_int("PAYGATE_BROKER_WORKERS_MAX", r->workers_max, 1, 100000, &v[6]);
+    ok &= config_int("PAYGATE_BROKER_SERVICES_MAX", r->services_max, 1, 10000, &v[7]);
+    ok &= config_int("PAYGATE_BROKER_REQUESTS_MAX", r->requests_max, 1, 10000000, &v[8]);
+    ok &= config_int("PAYGATE_BROKER_MESSAGE_BYTES_MAX", 1024 * 1024, 1024, 64 * 1024 * 1024,
+                     &bytes_max);
+    if (!ok)
+        return false;
+    r->heartbeat_interval_ms = (uint32_t)v[0];
+    r->heartbeat_liveness = (uint32_t)v[1];
+    r->queue_max = (uint32_t)v[2];
+    r->unavailable_grace_ms = (uint32_t)v[3];
+    r->deadline_default_ms = (uint32_t)v[4];
+    r->deadline_max_ms = (uint32_t)v[5];
+    r->workers_max = (uint32_t)v[6];
+    r->services_max = (uint32_t)v[7];
+    r->requests_max = (uint32_t)v[8];
+    config->message_bytes_max = (size_t)bytes_max;
+    if (r->deadline_default_ms > r->deadline_max_ms) {
+        fprintf(stderr, "config: PAYGATE_BROKER_DEADLINE_DEFAULT_MS is over "
+                        "PAYGATE_BROKER_DEADLINE_MAX_MS\n");
+        return false;
+    }
+    return true;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc > 1) {
+        usage();
+        return strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ? 0 : 2;
+    }
+    if (!log_init("broker"))
+        return 2;
+    broker_config_t config;
+    if (!broker_config_read(&config))
+        return 2;
+
+    broker_t *broker = broker_new(&config);
+    if (broker == NULL)
+        return 1;
+    running_broker = broker;
+    struct sigaction action;
+    memset(&action, 0, sizeof action);
+    action.sa_handler = on_stop_signal;
+    sigaction(SIGINT, &action, NULL);
+    sigaction(SIGTERM, &action, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    broker_run(broker);
+
+    running_broker = NULL;
+    broker_destroy(&broker);
+    log_info("broker: stopped");
+    return 0;
+}

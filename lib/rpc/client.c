@@ -1,0 +1,268 @@
+/*
+ * rpc client: one DEALER socket to the broker, requests matched to replies
+ * by correlation id.
+ *
+ * The client never waits forever: every call has a deadline, the broker
+ * answers DEADLINE_EXCEEDED itself when it passes, and the client gives up
+ * a little later (client_margin_ms) in case the broker is gone. Replies to
+ * calls that were given up on are recognised by their correlation id and
+ * dropped.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+
+#include "clock/clock.h"
+#include "log/log.h"
+#include "rpc.h"
+#include "wire/wire.h"
+
+enum {
+    client_margin_ms = 1000,
+    client_hwm = 10000,
+    client_reconnect_ivl_ms = 100,
+    client_reconnect_ivl_max_ms = 1000,
+    client_message_bytes_max = 16 * 1024 * 1024,
+};
+
+struct rpc_client {
+    void *zmq_ctx;
+    bool owns_ctx;
+    void *socket;
+    uint64_t next_correlation;
+    char endpoint[256];
+};
+
+rpc_client_t *rpc_client_new(void *zmq_ctx, const char *endpoint)
+{
+    rpc_client_t *self = calloc(1, sizeof *self);
+    if (self == NULL)
+        return NULL;
+    snprintf(self->endpoint, sizeof self->endpoint, "%s", endpoint);
+    self->zmq_ctx = zmq_ctx;
+    if (self->zmq_ctx == NULL) {
+        self->zmq_ctx = zmq_ctx_new();
+        self->owns_ctx = true;
+    }
+    self->socket = self->zmq_ctx ? zmq_socket(self->zmq_ctx, ZMQ_DEALER) : NULL;
+    if (self->socket == NULL) {
+        rpc_client_destroy(&self);
+        return NULL;
+    }
+    int zero = 0, one = 1, hwm = client_hwm;
+    int ivl = client_reconnect_ivl_ms, ivl_max = client_reconnect_ivl_max_ms;
+    zmq_setsockopt(self->socket, ZMQ_LINGER, &zero, sizeof zero);
+    zmq_setsockopt(self->socket, ZMQ_IMMEDIATE, &one, sizeof one);
+    zmq_setsockopt(self->socket, ZMQ_SNDHWM, &hwm, sizeof hwm);
+    zmq_setsockopt(self->socket, ZMQ_RCVHWM, &hwm, sizeof hwm);
+    zmq_setsockopt(self->socket, ZMQ_RECONNECT_IVL, &ivl, sizeof ivl);
+    zmq_setsockopt(self->socket, ZMQ_RECONNECT_IVL_MAX, &ivl_max, sizeof ivl_max);
+    if (zmq_connect(self->socket, endpoint) != 0) {
+        log_error("rpc client: cannot connect to '%s': %s", endpoint, zmq_strerror(errno));
+        rpc_client_destroy(&self);
+        return NULL;
+    }
+    if (getrandom(&self->next_correlation, sizeof self->next_correlation, 0) < 0)
+        self->next_correlation = (uint64_t)clock_now_us();
+    self->next_correlation >>= 1; /* keep far from wrapping */
+    return self;
+}
+
+void rpc_client_destroy(rpc_client_t **self)
+{
+    if (*self == NULL)
+        return;
+    if ((*self)->socket != NULL)
+        zmq_close((*self)->socket);
+    if ((*self)->owns_ctx && (*self)->zmq_ctx != NULL)
+        zmq_ctx_term((*self)->zmq_ctx);
+    free(*self);
+    *self = NULL;
+}
+
+/* Writes a fresh random tracing id ("req_" + 16 hex digits) to 'out'. */
+static void client_request_id(char out[32])
+{
+    uint64_t bits = 0;
+    if (getrandom(&bits, sizeof bits, 0) < 0)
+        bits = (uint64_t)clock_now_us();
+    snprintf(out, 32, "req_%016llx", (unsigned long long)bits);
+}
+
+int rpc_client_send(rpc_client_t *self, const char *service, const char *method, const void *body,
+                    size_t body_len, const rpc_call_opts_t *opts, uint64_t *correlation_id,
+                    rpc_status_t *status)
+{
+    rpc_call_opts_t defaults = {0};
+    if (opts == NULL)
+        opts = &defaults;
+    uint32_t deadline_ms = opts->deadline_ms ? opts->deadline_ms : rpc_deadline_default_ms;
+    char generated[32];
+    const char *request_id = opts->request_id;
+    if (request_id == NULL || *request_id == '\0') {
+        client_request_id(generated);
+        request_id = generated;
+    }
+
+    Paygate__V1__Caller caller = PAYGATE__V1__CALLER__INIT;
+    caller.user_id = (char *)(opts->user_id ? opts->user_id : "");
+    caller.principal = (char *)(opts->principal ? opts->principal : "");
+    Paygate__V1__CallMeta meta = PAYGATE__V1__CALL_META__INIT;
+    meta.request_id = (char *)request_id;
+    meta.deadline_ms = deadline_ms;
+    meta.caller = &caller;
+    Paygate__V1__Header header = PAYGATE__V1__HEADER__INIT;
+    header.command = PAYGATE__V1__COMMAND__REQUEST;
+    header.correlation_id = self->next_correlation++;
+    header.service = (char *)service;
+    header.method = (char *)method;
+    header.meta = &meta;
+
+    /* Wait (within the deadline) until the socket has a live connection:
+     * ZMQ_IMMEDIATE makes it unwritable while the broker is unreachable. */
+    zmq_pollitem_t item = {.socket = self->socket, .events = ZMQ_POLLOUT};
+    int ready = zmq_poll(&item, 1, (long)deadline_ms);
+    if (ready <= 0) {
+        rpc_status_set(status, PAYGATE__V1__CODE__UNAVAILABLE, "broker not reachable at %s",
+                       self->endpoint);
+        return -1;
+    }
+
+    zmq_msg_t frame;
+    zmq_msg_init_size(&frame, body_len);
+    if (body_len > 0)
+        memcpy(zmq_msg_data(&frame), body, body_len);
+    int rc = wire_send(self->socket, NULL, 0, &header, &frame, ZMQ_DONTWAIT);
+    zmq_msg_close(&frame);
+    if (rc != 0) {
+        rpc_status_set(status, PAYGATE__V1__CODE__UNAVAILABLE, "cannot send to broker: %s",
+                       zmq_strerror(errno));
+        return -1;
+    }
+    *correlation_id = header.correlation_id;
+    return 0;
+}
+
+int rpc_client_recv(rpc_client_t *self, int timeout_ms, uint64_t *correlation_id,
+                    zmq_msg_t *reply_body, rpc_status_t *status)
+{
+    int64_t until = clock_now_ms() + timeout_ms;
+    for (;;) {
+        int64_t left = until - clock_now_ms();
+        if (left < 0)
+            left = 0;
+        zmq_pollitem_t item = {.socket = self->socket, .events = ZMQ_POLLIN};
+        int ready = zmq_poll(&item, 1, (long)left);
+        if (ready < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        if (ready == 0)
+            return 0;
+        wire_message_t msg;
+        const char *detail = NULL;
+        int rc =
+            wire_recv(self->socket, false, client_message_bytes_max, ZMQ_DONTWAIT, &msg, &detail);
+        if (rc < 0) {
+            wire_message_clear(&msg);
+            if (errno == EAGAIN || errno == EINTR)
+                continue;
+            return -1;
+        }
+        if (rc != WIRE_OK || msg.header->command != PAYGATE__V1__COMMAND__REPLY) {
+            log_warn("rpc client: dropped a message from the broker: %s",
+                     rc != WIRE_OK ? detail : "not a REPLY");
+            wire_message_clear(&msg);
+            continue;
+        }
+        *correlation_id = msg.header->correlation_id;
+        rpc_status_from_wire(status, msg.header->status);
+        if (reply_body != NULL && status->code == PAYGATE__V1__CODE__OK) {
+            if (msg.has_body)
+                zmq_msg_move(reply_body, &msg.body);
+            else {
+                zmq_msg_close(reply_body);
+                zmq_msg_init(reply_body);
+            }
+        }
+        wire_message_clear(&msg);
+        return 1;
+    }
+}
+
+Paygate__V1__Code rpc_client_call_raw(rpc_client_t *self, const char *service, const char *method,
+                                      const void *body, size_t body_len,
+                                      const rpc_call_opts_t *opts, zmq_msg_t *reply_body,
+                                      rpc_status_t *status)
+{
+    rpc_status_t local;
+    if (status == NULL)
+        status = &local;
+    uint32_t deadline_ms =
+        opts && opts->deadline_ms ? opts->deadline_ms : (uint32_t)rpc_deadline_default_ms;
+    int64_t give_up_at = clock_now_ms() + deadline_ms + client_margin_ms;
+    uint64_t sent = 0;
+    if (rpc_client_send(self, service, method, body, body_len, opts, &sent, status) != 0)
+        return status->code;
+    for (;;) {
+        int64_t left = give_up_at - clock_now_ms();
+        if (left <= 0)
+            break;
+        uint64_t got = 0;
+        int rc = rpc_client_recv(self, (int)left, &got, reply_body, status);
+        if (rc < 0) {
+            rpc_status_set(status, PAYGATE__V1__CODE__UNAVAILABLE, "broker socket error: %s",
+                           zmq_strerror(errno));
+            return status->code;
+        }
+        if (rc == 0)
+            break;
+        if (got == sent)
+            return status->code;
+        /* a late reply to an earlier call that was given up on: drop it */
+    }
+    rpc_status_set(status, PAYGATE__V1__CODE__DEADLINE_EXCEEDED,
+                   "no reply from broker %s within %u ms", self->endpoint,
+                   (unsigned)(deadline_ms + client_margin_ms));
+    return status->code;
+}
+
+Paygate__V1__Code rpc_client_call(rpc_client_t *self, const char *service, const char *method,
+                                  const ProtobufCMessage *request,
+                                  const ProtobufCMessageDescriptor *reply_desc,
+                                  ProtobufCMessage **reply, const rpc_call_opts_t *opts,
+                                  rpc_status_t *status)
+{
+    rpc_status_t local;
+    if (status == NULL)
+        status = &local;
+    *reply = NULL;
+    size_t size = protobuf_c_message_get_packed_size(request);
+    uint8_t stack[1024];
+    uint8_t *buffer = size <= sizeof stack ? stack : malloc(size);
+    if (buffer == NULL) {
+        rpc_status_set(status, PAYGATE__V1__CODE__INTERNAL, "out of memory");
+        return status->code;
+    }
+    size_t packed = protobuf_c_message_pack(request, buffer);
+    zmq_msg_t body;
+    zmq_msg_init(&body);
+    Paygate__V1__Code code =
+        rpc_client_call_raw(self, service, method, buffer, packed, opts, &body, status);
+    if (buffer != stack)
+        free(buffer);
+    if (code == PAYGATE__V1__CODE__OK) {
+        *reply =
+            protobuf_c_message_unpack(reply_desc, NULL, zmq_msg_size(&body), zmq_msg_data(&body));
+        if (*reply == NULL) {
+            rpc_status_set(status, PAYGATE__V1__CODE__INTERNAL,
+                           "reply from %s.%s is not a valid %s", service, method, reply_desc->name);
+            code = status->code;
+        }
+    }
+    zmq_msg_close(&body);
+    return code;
+}

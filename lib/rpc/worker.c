@@ -1,0 +1,590 @@
+/*
+ * rpc worker: serving a service's methods to the broker.
+ *
+ * One thread per instance, each with its own DEALER socket, registration
+ * (READY) and heartbeats, so a process with N threads is N instances to
+ * the broker and uses N cores. The life of an instance:
+ *
+ *   connect -> READY -> serve REQUESTs, heartbeat while idle
+ *      ^                    |
+ *      |  broker silent for liveness x interval: close, back off
+ *      +--------------------+  (broker DISCONNECT "unknown worker": READY again)
+ *
+ *   stop -> DISCONNECT -> serve what is still in flight until the broker
+ *           answers DISCONNECT or drain_timeout_ms passes -> exit
+ *
+ * This module must never let a handler's failure take the process down:
+ * bad request bodies, unknown methods and passed deadlines are answered
+ * with a status without calling the handler.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "arena/arena.h"
+#include "clock/clock.h"
+#include "log/log.h"
+#include "rpc.h"
+#include "wire/wire.h"
+
+enum {
+    worker_poll_max_ms = 100,
+    worker_backoff_max_ms = 8000,
+    worker_arena_block_bytes = 64 * 1024,
+    worker_linger_ms = 500,
+};
+
+typedef struct worker_thread worker_thread_t;
+
+struct rpc_server {
+    rpc_server_config_t config;
+    char endpoint[256];
+    char service[wire_service_bytes_max + 1];
+    char instance_prefix[wire_instance_bytes_max + 1];
+    void *zmq_ctx;
+    atomic_int stopping;
+    atomic_int failed;
+    worker_thread_t *workers;
+};
+
+struct worker_thread {
+    rpc_server_t *server;
+    unsigned index;
+    pthread_t thread;
+    bool started;
+    char instance_id[wire_instance_bytes_max + 1];
+    void *socket;
+    void *state;
+    arena_t *arena;
+    int64_t last_recv_at;
+    int64_t last_send_at;
+    int64_t backoff_ms;
+    uint64_t served;
+};
+
+struct rpc_ctx {
+    worker_thread_t *worker;
+    const Paygate__V1__Header *header;
+    int64_t deadline_at;
+    Paygate__V1__Status status;
+    Paygate__V1__Status__DetailsEntry *details[rpc_details_max];
+};
+
+/* ---- configuration --------------------------------------------------- */
+
+rpc_server_t *rpc_server_new(const rpc_server_config_t *config)
+{
+    if (config->endpoint == NULL || config->service == NULL || config->methods == NULL ||
+        config->method_count == 0) {
+        log_error("rpc server: endpoint, service and at least one method are required");
+        return NULL;
+    }
+    if (!wire_service_name_valid(config->service) || strncmp(config->service, "broker.", 7) == 0) {
+        log_error("rpc server: invalid service name '%s' (1..64 of [a-z0-9_.-], not broker.*)",
+                  config->service);
+        return NULL;
+    }
+    for (size_t i = 0; i < config->method_count; i++) {
+        const rpc_method_t *m = &config->methods[i];
+        if (!wire_method_name_valid(m->name) || m->request_desc == NULL || m->reply_desc == NULL ||
+            m->handler == NULL) {
+            log_error("rpc server: method %zu ('%s') is incomplete or badly named", i,
+                      m->name ? m->name : "(null)");
+            return NULL;
+        }
+    }
+    rpc_server_t *self = calloc(1, sizeof *self);
+    if (self == NULL)
+        return NULL;
+    self->config = *config;
+    rpc_server_config_t *c = &self->config;
+    snprintf(self->endpoint, sizeof self->endpoint, "%s", config->endpoint);
+    snprintf(self->service, sizeof self->service, "%s", config->service);
+    c->endpoint = self->endpoint;
+    c->service = self->service;
+    if (c->threads == 0)
+        c->threads = 1;
+    if (c->heartbeat_interval_ms == 0)
+        c->heartbeat_interval_ms = 1000;
+    if (c->heartbeat_liveness == 0)
+        c->heartbeat_liveness = 3;
+    if (c->max_in_flight == 0)
+        c->max_in_flight = 4;
+    if (c->drain_timeout_ms == 0)
+        c->drain_timeout_ms = 5000;
+    if (c->message_bytes_max == 0)
+        c->message_bytes_max = 1024 * 1024;
+    if (config->instance != NULL && *config->instance != '\0') {
+        snprintf(self->instance_prefix, sizeof self->instance_prefix, "%s", config->instance);
+    } else {
+        char host[64] = "host";
+        gethostname(host, sizeof host - 1);
+        host[sizeof host - 1] = '\0';
+        snprintf(self->instance_prefix, sizeof self->instance_prefix, "%.64s-%.40s-%d",
+                 self->service, host, (int)getpid());
+    }
+    if (!wire_token_valid(self->instance_prefix, wire_instance_bytes_max - 8)) {
+        log_error("rpc server: invalid instance id prefix '%s'", self->instance_prefix);
+        free(self);
+        return NULL;
+    }
+    return self;
+}
+
+void rpc_server_destroy(rpc_server_t **self)
+{
+    if (*self == NULL)
+        return;
+    free((*self)->workers);
+    free(*self);
+    *self = NULL;
+}
+
+void rpc_server_stop(rpc_server_t *self)
+{
+    atomic_store(&self->stopping, 1);
+}
+
+static rpc_server_t *signal_server;
+
+static void rpc_on_signal(int signo)
+{
+    (void)signo;
+    if (signal_server != NULL)
+        rpc_server_stop(signal_server);
+}
+
+void rpc_server_stop_on_signals(rpc_server_t *server)
+{
+    signal_server = server;
+    struct sigaction action;
+    memset(&action, 0, sizeof action);
+    action.sa_handler = rpc_on_signal;
+    sigemptyset(&action.sa_mask);
+    sigaction(SIGINT, &action, NULL);
+    sigaction(SIGTERM, &action, NULL);
+    signal(SIGPIPE, SIG_IGN);
+}
+
+/* ---- the handler's view ---------------------------------------------- */
+
+Paygate__V1__Code rpc_ctx_fail(rpc_ctx_t *ctx, Paygate__V1__Code code, const char *reason,
+                               const char *fmt, ...)
+{
+    char text[rpc_message_bytes_max];
+    va_list args;
+    va_start(args, fmt);
+    vsnprintf(text, sizeof text, fmt, args);
+    va_end(args);
+    ctx->status.code = code;
+    ctx->status.message = rpc_ctx_strdup(ctx, text);
+    ctx->status.reason = rpc_ctx_strdup(ctx, reason ? reason : "");
+    if (ctx->status.message == NULL || ctx->status.reason == NULL) {
+        ctx->status.message = (char *)"out of memory";
+        ctx->status.reason = (char *)"";
+    }
+    return code;
+}
+
+void rpc_ctx_detail(rpc_ctx_t *ctx, const char *key, const char *value)
+{
+    if (ctx->status.n_details >= rpc_details_max)
+        return;
+    Paygate__V1__Status__DetailsEntry *entry = rpc_ctx_alloc(ctx, sizeof *entry);
+    if (entry == NULL)
+        return;
+    paygate__v1__status__details_entry__init(entry);
+    entry->key = rpc_ctx_strdup(ctx, key);
+    entry->value = rpc_ctx_strdup(ctx, value);
+    if (entry->key == NULL || entry->value == NULL)
+        return;
+    ctx->details[ctx->status.n_details++] = entry;
+    ctx->status.details = ctx->details;
+}
+
+static const char *meta_text(const char *text)
+{
+    return text != NULL ? text : "";
+}
+
+const char *rpc_ctx_request_id(const rpc_ctx_t *ctx)
+{
+    return ctx->header->meta ? meta_text(ctx->header->meta->request_id) : "";
+}
+
+const char *rpc_ctx_user_id(const rpc_ctx_t *ctx)
+{
+    const Paygate__V1__CallMeta *meta = ctx->header->meta;
+    return meta && meta->caller ? meta_text(meta->caller->user_id) : "";
+}
+
+const char *rpc_ctx_principal(const rpc_ctx_t *ctx)
+{
+    const Paygate__V1__CallMeta *meta = ctx->header->meta;
+    return meta && meta->caller ? meta_text(meta->caller->principal) : "";
+}
+
+int64_t rpc_ctx_deadline_left_ms(const rpc_ctx_t *ctx)
+{
+    return ctx->deadline_at - clock_now_ms();
+}
+
+const char *rpc_ctx_instance_id(const rpc_ctx_t *ctx)
+{
+    return ctx->worker->instance_id;
+}
+
+void *rpc_ctx_alloc(rpc_ctx_t *ctx, size_t bytes)
+{
+    return arena_alloc(ctx->worker->arena, bytes);
+}
+
+char *rpc_ctx_strdup(rpc_ctx_t *ctx, const char *text)
+{
+    return arena_strdup(ctx->worker->arena, text);
+}
+
+/* ---- one instance ---------------------------------------------------- */
+
+/* Sends a command without body; updates the heartbeat clock. */
+static int worker_send_command(worker_thread_t *self, Paygate__V1__Command command)
+{
+    Paygate__V1__Header header = PAYGATE__V1__HEADER__INIT;
+    header.command = command;
+    Paygate__V1__Ready ready = PAYGATE__V1__READY__INIT;
+    if (command == PAYGATE__V1__COMMAND__READY) {
+        const rpc_server_config_t *c = &self->server->config;
+        ready.service = (char *)c->service;
+        ready.instance_id = self->instance_id;
+        ready.heartbeat_interval_ms = c->heartbeat_interval_ms;
+        ready.max_in_flight = c->max_in_flight;
+        header.ready = &ready;
+    }
+    int rc = wire_send(self->socket, NULL, 0, &header, NULL, ZMQ_DONTWAIT);
+    if (rc == 0)
+        self->last_send_at = clock_now_ms();
+    return rc;
+}
+
+/* Opens a fresh socket to the broker and registers. */
+static int worker_connect(worker_thread_t *self)
+{
+    const rpc_server_config_t *c = &self->server->config;
+    self->socket = zmq_socket(self->server->zmq_ctx, ZMQ_DEALER);
+    if (self->socket == NULL)
+        return -1;
+    int linger = worker_linger_ms, ivl = 100, ivl_max = 1000;
+    int64_t maxmsg = (int64_t)c->message_bytes_max + wire_header_bytes_max;
+    zmq_setsockopt(self->socket, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_setsockopt(self->socket, ZMQ_RECONNECT_IVL, &ivl, sizeof ivl);
+    zmq_setsockopt(self->socket, ZMQ_RECONNECT_IVL_MAX, &ivl_max, sizeof ivl_max);
+    zmq_setsockopt(self->socket, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg);
+    if (zmq_connect(self->socket, c->endpoint) != 0) {
+        log_error("rpc worker %s: cannot connect to %s: %s", self->instance_id, c->endpoint,
+                  zmq_strerror(errno));
+        return -1;
+    }
+    int64_t now = clock_now_ms();
+    self->last_recv_at = now;
+    worker_send_command(self, PAYGATE__V1__COMMAND__READY);
+    return 0;
+}
+
+static void worker_disconnect_socket(worker_thread_t *self)
+{
+    if (self->socket != NULL) {
+        int zero = 0;
+        zmq_setsockopt(self->socket, ZMQ_LINGER, &zero, sizeof zero);
+        zmq_close(self->socket);
+        self->socket = NULL;
+    }
+}
+
+/* Sends the REPLY for 'header' with 'status' (NULL: OK) and 'body'. */
+static void worker_reply(worker_thread_t *self, const Paygate__V1__Header *request,
+                         Paygate__V1__Status *status, zmq_msg_t *body)
+{
+    Paygate__V1__Header header = PAYGATE__V1__HEADER__INIT;
+    header.command = PAYGATE__V1__COMMAND__REPLY;
+    header.correlation_id = request->correlation_id;
+    header.status = status;
+    if (wire_send(self->socket, NULL, 0, &header, body, 0) == 0)
+        self->last_send_at = clock_now_ms();
+    else
+        log_warn("rpc worker %s: reply not sent: %s", self->instance_id, zmq_strerror(errno));
+}
+
+/* Answers 'request' with a failure status without running a handler. */
+static void worker_reply_failure(worker_thread_t *self, const Paygate__V1__Header *request,
+                                 Paygate__V1__Code code, const char *message)
+{
+    Paygate__V1__Status status = PAYGATE__V1__STATUS__INIT;
+    status.code = code;
+    status.message = (char *)message;
+    worker_reply(self, request, &status, NULL);
+}
+
+/* Runs the handler for one REQUEST and sends its REPLY. */
+static void worker_serve(worker_thread_t *self, wire_message_t *msg, int64_t received_at)
+{
+    const rpc_server_config_t *c = &self->server->config;
+    const Paygate__V1__Header *header = msg->header;
+    const rpc_method_t *method = NULL;
+    for (size_t i = 0; i < c->method_count; i++) {
+        if (strcmp(c->methods[i].name, header->method) == 0) {
+            method = &c->methods[i];
+            break;
+        }
+    }
+    char text[256];
+    if (method == NULL) {
+        snprintf(text, sizeof text, "service %s has no method %s", c->service, header->method);
+        worker_reply_failure(self, header, PAYGATE__V1__CODE__UNIMPLEMENTED, text);
+        return;
+    }
+    uint32_t deadline_ms = header->meta && header->meta->deadline_ms
+                               ? header->meta->deadline_ms
+                               : (uint32_t)rpc_deadline_default_ms;
+    rpc_ctx_t ctx = {.worker = self, .header = header, .deadline_at = received_at + deadline_ms};
+    paygate__v1__status__init(&ctx.status);
+    if (clock_now_ms() >= ctx.deadline_at) {
+        worker_reply_failure(self, header, PAYGATE__V1__CODE__DEADLINE_EXCEEDED,
+                             "deadline passed before the worker started the request");
+        return;
+    }
+    ProtobufCAllocator allocator = arena_protobuf_allocator(self->arena);
+    const uint8_t *data = msg->has_body ? zmq_msg_data(&msg->body) : (const uint8_t *)"";
+    size_t size = msg->has_body ? zmq_msg_size(&msg->body) : 0;
+    ProtobufCMessage *request =
+        protobuf_c_message_unpack(method->request_desc, &allocator, size, data);
+    ProtobufCMessage *reply = arena_alloc(self->arena, method->reply_desc->sizeof_message);
+    if (request == NULL || reply == NULL) {
+        snprintf(text, sizeof text, "request body is not a valid %s", method->request_desc->name);
+        worker_reply_failure(self, header, PAYGATE__V1__CODE__INVALID_ARGUMENT, text);
+        arena_reset(self->arena);
+        return;
+    }
+    protobuf_c_message_init(method->reply_desc, reply);
+    Paygate__V1__Code code = method->handler(&ctx, request, reply, self->state);
+    if (code == PAYGATE__V1__CODE__OK) {
+        zmq_msg_t body;
+        zmq_msg_init_size(&body, protobuf_c_message_get_packed_size(reply));
+        protobuf_c_message_pack(reply, zmq_msg_data(&body));
+        worker_reply(self, header, NULL, &body);
+        zmq_msg_close(&body);
+    } else {
+        ctx.status.code = code;
+        if (ctx.status.message == NULL)
+            ctx.status.message = (char *)wire_code_name(code);
+        worker_reply(self, header, &ctx.status, NULL);
+    }
+    self->served++;
+    arena_reset(self->arena);
+}
+
+/* Handles one message from the broker. Returns false when the broker
+ * refused this instance for good (stop the process). '*released' is set
+ * when the broker confirms a DISCONNECT while draining. */
+static bool worker_handle(worker_thread_t *self, wire_message_t *msg, bool draining, bool *released)
+{
+    const Paygate__V1__Header *header = msg->header;
+    switch (header->command) {
+    case PAYGATE__V1__COMMAND__REQUEST:
+        worker_serve(self, msg, clock_now_ms());
+        return true;
+    case PAYGATE__V1__COMMAND__HEARTBEAT:
+        return true;
+    case PAYGATE__V1__COMMAND__DISCONNECT: {
+        const Paygate__V1__Status *status = header->status;
+        Paygate__V1__Code code = status ? status->code : PAYGATE__V1__CODE__OK;
+        const char *why = status && status->message ? status->message : "";
+        if (draining) {
+            *released = true;
+            return true;
+        }
+        if (code == PAYGATE__V1__CODE__PERMISSION_DENIED ||
+            code == PAYGATE__V1__CODE__INVALID_ARGUMENT) {
+            log_error("rpc worker %s: broker refused registration: %s: %s", self->instance_id,
+                      wire_code_name(code), why);
+            return false;
+        }
+        log_info("rpc worker %s: broker asked to register again (%s); sending READY",
+                 self->instance_id, why);
+        worker_send_command(self, PAYGATE__V1__COMMAND__READY);
+        return true;
+    }
+    default:
+        log_warn("rpc worker %s: unexpected command %d from broker", self->instance_id,
+                 (int)header->command);
+        return true;
+    }
+}
+
+/* Waits up to 'timeout_ms' for one message and handles it. Returns false
+ * on a fatal refusal. */
+static bool worker_poll_once(worker_thread_t *self, long timeout_ms, bool draining, bool *released)
+{
+    zmq_pollitem_t item = {.socket = self->socket, .events = ZMQ_POLLIN};
+    int ready = zmq_poll(&item, 1, timeout_ms);
+    if (ready <= 0)
+        return true;
+    /* Handle everything already queued, then go back to the timers. */
+    for (int i = 0; i < 64; i++) {
+        wire_message_t msg;
+        const char *detail = NULL;
+        int rc = wire_recv(self->socket, false, self->server->config.message_bytes_max,
+                           ZMQ_DONTWAIT, &msg, &detail);
+        if (rc < 0) {
+            wire_message_clear(&msg);
+            break;
+        }
+        self->last_recv_at = clock_now_ms();
+        self->backoff_ms = 0;
+        bool ok = true;
+        if (rc == WIRE_OK) {
+            ok = worker_handle(self, &msg, draining, released);
+        } else if (msg.header != NULL && msg.header->command == PAYGATE__V1__COMMAND__REQUEST) {
+            worker_reply_failure(self, msg.header,
+                                 rc == WIRE_ERR_TOO_BIG ? PAYGATE__V1__CODE__RESOURCE_EXHAUSTED
+                                                        : PAYGATE__V1__CODE__INVALID_ARGUMENT,
+                                 detail);
+        } else {
+            log_warn("rpc worker %s: malformed message from broker: %s", self->instance_id, detail);
+        }
+        wire_message_clear(&msg);
+        if (!ok)
+            return false;
+    }
+    return true;
+}
+
+/* Sleeps 'ms' in short steps, returning early when the server stops. */
+static void worker_sleep(worker_thread_t *self, int64_t ms)
+{
+    int64_t until = clock_now_ms() + ms;
+    while (!atomic_load(&self->server->stopping) && clock_now_ms() < until)
+        usleep(20 * 1000);
+}
+
+/* The serving loop of one instance until stop or fatal refusal. */
+static bool worker_serve_loop(worker_thread_t *self)
+{
+    const rpc_server_config_t *c = &self->server->config;
+    int64_t silence_max_ms = (int64_t)c->heartbeat_interval_ms * c->heartbeat_liveness;
+    bool released = false;
+    while (!atomic_load(&self->server->stopping)) {
+        int64_t now = clock_now_ms();
+        if (now - self->last_recv_at > silence_max_ms) {
+            self->backoff_ms =
+                self->backoff_ms == 0 ? c->heartbeat_interval_ms / 4 + 1 : self->backoff_ms * 2;
+            if (self->backoff_ms > worker_backoff_max_ms)
+                self->backoff_ms = worker_backoff_max_ms;
+            log_warn("rpc worker %s: broker silent for %lld ms; reconnecting in %lld ms",
+                     self->instance_id, (long long)(now - self->last_recv_at),
+                     (long long)self->backoff_ms);
+            worker_disconnect_socket(self);
+            worker_sleep(self, self->backoff_ms);
+            if (atomic_load(&self->server->stopping) || worker_connect(self) != 0)
+                return !atomic_load(&self->server->stopping) ? false : true;
+            continue;
+        }
+        if (now - self->last_send_at >= c->heartbeat_interval_ms)
+            worker_send_command(self, PAYGATE__V1__COMMAND__HEARTBEAT);
+        int64_t next_beat = self->last_send_at + c->heartbeat_interval_ms - now;
+        long timeout = (long)(next_beat < worker_poll_max_ms ? next_beat : worker_poll_max_ms);
+        if (timeout < 0)
+            timeout = 0;
+        if (!worker_poll_once(self, timeout, false, &released))
+            return false;
+    }
+    return true;
+}
+
+/* After stop: leave the broker's rotation and finish what it already
+ * sent, until it confirms or the drain time runs out. */
+static void worker_drain(worker_thread_t *self)
+{
+    const rpc_server_config_t *c = &self->server->config;
+    if (self->socket == NULL)
+        return;
+    worker_send_command(self, PAYGATE__V1__COMMAND__DISCONNECT);
+    int64_t until = clock_now_ms() + c->drain_timeout_ms;
+    bool released = false;
+    while (!released && clock_now_ms() < until)
+        worker_poll_once(self, worker_poll_max_ms, true, &released);
+    if (!released)
+        log_warn("rpc worker %s: broker did not confirm DISCONNECT within %u ms", self->instance_id,
+                 (unsigned)c->drain_timeout_ms);
+}
+
+static void *worker_thread_main(void *arg)
+{
+    worker_thread_t *self = arg;
+    rpc_server_t *server = self->server;
+    const rpc_server_config_t *c = &server->config;
+    self->arena = arena_new(worker_arena_block_bytes);
+    if (self->arena == NULL)
+        goto failed;
+    if (c->thread_init != NULL) {
+        self->state = c->thread_init(self->index, c->app);
+        if (self->state == NULL) {
+            log_error("rpc worker %s: thread start-up failed", self->instance_id);
+            goto failed;
+        }
+    }
+    if (worker_connect(self) != 0)
+        goto failed;
+    log_info("rpc worker %s: serving %s at %s", self->instance_id, c->service, c->endpoint);
+    if (!worker_serve_loop(self))
+        goto failed;
+    worker_drain(self);
+    goto done;
+failed:
+    atomic_store(&server->failed, 1);
+    atomic_store(&server->stopping, 1);
+done:
+    worker_disconnect_socket(self);
+    if (self->state != NULL && c->thread_fini != NULL)
+        c->thread_fini(self->state);
+    arena_destroy(&self->arena);
+    log_info("rpc worker %s: stopped after %llu requests", self->instance_id,
+             (unsigned long long)self->served);
+    return NULL;
+}
+
+int rpc_server_run(rpc_server_t *self)
+{
+    const rpc_server_config_t *c = &self->config;
+    self->zmq_ctx = zmq_ctx_new();
+    self->workers = calloc(c->threads, sizeof *self->workers);
+    if (self->zmq_ctx == NULL || self->workers == NULL) {
+        log_error("rpc server: out of memory");
+        return -1;
+    }
+    for (unsigned i = 0; i < c->threads; i++) {
+        worker_thread_t *w = &self->workers[i];
+        w->server = self;
+        w->index = i;
+        snprintf(w->instance_id, sizeof w->instance_id, "%.116s-%u", self->instance_prefix, i);
+        if (pthread_create(&w->thread, NULL, worker_thread_main, w) != 0) {
+            log_error("rpc server: cannot start thread %u", i);
+            atomic_store(&self->failed, 1);
+            atomic_store(&self->stopping, 1);
+            break;
+        }
+        w->started = true;
+    }
+    for (unsigned i = 0; i < c->threads; i++) {
+        if (self->workers[i].started)
+            pthread_join(self->workers[i].thread, NULL);
+    }
+    zmq_ctx_term(self->zmq_ctx);
+    self->zmq_ctx = NULL;
+    return atomic_load(&self->failed) ? -1 : 0;
+}

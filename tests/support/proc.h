@@ -1,0 +1,61 @@
+/*
+ * proc: real processes for integration tests.
+ *
+ * Starts our binaries as child processes with extra environment, their
+ * output in a log file under the build tree, and stops them by signal.
+ * Also: a free loopback port, and discovery queries against a broker.
+ */
+#ifndef PAYGATE_TEST_PROC_H
+#define PAYGATE_TEST_PROC_H
+
+#include <stdbool.h>
+#include <sys/types.h>
+
+#include "rpc/rpc.h"
+
+typedef struct {
+    pid_t pid; /* 0 when not running */
+    char name[64];
+    char log_path[512];
+    int exit_status; /* waitpid status once reaped */
+} proc_t;
+
+/* Starts 'path' as 'name' with 'env' ("KEY=VALUE" strings, NULL-ended)
+ * added to this process's environment. Output goes to a log file named
+ * after 'name' in $PAYGATE_TEST_LOG_DIR (default: the current directory),
+ * truncated first.
+ * Returns false when fork/exec setup failed. */
+bool proc_start(proc_t *p, const char *name, const char *path, const char *const env[]);
+
+/* Sends 'signo'. */
+void proc_signal(proc_t *p, int signo);
+
+/* Waits up to 'timeout_ms' for the process to exit. Returns true when it
+ * has (status in p->exit_status). */
+bool proc_wait(proc_t *p, int timeout_ms);
+
+/* SIGKILLs the process (if running) and reaps it. */
+void proc_kill(proc_t *p);
+
+/* SIGTERM, wait up to 'timeout_ms', then SIGKILL. Returns true when it
+ * exited by itself with status 0. */
+bool proc_stop(proc_t *p, int timeout_ms);
+
+/* A TCP port on 127.0.0.1 that was free a moment ago. */
+int free_tcp_port(void);
+
+/* Instances of 'service' the broker lists, or -1 when it does not answer
+ * within 'deadline_ms'. */
+int discovery_count(rpc_client_t *client, const char *service, int deadline_ms);
+
+/* Polls discovery until 'service' has exactly 'count' instances, for up to
+ * 'timeout_ms'. Returns the milliseconds it took, or -1 on timeout. */
+int discovery_wait(rpc_client_t *client, const char *service, int count, int timeout_ms);
+
+/* The broker's counters, or false when it does not answer. */
+bool discovery_stats(rpc_client_t *client, Paygate__V1__BrokerStats *stats);
+
+/* Sleeps 'ms' milliseconds. */
+void sleep_ms(int ms);
+
+#endif

@@ -1,0 +1,189 @@
+/*
+ * paygatectl: asks the broker what is running.
+ *
+ *   paygatectl [--broker ENDPOINT] [--timeout MS] services [--json] [SERVICE]
+ *
+ * Exit codes: 0 answered, 1 the broker did not answer or refused, 2 usage.
+ */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config/config.h"
+#include "log/log.h"
+#include "rpc/rpc.h"
+#include "wire/wire.h"
+
+static void usage(FILE *out)
+{
+    fputs("usage: paygatectl [--broker ENDPOINT] [--timeout MS] COMMAND\n"
+          "\n"
+          "commands:\n"
+          "  services [--json] [SERVICE]   live services and instances (discovery),\n"
+          "                                with heartbeat age and requests in flight\n"
+          "\n"
+          "options:\n"
+          "  --broker ENDPOINT  broker to ask (default $PAYGATE_BROKER_ENDPOINT or\n"
+          "                     tcp://127.0.0.1:55555)\n"
+          "  --timeout MS       give up after MS milliseconds (default 2000)\n"
+          "  -h, --help         this text\n"
+          "\n"
+          "exit codes: 0 answered, 1 no answer or an error status, 2 usage\n",
+          out);
+}
+
+static void print_services_text(const Paygate__V1__ListServicesReply *reply)
+{
+    printf("%-24s %-44s %10s %9s %8s\n", "SERVICE", "INSTANCE", "HEARTBEAT", "IN-FLIGHT", "DONE");
+    for (size_t i = 0; i < reply->n_services; i++) {
+        const Paygate__V1__ServiceInfo *s = reply->services[i];
+        if (s->n_instances == 0)
+            printf("%-24s %-44s %10s %9s %8s  (queue %u)\n", s->name, "-", "-", "-", "-",
+                   s->queue_depth);
+        for (size_t k = 0; k < s->n_instances; k++) {
+            const Paygate__V1__InstanceInfo *w = s->instances[k];
+            char age[32], flight[32];
+            snprintf(age, sizeof age, "%" PRIu64 "ms", w->heartbeat_age_ms);
+            snprintf(flight, sizeof flight, "%u/%u", w->in_flight, w->max_in_flight);
+            printf("%-24s %-44s %10s %9s %8" PRIu64 "\n", k == 0 ? s->name : "", w->instance_id,
+                   age, flight, w->requests_done);
+        }
+    }
+    const Paygate__V1__BrokerStats *st = reply->stats;
+    if (st != NULL)
+        printf("\nbroker: up %" PRIu64 " ms, routed %" PRIu64 ", expired %" PRIu64
+               ", unavailable %" PRIu64 ", rejected %" PRIu64 ", malformed %" PRIu64
+               ", oversized %" PRIu64 ", workers expired %" PRIu64 "\n",
+               st->uptime_ms, st->requests_routed, st->requests_expired, st->requests_unavailable,
+               st->requests_rejected_full, st->frames_malformed, st->messages_oversized,
+               st->workers_expired);
+}
+
+/* Prints a string as a JSON string (the names here are restricted to
+ * printable ASCII by the broker; escape quotes and backslashes anyway). */
+static void json_string(const char *text)
+{
+    putchar('"');
+    for (const char *c = text; *c; c++) {
+        if (*c == '"' || *c == '\\')
+            putchar('\\');
+        putchar(*c);
+    }
+    putchar('"');
+}
+
+static void print_services_json(const Paygate__V1__ListServicesReply *reply)
+{
+    printf("{\"services\":[");
+    for (size_t i = 0; i < reply->n_services; i++) {
+        const Paygate__V1__ServiceInfo *s = reply->services[i];
+        printf("%s{\"name\":", i ? "," : "");
+        json_string(s->name);
+        printf(",\"queue_depth\":%u,\"instances\":[", s->queue_depth);
+        for (size_t k = 0; k < s->n_instances; k++) {
+            const Paygate__V1__InstanceInfo *w = s->instances[k];
+            printf("%s{\"instance_id\":", k ? "," : "");
+            json_string(w->instance_id);
+            printf(",\"heartbeat_age_ms\":%" PRIu64 ",\"in_flight\":%u,\"max_in_flight\":%u,"
+                   "\"requests_done\":%" PRIu64 ",\"registered_age_ms\":%" PRIu64
+                   ",\"heartbeat_interval_ms\":%u}",
+                   w->heartbeat_age_ms, w->in_flight, w->max_in_flight, w->requests_done,
+                   w->registered_age_ms, w->heartbeat_interval_ms);
+        }
+        printf("]}");
+    }
+    printf("]");
+    const Paygate__V1__BrokerStats *st = reply->stats;
+    if (st != NULL)
+        printf(",\"stats\":{\"uptime_ms\":%" PRIu64 ",\"requests_routed\":%" PRIu64
+               ",\"requests_expired\":%" PRIu64 ",\"requests_unavailable\":%" PRIu64
+               ",\"requests_rejected_full\":%" PRIu64 ",\"frames_malformed\":%" PRIu64
+               ",\"commands_unknown\":%" PRIu64 ",\"messages_oversized\":%" PRIu64
+               ",\"replies_late\":%" PRIu64 ",\"workers_expired\":%" PRIu64
+               ",\"sends_failed\":%" PRIu64 "}",
+               st->uptime_ms, st->requests_routed, st->requests_expired, st->requests_unavailable,
+               st->requests_rejected_full, st->frames_malformed, st->commands_unknown,
+               st->messages_oversized, st->replies_late, st->workers_expired, st->sends_failed);
+    printf("}\n");
+}
+
+static int command_services(const char *endpoint, uint32_t timeout_ms, int argc, char **argv)
+{
+    bool json = false;
+    const char *filter = "";
+    for (int i = 0; i < argc; i++) {
+        if (strcmp(argv[i], "--json") == 0)
+            json = true;
+        else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            puts("usage: paygatectl services [--json] [SERVICE]\n"
+                 "Lists live services, their instances, heartbeat age, requests in flight,\n"
+                 "and the broker's counters.");
+            return 0;
+        } else if (argv[i][0] == '-') {
+            fprintf(stderr, "paygatectl services: unknown option %s\n", argv[i]);
+            return 2;
+        } else
+            filter = argv[i];
+    }
+    rpc_client_t *client = rpc_client_new(NULL, endpoint);
+    if (client == NULL)
+        return 1;
+    Paygate__V1__ListServicesRequest request = PAYGATE__V1__LIST_SERVICES_REQUEST__INIT;
+    request.service = (char *)filter;
+    ProtobufCMessage *reply = NULL;
+    rpc_status_t status;
+    rpc_call_opts_t opts = {.deadline_ms = timeout_ms, .principal = "paygatectl"};
+    Paygate__V1__Code code =
+        rpc_client_call(client, "broker.services", "List", &request.base,
+                        &paygate__v1__list_services_reply__descriptor, &reply, &opts, &status);
+    int exit_code = 0;
+    if (code != PAYGATE__V1__CODE__OK) {
+        fprintf(stderr, "paygatectl: %s: %s\n", wire_code_name(code), status.message);
+        exit_code = 1;
+    } else if (json) {
+        print_services_json((Paygate__V1__ListServicesReply *)reply);
+    } else {
+        print_services_text((Paygate__V1__ListServicesReply *)reply);
+    }
+    if (reply != NULL)
+        protobuf_c_message_free_unpacked(reply, NULL);
+    rpc_client_destroy(&client);
+    return exit_code;
+}
+
+int main(int argc, char **argv)
+{
+    log_init("paygatectl");
+    const char *endpoint = getenv("PAYGATE_BROKER_ENDPOINT");
+    if (endpoint == NULL || *endpoint == '\0')
+        endpoint = "tcp://127.0.0.1:55555";
+    int64_t timeout_ms = 2000;
+    int i = 1;
+    for (; i < argc && argv[i][0] == '-'; i++) {
+        if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
+            usage(stdout);
+            return 0;
+        } else if (strcmp(argv[i], "--broker") == 0 && i + 1 < argc) {
+            endpoint = argv[++i];
+        } else if (strcmp(argv[i], "--timeout") == 0 && i + 1 < argc) {
+            if (!config_parse_int(argv[++i], 1, 600000, &timeout_ms)) {
+                fprintf(stderr, "paygatectl: --timeout wants milliseconds from 1 to 600000\n");
+                return 2;
+            }
+        } else {
+            fprintf(stderr, "paygatectl: unknown option %s\n\n", argv[i]);
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (i >= argc) {
+        usage(stderr);
+        return 2;
+    }
+    if (strcmp(argv[i], "services") == 0)
+        return command_services(endpoint, (uint32_t)timeout_ms, argc - i - 1, argv + i + 1);
+    fprintf(stderr, "paygatectl: unknown command '%s'\n\n", argv[i]);
+    usage(stderr);
+    return 2;
+}
