@@ -29,6 +29,8 @@
  *   BENCH_WARMUP_MS       unmeasured warm-up before each run (500)
  *   BENCH_REPEATS         runs per measurement, median reported (3)
  *   BENCH_PAYLOAD_BYTES   EchoRequest payload (64)
+ *   BENCH_NOISY_RETRIES   runs done again, in all, because other programs
+ *                         were busy during them (6)
  *   BENCH_RESULTS_DIR     where broker_hop.md goes (bench/results)
  *   BENCH_BROKER_BIN, BENCH_ECHO_WORKER_BIN, BENCH_RELAY_BIN,
  *   BENCH_ECHO_SERVER_BIN paths of the processes (the build's own)
@@ -68,7 +70,8 @@ enum {
 };
 
 /* More CPU than this used by other programs during a run makes it noisy
- * (on 2 cores, wakeup latency and throughput both move with it). */
+ * (on 2 cores, wakeup latency and throughput both move with it): such a
+ * run is done again, up to BENCH_NOISY_RETRIES times in all. */
 static const double background_cores_quiet_max = 0.10;
 
 /* The targets of the issue: broker vs. relay. */
@@ -96,6 +99,7 @@ typedef struct {
     int64_t warmup_ms;
     int64_t repeats;
     int64_t payload_bytes;
+    int64_t noisy_retries; /* runs done again because the machine was busy */
     const char *results_dir;
     const char *broker_bin;
     const char *worker_bin;
@@ -120,7 +124,8 @@ typedef struct {
     double p50_us;
     double p99_us;
     double cpu_us_per_call[role_count];
-    uint64_t errors; /* summed over the repeats */
+    uint64_t errors;     /* summed over the repeats */
+    unsigned noisy_runs; /* runs kept although other programs were busy */
 } bench_cell_t;
 
 typedef struct {
@@ -132,8 +137,9 @@ typedef struct {
     echo_load_t *load[mode_count];
     bench_run_t runs[mode_count][level_count][bench_repeats_max];
     bench_cell_t cells[mode_count][level_count];
-    double background_cores_mean; /* over all runs; -1: unknown */
+    double background_cores_mean; /* over the runs kept; -1: unknown */
     double background_cores_max;
+    unsigned runs_redone; /* runs done again because the machine was busy */
 } bench_t;
 
 static volatile sig_atomic_t bench_stopping;
@@ -153,6 +159,7 @@ static bool bench_config_read(bench_config_t *c)
     ok &= config_int("BENCH_WARMUP_MS", 500, 0, 60000, &c->warmup_ms);
     ok &= config_int("BENCH_REPEATS", 3, 1, bench_repeats_max, &c->repeats);
     ok &= config_int("BENCH_PAYLOAD_BYTES", 64, 0, echo_load_payload_bytes_max, &c->payload_bytes);
+    ok &= config_int("BENCH_NOISY_RETRIES", 6, 0, 100, &c->noisy_retries);
     ok &= config_str("BENCH_RESULTS_DIR", BENCH_RESULTS_DIR, 1024, &c->results_dir);
     ok &= config_str("BENCH_BROKER_BIN", BENCH_BROKER_PATH, 1024, &c->broker_bin);
     ok &= config_str("BENCH_ECHO_WORKER_BIN", BENCH_ECHO_WORKER_PATH, 1024, &c->worker_bin);
@@ -344,16 +351,22 @@ static child_t *bench_role_child(bench_t *self, bench_mode_t mode, bench_role_t 
     return index >= 0 ? &self->children[index] : NULL;
 }
 
+/* CPU microseconds used so far by this process (the client and its
+ * ZeroMQ I/O thread); -1 when unknown. */
+static int64_t bench_self_cpu_us(void)
+{
+    struct rusage usage;
+    if (getrusage(RUSAGE_SELF, &usage) != 0)
+        return -1;
+    return (int64_t)usage.ru_utime.tv_sec * 1000000 + usage.ru_utime.tv_usec +
+           (int64_t)usage.ru_stime.tv_sec * 1000000 + usage.ru_stime.tv_usec;
+}
+
 /* CPU microseconds used so far by 'role' in 'mode' (-1: none or unknown). */
 static int64_t bench_role_cpu_us(bench_t *self, bench_mode_t mode, bench_role_t role)
 {
-    if (role == ROLE_CLIENT) {
-        struct rusage usage;
-        if (getrusage(RUSAGE_SELF, &usage) != 0)
-            return -1;
-        return (int64_t)usage.ru_utime.tv_sec * 1000000 + usage.ru_utime.tv_usec +
-               (int64_t)usage.ru_stime.tv_sec * 1000000 + usage.ru_stime.tv_usec;
-    }
+    if (role == ROLE_CLIENT)
+        return bench_self_cpu_us();
     child_t *child = bench_role_child(self, mode, role);
     return child != NULL ? child_cpu_us(child) : -1;
 }
@@ -381,7 +394,7 @@ static int64_t bench_machine_busy_us(void)
  * (busy or idle ones); -1 when one cannot be read. */
 static int64_t bench_ours_cpu_us(bench_t *self)
 {
-    int64_t total = bench_role_cpu_us(self, MODE_DIRECT, ROLE_CLIENT);
+    int64_t total = bench_self_cpu_us();
     for (int i = 0; i < child_count && total >= 0; i++) {
         int64_t used = child_cpu_us(&self->children[i]);
         total = used >= 0 ? total + used : -1;
@@ -445,6 +458,39 @@ static void bench_format_cpu(double us, char *out, size_t size)
         snprintf(out, size, "%.1f", us);
 }
 
+/* Runs repeat 'repeat' of 'mode' at in-flight level 'level' into 'run',
+ * and runs it again while other programs were busy during it and the
+ * retry budget lasts. Says each attempt on stderr. Returns 0 or -1. */
+static int bench_run_quiet(bench_t *self, bench_mode_t mode, int level, size_t repeat,
+                           bench_run_t *run)
+{
+    uint64_t errors_redone = 0; /* calls that failed in runs done again still count */
+    for (;;) {
+        if (bench_run_once(self, mode, in_flight_levels[level], run) != 0 ||
+            !bench_children_alive(self))
+            return -1;
+        char cpu[role_count][16];
+        for (int role = 0; role < role_count; role++)
+            bench_format_cpu(run->cpu_us_per_call[role], cpu[role], sizeof cpu[role]);
+        fprintf(stderr,
+                "bench: run %zu/%lld %-6s in flight %2u: %7.0f req/s  p50 %6.1f us  "
+                "p99 %6.1f us  CPU us/call: client %s hop %s service %s  "
+                "other programs %.2f cores  errors %llu\n",
+                repeat + 1, (long long)self->config.repeats, mode_names[mode],
+                in_flight_levels[level], run->load.requests_per_s, run->load.p50_us,
+                run->load.p99_us, cpu[ROLE_CLIENT], cpu[ROLE_HOP], cpu[ROLE_SERVICE],
+                run->background_cores, (unsigned long long)run->load.errors);
+        if (run->background_cores <= background_cores_quiet_max ||
+            self->runs_redone >= (unsigned)self->config.noisy_retries) {
+            run->load.errors += errors_redone;
+            return 0;
+        }
+        errors_redone += run->load.errors;
+        self->runs_redone++;
+        fprintf(stderr, "bench: other programs were busy during that run; running it again\n");
+    }
+}
+
 /* Runs every (repeat, mode, in-flight) measurement and fills the cells.
  * Returns 0, or -1 when a run could not complete. */
 static int bench_measure(bench_t *self)
@@ -455,25 +501,16 @@ static int bench_measure(bench_t *self)
      * on every repeat, so that a drift of the machine favours none. */
     self->background_cores_mean = 0.0;
     self->background_cores_max = 0.0;
+    self->runs_redone = 0;
     for (size_t r = 0; r < repeats; r++) {
         for (int l = 0; l < level_count; l++) {
             for (int k = 0; k < mode_count; k++) {
                 int m = r % 2 == 0 ? k : mode_count - 1 - k;
                 bench_run_t *run = &self->runs[m][l][r];
-                if (bench_run_once(self, (bench_mode_t)m, in_flight_levels[l], run) != 0 ||
-                    !bench_children_alive(self))
+                if (bench_run_quiet(self, (bench_mode_t)m, l, r, run) != 0)
                     return -1;
-                char cpu[role_count][16];
-                for (int role = 0; role < role_count; role++)
-                    bench_format_cpu(run->cpu_us_per_call[role], cpu[role], sizeof cpu[role]);
-                fprintf(stderr,
-                        "bench: run %zu/%zu %-6s in flight %2u: %7.0f req/s  p50 %6.1f us  "
-                        "p99 %6.1f us  CPU us/call: client %s hop %s service %s  "
-                        "other programs %.2f cores  errors %llu\n",
-                        r + 1, repeats, mode_names[m], in_flight_levels[l],
-                        run->load.requests_per_s, run->load.p50_us, run->load.p99_us,
-                        cpu[ROLE_CLIENT], cpu[ROLE_HOP], cpu[ROLE_SERVICE], run->background_cores,
-                        (unsigned long long)run->load.errors);
+                if (run->background_cores > background_cores_quiet_max)
+                    self->cells[m][l].noisy_runs++;
                 if (self->background_cores_mean < 0.0 || run->background_cores < 0.0) {
                     self->background_cores_mean = -1.0;
                 } else {
@@ -545,7 +582,9 @@ static void bench_report(const bench_t *self, FILE *out, bool markdown)
     for (int l = 0; l < level_count; l++) {
         for (int m = 0; m < mode_count; m++) {
             const bench_cell_t *cell = &self->cells[m][l];
-            const char *flag = cell->errors > 0 ? (markdown ? " **ERRORS**" : "  <- ERRORS") : "";
+            const char *flag = cell->errors > 0       ? (markdown ? " **ERRORS**" : "  <- ERRORS")
+                               : cell->noisy_runs > 0 ? (markdown ? " (noisy)" : "  (noisy)")
+                                                      : "";
             char cpu[role_count][16];
             for (int r = 0; r < role_count; r++)
                 bench_format_cpu(cell->cpu_us_per_call[r], cpu[r], sizeof cpu[r]);
@@ -613,10 +652,13 @@ static void bench_report(const bench_t *self, FILE *out, bool markdown)
     }
     if (self->background_cores_mean >= 0.0) {
         bool quiet = self->background_cores_max <= background_cores_quiet_max;
-        fprintf(
-            out, "\nOther programs used %.2f cores on average during the runs (at most %.2f)%s\n",
-            self->background_cores_mean, self->background_cores_max,
-            quiet ? "." : ": the machine was not quiet, so the numbers are noisier than usual.");
+        fprintf(out,
+                "\nOther programs used %.2f cores on average during the runs kept (at most "
+                "%.2f); %u runs were done again because they were busy.%s\n",
+                self->background_cores_mean, self->background_cores_max, self->runs_redone,
+                quiet ? ""
+                      : " Cells marked (noisy) include runs on a busy machine: repeat the "
+                        "benchmark on a quiet one.");
     }
     if (bench_had_errors(self))
         fprintf(out, "\n%sWARNING: some calls failed; the numbers above are not valid.%s\n",
@@ -705,8 +747,9 @@ int main(int argc, char **argv)
               "Measures the echo service direct, through a minimal relay and through\n"
               "paygate-broker; prints the table and writes bench/results/broker_hop.md.\n"
               "Settings by environment: BENCH_SECONDS (3), BENCH_WARMUP_MS (500),\n"
-              "BENCH_REPEATS (3), BENCH_PAYLOAD_BYTES (64), BENCH_RESULTS_DIR,\n"
-              "BENCH_BROKER_BIN, BENCH_ECHO_WORKER_BIN, BENCH_RELAY_BIN, BENCH_ECHO_SERVER_BIN.\n",
+              "BENCH_REPEATS (3), BENCH_PAYLOAD_BYTES (64), BENCH_NOISY_RETRIES (6),\n"
+              "BENCH_RESULTS_DIR, BENCH_BROKER_BIN, BENCH_ECHO_WORKER_BIN, BENCH_RELAY_BIN,\n"
+              "BENCH_ECHO_SERVER_BIN. See bench/README.md.\n",
               strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ? stdout : stderr);
         return strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ? 0 : 2;
     }

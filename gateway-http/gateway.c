@@ -1,0 +1,550 @@
+/*
+ * gateway: the request life cycle. See gateway.h.
+ *
+ *   head arrives -> route match (404/405), size check (413)
+ *   body chunks  -> buffered up to body_bytes_max (413 beyond)
+ *   complete     -> token check (401) -> JSON parse (400 invalid_json)
+ *                -> transcode into the request message (400, naming the
+ *                   field) -> path, query and Idempotency-Key fields
+ *                -> RPC through the broker with deadline, request id and
+ *                   caller -> reply transcoded to JSON, or the status
+ *                   mapped to an HTTP error
+ *
+ * Each libmicrohttpd thread owns one RPC client (created on first use,
+ * closed when the thread ends), so calls need no locks.
+ */
+#include "gateway.h"
+
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <jansson.h>
+#include <microhttpd.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/random.h>
+#include <time.h>
+
+#include "arena/arena.h"
+#include "clock/clock.h"
+#include "http_status.h"
+#include "json/transcode.h"
+#include "log/log.h"
+#include "routes.h"
+#include "rpc/rpc.h"
+#include "wire/wire.h"
+
+enum {
+    request_id_bytes_max = 64,
+    idempotency_key_bytes_max = 255,
+    readiness_deadline_ms = 1000,
+    arena_block_bytes = 16 * 1024,
+};
+
+struct gateway {
+    gateway_config_t config;
+    struct MHD_Daemon *daemon;
+    void *zmq_ctx;
+    pthread_key_t client_key;
+};
+
+typedef struct {
+    route_match_t match;
+    bool matched;
+    char *body;
+    size_t body_len;
+    size_t body_cap;
+    bool too_large;
+    int64_t started_us;
+} request_t;
+
+/* ---- small helpers ---------------------------------------------------- */
+
+static void client_close(void *client)
+{
+    rpc_client_t *c = client;
+    rpc_client_destroy(&c);
+}
+
+/* This thread's RPC client, created on first use. */
+static rpc_client_t *thread_client(gateway_t *self)
+{
+    rpc_client_t *client = pthread_getspecific(self->client_key);
+    if (client == NULL) {
+        client = rpc_client_new(self->zmq_ctx, self->config.broker_endpoint);
+        if (client != NULL)
+            pthread_setspecific(self->client_key, client);
+    }
+    return client;
+}
+
+/* The request id: the client's X-Request-Id when it is a sane token,
+ * else a new one. */
+static void request_id_for(struct MHD_Connection *connection, char out[request_id_bytes_max + 1])
+{
+    const char *given = MHD_lookup_connection_value(connection, MHD_HEADER_KIND, "X-Request-Id");
+    if (given != NULL && wire_token_valid(given, request_id_bytes_max)) {
+        snprintf(out, request_id_bytes_max + 1, "%s", given);
+        return;
+    }
+    uint64_t bits = 0;
+    if (getrandom(&bits, sizeof bits, 0) < 0)
+        bits = (uint64_t)clock_now_us();
+    snprintf(out, request_id_bytes_max + 1, "req_%016" PRIx64, bits);
+}
+
+/* Sends 'body' (consumed) with 'status' and the headers every response
+ * carries. */
+static enum MHD_Result respond(struct MHD_Connection *connection, unsigned status, json_t *body,
+                               const char *request_id, const char *extra_name,
+                               const char *extra_value)
+{
+    char *text = json_dumps(body, JSON_COMPACT);
+    json_decref(body);
+    if (text == NULL)
+        return MHD_NO;
+    struct MHD_Response *response =
+        MHD_create_response_from_buffer(strlen(text), text, MHD_RESPMEM_MUST_FREE);
+    if (response == NULL) {
+        free(text);
+        return MHD_NO;
+    }
+    MHD_add_response_header(response, "Content-Type", "application/json");
+    MHD_add_response_header(response, "X-Request-Id", request_id);
+    MHD_add_response_header(response, "Cache-Control", "no-store");
+    MHD_add_response_header(response, "X-Content-Type-Options", "nosniff");
+    MHD_add_response_header(response, "X-Frame-Options", "DENY");
+    MHD_add_response_header(response, "Referrer-Policy", "no-referrer");
+    MHD_add_response_header(response, "Content-Security-Policy",
+                            "default-src 'none'; frame-ancestors 'none'");
+    if (extra_name != NULL)
+        MHD_add_response_header(response, extra_name, extra_value);
+    enum MHD_Result result = MHD_queue_response(connection, status, response);
+    MHD_destroy_response(response);
+    return result;
+}
+
+/* Responds {"error": {"code", "message", "request_id", ...details}}. */
+static enum MHD_Result respond_error(struct MHD_Connection *connection, unsigned status,
+                                     const char *code, const char *message, const char *request_id,
+                                     json_t *details, const char *extra_name,
+                                     const char *extra_value)
+{
+    json_t *error = details != NULL ? details : json_object();
+    json_object_set_new(error, "code", json_string(code));
+    json_object_set_new(error, "message", json_string(message));
+    json_object_set_new(error, "request_id", json_string(request_id));
+    json_t *body = json_object();
+    json_object_set_new(body, "error", error);
+    return respond(connection, status, body, request_id, extra_name, extra_value);
+}
+
+/* ---- probes ------------------------------------------------------------ */
+
+/* /readyz: the broker answers and every required service has a worker. */
+static enum MHD_Result readiness(gateway_t *self, struct MHD_Connection *connection,
+                                 const char *request_id)
+{
+    rpc_client_t *client = thread_client(self);
+    Paygate__V1__ListServicesRequest request = PAYGATE__V1__LIST_SERVICES_REQUEST__INIT;
+    ProtobufCMessage *reply_msg = NULL;
+    rpc_call_opts_t opts = {
+        .deadline_ms = readiness_deadline_ms, .request_id = request_id, .principal = "gateway"};
+    rpc_status_t status;
+    if (client == NULL || rpc_client_call(client, "broker.services", "List", &request.base,
+                                          &paygate__v1__list_services_reply__descriptor, &reply_msg,
+                                          &opts, &status) != PAYGATE__V1__CODE__OK)
+        return respond_error(connection, 503, "not_ready", "the broker does not answer", request_id,
+                             NULL, NULL, NULL);
+    Paygate__V1__ListServicesReply *reply = (Paygate__V1__ListServicesReply *)reply_msg;
+    json_t *missing = json_array();
+    char names[256];
+    snprintf(names, sizeof names, "%s", self->config.required_services);
+    char *saveptr = NULL;
+    for (char *name = strtok_r(names, ",", &saveptr); name != NULL;
+         name = strtok_r(NULL, ",", &saveptr)) {
+        bool found = false;
+        for (size_t i = 0; i < reply->n_services; i++) {
+            if (strcmp(reply->services[i]->name, name) == 0 && reply->services[i]->n_instances > 0)
+                found = true;
+        }
+        if (!found)
+            json_array_append_new(missing, json_string(name));
+    }
+    protobuf_c_message_free_unpacked(reply_msg, NULL);
+    if (json_array_size(missing) > 0) {
+        json_t *details = json_object();
+        json_object_set_new(details, "missing_services", missing);
+        return respond_error(connection, 503, "not_ready", "required services are not registered",
+                             request_id, details, NULL, NULL);
+    }
+    json_decref(missing);
+    json_t *body = json_pack("{s:s}", "status", "ready");
+    return respond(connection, 200, body, request_id, NULL, NULL);
+}
+
+/* ---- the RPC path -------------------------------------------------------- */
+
+typedef struct {
+    const route_t *route;
+    ProtobufCMessage *message;
+    arena_t *arena;
+    transcode_error_t error;
+    bool failed;
+} query_ctx_t;
+
+/* Sets a request field from one query parameter; refuses unknown ones. */
+static enum MHD_Result query_field(void *cls, enum MHD_ValueKind kind, const char *key,
+                                   const char *value)
+{
+    (void)kind;
+    query_ctx_t *q = cls;
+    bool allowed = false;
+    for (const char *const *f = q->route->query_fields; f != NULL && *f != NULL; f++) {
+        if (strcmp(*f, key) == 0)
+            allowed = true;
+    }
+    if (!allowed) {
+        snprintf(q->error.field, sizeof q->error.field, "%s", key);
+        snprintf(q->error.message, sizeof q->error.message, "unknown query parameter \"%s\"", key);
+        q->failed = true;
+        return MHD_NO;
+    }
+    if (!transcode_set_field(q->message, key, value ? value : "", q->arena, &q->error)) {
+        q->failed = true;
+        return MHD_NO;
+    }
+    return MHD_YES;
+}
+
+/* Responds 400 for a transcoding error. */
+static enum MHD_Result respond_bad_field(struct MHD_Connection *connection,
+                                         const transcode_error_t *error, const char *request_id)
+{
+    json_t *details = json_object();
+    if (error->field[0] != '\0')
+        json_object_set_new(details, "field", json_string(error->field));
+    return respond_error(connection, 400, "invalid_argument", error->message, request_id, details,
+                         NULL, NULL);
+}
+
+/* Builds the request message from body, path, query and headers, calls
+ * the service, and responds. */
+static enum MHD_Result call_route(gateway_t *self, struct MHD_Connection *connection,
+                                  request_t *req, const char *request_id, const char *user_id,
+                                  arena_t *arena)
+{
+    const route_t *route = req->match.route;
+    json_t *body = NULL;
+    if (route->has_body && req->body_len > 0) {
+        json_error_t parse_error;
+        body = json_loadb(req->body, req->body_len, JSON_REJECT_DUPLICATES, &parse_error);
+        if (body == NULL) {
+            char message[256];
+            snprintf(message, sizeof message, "request body is not valid JSON: %s (line %d)",
+                     parse_error.text, parse_error.line);
+            return respond_error(connection, 400, "invalid_json", message, request_id, NULL, NULL,
+                                 NULL);
+        }
+        if (!json_is_object(body)) {
+            json_decref(body);
+            return respond_error(connection, 400, "invalid_json",
+                                 "request body must be a JSON object", request_id, NULL, NULL,
+                                 NULL);
+        }
+    } else if (!route->has_body && req->body_len > 0) {
+        return respond_error(connection, 400, "invalid_argument",
+                             "this endpoint takes no request body", request_id, NULL, NULL, NULL);
+    }
+    if (body == NULL)
+        body = json_object();
+
+    /* Fields bound to the path or a header may not come from the body. */
+    transcode_error_t error;
+    memset(&error, 0, sizeof error);
+    for (size_t i = 0; i < req->match.param_count; i++) {
+        if (json_object_get(body, req->match.params[i].name) != NULL) {
+            snprintf(error.field, sizeof error.field, "%s", req->match.params[i].name);
+            snprintf(error.message, sizeof error.message, "unknown field \"%s\"",
+                     req->match.params[i].name);
+            json_decref(body);
+            return respond_bad_field(connection, &error, request_id);
+        }
+    }
+    if (route->idempotency_field != NULL &&
+        json_object_get(body, route->idempotency_field) != NULL) {
+        snprintf(error.field, sizeof error.field, "%s", route->idempotency_field);
+        snprintf(error.message, sizeof error.message,
+                 "unknown field \"%s\" (send the Idempotency-Key header)",
+                 route->idempotency_field);
+        json_decref(body);
+        return respond_bad_field(connection, &error, request_id);
+    }
+    ProtobufCMessage *message = transcode_from_json(body, route->request, arena, &error);
+    json_decref(body);
+    if (message == NULL)
+        return respond_bad_field(connection, &error, request_id);
+
+    for (size_t i = 0; i < req->match.param_count; i++) {
+        if (!transcode_set_field(message, req->match.params[i].name, req->match.params[i].value,
+                                 arena, &error))
+            return respond_bad_field(connection, &error, request_id);
+    }
+    query_ctx_t query = {.route = route, .message = message, .arena = arena};
+    MHD_get_connection_values(connection, MHD_GET_ARGUMENT_KIND, query_field, &query);
+    if (query.failed)
+        return respond_bad_field(connection, &query.error, request_id);
+    if (route->idempotency_field != NULL) {
+        const char *key =
+            MHD_lookup_connection_value(connection, MHD_HEADER_KIND, "Idempotency-Key");
+        if (key == NULL || !wire_token_valid(key, idempotency_key_bytes_max))
+            return respond_error(connection, 400, "idempotency_key_required",
+                                 "an Idempotency-Key header of 1..255 printable characters is "
+                                 "required",
+                                 request_id, NULL, NULL, NULL);
+        if (!transcode_set_field(message, route->idempotency_field, key, arena, &error))
+            return respond_bad_field(connection, &error, request_id);
+    }
+
+    size_t size = protobuf_c_message_get_packed_size(message);
+    uint8_t *packed = arena_alloc(arena, size + 1);
+    rpc_client_t *client = thread_client(self);
+    if (packed == NULL || client == NULL)
+        return respond_error(connection, 500, "internal_error", "internal error", request_id, NULL,
+                             NULL, NULL);
+    protobuf_c_message_pack(message, packed);
+    rpc_call_opts_t opts = {.deadline_ms = self->config.deadline_ms,
+                            .request_id = request_id,
+                            .user_id = user_id,
+                            .principal = "gateway"};
+    zmq_msg_t reply_body;
+    zmq_msg_init(&reply_body);
+    rpc_status_t status;
+    Paygate__V1__Code code = rpc_client_call_raw(client, route->service, route->rpc, packed, size,
+                                                 &opts, &reply_body, &status);
+    if (code != PAYGATE__V1__CODE__OK) {
+        zmq_msg_close(&reply_body);
+        unsigned http = http_status_for(code, status.reason);
+        const char *message_text = status.message;
+        if (http >= 500 && code != PAYGATE__V1__CODE__UNAVAILABLE &&
+            code != PAYGATE__V1__CODE__DEADLINE_EXCEEDED) {
+            log_warn("gateway: %s %s -> %s: %s (request %s)", route->service, route->rpc,
+                     wire_code_name(code), status.message, request_id);
+            message_text = "internal error"; /* never leak internals */
+        } else if (code == PAYGATE__V1__CODE__UNAVAILABLE) {
+            message_text = "the service is temporarily unavailable; retry later";
+        } else if (code == PAYGATE__V1__CODE__DEADLINE_EXCEEDED) {
+            message_text = "the service did not answer in time";
+        }
+        json_t *details = json_object();
+        for (size_t i = 0; i < status.detail_count; i++)
+            json_object_set_new(details, status.details[i].key,
+                                json_string(status.details[i].value));
+        const char *retry = http == 429 || http == 503 ? "1" : NULL;
+        return respond_error(connection, http, http_error_code(code, status.reason), message_text,
+                             request_id, details, retry ? "Retry-After" : NULL, retry);
+    }
+    ProtobufCAllocator allocator = arena_protobuf_allocator(arena);
+    ProtobufCMessage *reply = protobuf_c_message_unpack(
+        route->reply, &allocator, zmq_msg_size(&reply_body), zmq_msg_data(&reply_body));
+    zmq_msg_close(&reply_body);
+    json_t *json = reply ? transcode_to_json(reply) : NULL;
+    if (json == NULL) {
+        log_error("gateway: %s %s answered a body that is not a %s (request %s)", route->service,
+                  route->rpc, route->reply->name, request_id);
+        return respond_error(connection, 500, "internal_error", "internal error", request_id, NULL,
+                             NULL, NULL);
+    }
+    return respond(connection, route->success_status, json, request_id, NULL, NULL);
+}
+
+/* Checks "Authorization: Bearer <token>"; on success fills 'user_id'. */
+static bool authenticate(gateway_t *self, struct MHD_Connection *connection,
+                         char user_id[TOKEN_USER_ID_SIZE], const char **problem)
+{
+    const char *header = MHD_lookup_connection_value(connection, MHD_HEADER_KIND, "Authorization");
+    if (header == NULL || strncasecmp(header, "Bearer ", 7) != 0) {
+        *problem = "an Authorization: Bearer token is required";
+        return false;
+    }
+    const char *token = header + 7;
+    while (*token == ' ')
+        token++;
+    token_status_t result =
+        token_verify(self->config.keys, token, (int64_t)time(NULL), user_id, TOKEN_USER_ID_SIZE);
+    if (result != TOKEN_OK) {
+        *problem = token_status_text(result);
+        return false;
+    }
+    return true;
+}
+
+/* The complete request: answer it. */
+static enum MHD_Result finish(gateway_t *self, struct MHD_Connection *connection, request_t *req,
+                              const char *url, const char *method, const char *request_id)
+{
+    if (strcmp(url, "/healthz") == 0 && strcmp(method, "GET") == 0)
+        return respond(connection, 200, json_pack("{s:s}", "status", "ok"), request_id, NULL, NULL);
+    if (strcmp(url, "/readyz") == 0 && strcmp(method, "GET") == 0)
+        return readiness(self, connection, request_id);
+    if (!req->matched) {
+        if (req->match.method_not_allowed)
+            return respond_error(connection, 405, "method_not_allowed",
+                                 "this method is not allowed here", request_id, NULL, "Allow",
+                                 req->match.allow);
+        return respond_error(connection, 404, "not_found", "no such endpoint", request_id, NULL,
+                             NULL, NULL);
+    }
+    if (req->too_large) {
+        char message[128];
+        snprintf(message, sizeof message, "request body is over %zu bytes",
+                 self->config.body_bytes_max);
+        return respond_error(connection, 413, "body_too_large", message, request_id, NULL, NULL,
+                             NULL);
+    }
+    const route_t *route = req->match.route;
+    if (route->has_body && req->body_len > 0) {
+        const char *type = MHD_lookup_connection_value(connection, MHD_HEADER_KIND, "Content-Type");
+        if (type == NULL || strncasecmp(type, "application/json", 16) != 0 ||
+            (type[16] != '\0' && type[16] != ';'))
+            return respond_error(connection, 415, "unsupported_media_type",
+                                 "Content-Type must be application/json", request_id, NULL, NULL,
+                                 NULL);
+    }
+    char user_id[TOKEN_USER_ID_SIZE] = "";
+    if (route->auth) {
+        const char *problem = NULL;
+        if (!authenticate(self, connection, user_id, &problem))
+            return respond_error(connection, 401, "unauthenticated", problem, request_id, NULL,
+                                 "WWW-Authenticate", "Bearer");
+    }
+    arena_t *arena = arena_new(arena_block_bytes);
+    if (arena == NULL)
+        return MHD_NO;
+    enum MHD_Result result = call_route(self, connection, req, request_id, user_id, arena);
+    arena_destroy(&arena);
+    return result;
+}
+
+/* libmicrohttpd's access handler: called for the head, each body chunk,
+ * and once more at the end. */
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *connection, const char *url,
+                                  const char *method, const char *version, const char *upload_data,
+                                  size_t *upload_data_size, void **con_cls)
+{
+    (void)version;
+    gateway_t *self = cls;
+    request_t *req = *con_cls;
+    if (req == NULL) {
+        req = calloc(1, sizeof *req);
+        if (req == NULL)
+            return MHD_NO;
+        req->started_us = clock_now_us();
+        req->matched = routes_match(routes_v1, routes_v1_count, method, url, &req->match);
+        const char *length =
+            MHD_lookup_connection_value(connection, MHD_HEADER_KIND, "Content-Length");
+        if (length != NULL && strtoull(length, NULL, 10) > self->config.body_bytes_max)
+            req->too_large = true;
+        *con_cls = req;
+        return MHD_YES;
+    }
+    if (*upload_data_size > 0) {
+        size_t chunk = *upload_data_size;
+        *upload_data_size = 0;
+        if (req->too_large || req->body_len + chunk > self->config.body_bytes_max) {
+            req->too_large = true; /* keep reading, keep nothing */
+            return MHD_YES;
+        }
+        if (req->body_len + chunk > req->body_cap) {
+            size_t cap = req->body_cap ? req->body_cap * 2 : 1024;
+            while (cap < req->body_len + chunk)
+                cap *= 2;
+            if (cap > self->config.body_bytes_max)
+                cap = self->config.body_bytes_max;
+            char *grown = realloc(req->body, cap);
+            if (grown == NULL)
+                return MHD_NO;
+            req->body = grown;
+            req->body_cap = cap;
+        }
+        memcpy(req->body + req->body_len, upload_data, chunk);
+        req->body_len += chunk;
+        return MHD_YES;
+    }
+    char request_id[request_id_bytes_max + 1];
+    request_id_for(connection, request_id);
+    return finish(self, connection, req, url, method, request_id);
+}
+
+/* Frees a request's state when libmicrohttpd is done with it. */
+static void on_completed(void *cls, struct MHD_Connection *connection, void **con_cls,
+                         enum MHD_RequestTerminationCode code)
+{
+    (void)cls;
+    (void)connection;
+    (void)code;
+    request_t *req = *con_cls;
+    if (req == NULL)
+        return;
+    free(req->body);
+    free(req);
+    *con_cls = NULL;
+}
+
+/* ---- life cycle ---------------------------------------------------------- */
+
+gateway_t *gateway_new(const gateway_config_t *config)
+{
+    gateway_t *self = calloc(1, sizeof *self);
+    if (self == NULL)
+        return NULL;
+    self->config = *config;
+    self->zmq_ctx = zmq_ctx_new();
+    if (self->zmq_ctx == NULL || pthread_key_create(&self->client_key, client_close) != 0) {
+        free(self);
+        return NULL;
+    }
+    struct sockaddr_in addr;
+    memset(&addr, 0, sizeof addr);
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(config->port);
+    if (inet_pton(AF_INET, config->bind_address, &addr.sin_addr) != 1) {
+        log_error("gateway: bind address '%s' is not an IPv4 address", config->bind_address);
+        zmq_ctx_term(self->zmq_ctx);
+        free(self);
+        return NULL;
+    }
+    self->daemon = MHD_start_daemon(
+        MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG, config->port, NULL,
+        NULL, on_request, self, MHD_OPTION_THREAD_POOL_SIZE, config->threads,
+        MHD_OPTION_CONNECTION_LIMIT, config->connections_max, MHD_OPTION_CONNECTION_TIMEOUT,
+        config->timeout_s, MHD_OPTION_CONNECTION_MEMORY_LIMIT, config->header_bytes_max,
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, self, MHD_OPTION_SOCK_ADDR, &addr,
+        MHD_OPTION_END);
+    if (self->daemon == NULL) {
+        log_error("gateway: cannot listen on %s:%u: %s", config->bind_address,
+                  (unsigned)config->port, strerror(errno));
+        zmq_ctx_term(self->zmq_ctx);
+        free(self);
+        return NULL;
+    }
+    log_info("gateway: listening on http://%s:%u (broker %s, %u threads)", config->bind_address,
+             (unsigned)config->port, config->broker_endpoint, config->threads);
+    return self;
+}
+
+void gateway_destroy(gateway_t **self_p)
+{
+    gateway_t *self = *self_p;
+    if (self == NULL)
+        return;
+    MHD_stop_daemon(self->daemon); /* joins the pool threads: their clients close */
+    pthread_key_delete(self->client_key);
+    zmq_ctx_term(self->zmq_ctx);
+    free(self);
+    *self_p = NULL;
+}

@@ -1,0 +1,43 @@
+/*
+ * gateway: the HTTP server (libmicrohttpd) that turns JSON requests into
+ * RPCs through the broker and the replies back into JSON.
+ *
+ * It checks access tokens at the edge, puts the caller's user id and the
+ * request id into the call metadata, bounds everything it reads (body,
+ * headers, connections, time), and answers every failure with
+ * {"error": {"code", "message", "request_id"}}. It never passes internal
+ * error text to clients.
+ */
+#ifndef PAYGATE_GATEWAY_H
+#define PAYGATE_GATEWAY_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "token/token.h"
+
+typedef struct {
+    const char *bind_address; /* IPv4 address to listen on */
+    uint16_t port;
+    const char *broker_endpoint;
+    unsigned threads;        /* libmicrohttpd thread pool */
+    size_t body_bytes_max;   /* larger bodies: 413 */
+    size_t header_bytes_max; /* per-connection memory for the request head */
+    unsigned connections_max;
+    unsigned timeout_s;            /* idle/slow client timeout */
+    uint32_t deadline_ms;          /* per request, towards the broker */
+    const char *required_services; /* comma-separated, checked by /readyz */
+    const token_keyring_t *keys;
+} gateway_config_t;
+
+typedef struct gateway gateway_t;
+
+/* Starts listening and serving on its own threads. NULL, after logging
+ * why, when the port cannot be bound. */
+gateway_t *gateway_new(const gateway_config_t *config);
+
+/* Stops accepting, finishes the requests in progress, frees everything
+ * and sets '*self' to NULL. */
+void gateway_destroy(gateway_t **self);
+
+#endif

@@ -1,0 +1,131 @@
+/*
+ * routes: the v1 routes table and the path matcher. See routes.h.
+ */
+#include "routes.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "user.pb-c.h"
+
+const route_t routes_v1[] = {
+    {.method = "POST",
+     .path = "/v1/users",
+     .service = "user",
+     .rpc = "Register",
+     .request = &paygate__v1__register_request__descriptor,
+     .reply = &paygate__v1__user__descriptor,
+     .auth = false,
+     .success_status = 201,
+     .has_body = true},
+    {.method = "POST",
+     .path = "/v1/auth/login",
+     .service = "user",
+     .rpc = "Login",
+     .request = &paygate__v1__login_request__descriptor,
+     .reply = &paygate__v1__login_reply__descriptor,
+     .auth = false,
+     .success_status = 200,
+     .has_body = true},
+    {.method = "GET",
+     .path = "/v1/wallet",
+     .service = "user",
+     .rpc = "GetWallet",
+     .request = &paygate__v1__get_wallet_request__descriptor,
+     .reply = &paygate__v1__wallet__descriptor,
+     .auth = true,
+     .success_status = 200},
+    {.method = "POST",
+     .path = "/v1/wallet/topups",
+     .service = "user",
+     .rpc = "TopUp",
+     .request = &paygate__v1__top_up_request__descriptor,
+     .reply = &paygate__v1__top_up__descriptor,
+     .auth = true,
+     .success_status = 201,
+     .idempotency_field = "idempotency_key",
+     .has_body = true},
+};
+const size_t routes_v1_count = sizeof routes_v1 / sizeof routes_v1[0];
+
+/* Copies the next '/'-separated segment of '*path' into 'out' and
+ * advances '*path'. Returns false at the end or when it is too long. */
+static bool next_segment(const char **path, char *out, size_t out_size)
+{
+    const char *p = *path;
+    if (*p != '/')
+        return false;
+    p++;
+    const char *end = strchr(p, '/');
+    size_t n = end ? (size_t)(end - p) : strlen(p);
+    if (n + 1 > out_size)
+        return false;
+    memcpy(out, p, n);
+    out[n] = '\0';
+    *path = p + n;
+    return true;
+}
+
+static bool segment_value_valid(const char *value)
+{
+    if (value[0] == '\0')
+        return false;
+    for (const char *c = value; *c; c++) {
+        if (*c <= ' ' || *c >= 127)
+            return false;
+    }
+    return true;
+}
+
+/* Matches 'path' against 'template', filling the params of 'out'. */
+static bool path_matches(const char *template, const char *path, route_match_t *out)
+{
+    out->param_count = 0;
+    char want[route_param_bytes_max + 1], got[route_param_bytes_max + 1];
+    for (;;) {
+        bool more_want = next_segment(&template, want, sizeof want);
+        bool more_got = next_segment(&path, got, sizeof got);
+        if (!more_want || !more_got)
+            return !more_want && !more_got && *path == '\0';
+        size_t len = strlen(want);
+        if (len > 2 && want[0] == '{' && want[len - 1] == '}') {
+            if (!segment_value_valid(got) || out->param_count == route_params_max)
+                return false;
+            size_t k = out->param_count++;
+            snprintf(out->params[k].name, sizeof out->params[k].name, "%.*s", (int)(len - 2),
+                     want + 1);
+            snprintf(out->params[k].value, sizeof out->params[k].value, "%s", got);
+        } else if (strcmp(want, got) != 0) {
+            return false;
+        }
+    }
+}
+
+bool routes_match(const route_t *routes, size_t count, const char *method, const char *path,
+                  route_match_t *out)
+{
+    memset(out, 0, sizeof *out);
+    if (strlen(path) > route_path_bytes_max)
+        return false;
+    /* a trailing slash is not the same resource */
+    if (strlen(path) > 1 && path[strlen(path) - 1] == '/')
+        return false;
+    size_t allow_len = 0;
+    for (size_t i = 0; i < count; i++) {
+        route_match_t candidate;
+        memset(&candidate, 0, sizeof candidate);
+        if (!path_matches(routes[i].path, path, &candidate))
+            continue;
+        if (strcmp(routes[i].method, method) == 0) {
+            *out = candidate;
+            out->route = &routes[i];
+            return true;
+        }
+        out->method_not_allowed = true;
+        int n = snprintf(out->allow + allow_len, sizeof out->allow - allow_len, "%s%s",
+                         allow_len ? ", " : "", routes[i].method);
+        if (n > 0 && (size_t)n < sizeof out->allow - allow_len)
+            allow_len += (size_t)n;
+    }
+    return false;
+}

@@ -1,0 +1,21 @@
+/*
+ * pgrpc: database outcomes as RPC statuses. See pgrpc.h.
+ */
+#include "pgrpc.h"
+
+#include "log/log.h"
+
+Paygate__V1__Code pgrpc_fail(rpc_ctx_t *ctx, const pg_conn_t *pg, pg_result_t result,
+                             const char *what)
+{
+    if (result == PG_UNAVAILABLE) {
+        log_warn("%s: database unavailable (request %s): %s", what, rpc_ctx_request_id(ctx),
+                 pg_error_message(pg));
+        return rpc_ctx_fail(ctx, PAYGATE__V1__CODE__UNAVAILABLE, "database_unavailable",
+                            "the database is unavailable; retry later");
+    }
+    log_error("%s: database error %s (request %s): %s", what, pg_error_sqlstate(pg),
+              rpc_ctx_request_id(ctx), pg_error_message(pg));
+    return rpc_ctx_fail(ctx, PAYGATE__V1__CODE__INTERNAL, "internal_error",
+                        "internal error (request %s)", rpc_ctx_request_id(ctx));
+}

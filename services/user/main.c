@@ -1,0 +1,144 @@
+/*
+ * paygate-user: accounts, login and wallets, as the broker service "user".
+ *
+ * The story: read the configuration, bring the "users" schema up to date,
+ * start one worker thread per configured instance (each with its own
+ * database connection), serve until SIGTERM/SIGINT, drain, exit.
+ */
+#include <sodium.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config/config.h"
+#include "log/log.h"
+#include "pg/pg.h"
+#include "rpc/rpc.h"
+#include "token/token.h"
+#include "user.pb-c.h"
+#include "user_service.h"
+
+extern const pg_migration_t user_migrations[];
+extern const size_t user_migrations_count;
+
+static const rpc_method_t user_methods[] = {
+    {"Register", &paygate__v1__register_request__descriptor, &paygate__v1__user__descriptor,
+     user_register},
+    {"Login", &paygate__v1__login_request__descriptor, &paygate__v1__login_reply__descriptor,
+     user_login},
+    {"GetWallet", &paygate__v1__get_wallet_request__descriptor, &paygate__v1__wallet__descriptor,
+     wallet_get},
+    {"TopUp", &paygate__v1__top_up_request__descriptor, &paygate__v1__top_up__descriptor,
+     wallet_top_up},
+    {"Debit", &paygate__v1__wallet_movement_request__descriptor,
+     &paygate__v1__wallet_movement__descriptor, wallet_debit},
+    {"Credit", &paygate__v1__wallet_movement_request__descriptor,
+     &paygate__v1__wallet_movement__descriptor, wallet_credit},
+};
+
+typedef struct {
+    const char *pg_dsn;
+    const token_keyring_t *keys;
+} user_app_t;
+
+static void *user_thread_init(unsigned index, void *app_state)
+{
+    (void)index;
+    user_app_t *app = app_state;
+    user_thread_t *thread = calloc(1, sizeof *thread);
+    if (thread == NULL)
+        return NULL;
+    thread->keys = app->keys;
+    thread->pg = pg_conn_new(app->pg_dsn, "users");
+    if (thread->pg == NULL) {
+        free(thread);
+        return NULL;
+    }
+    return thread;
+}
+
+static void user_thread_fini(void *thread_state)
+{
+    user_thread_t *thread = thread_state;
+    pg_conn_destroy(&thread->pg);
+    free(thread);
+}
+
+static void usage(void)
+{
+    fputs("usage: paygate-user\n"
+          "The user service: register, login (JWT), wallet, top-ups, debits, credits.\n"
+          "Configured by environment:\n"
+          "  PAYGATE_BROKER_ENDPOINT    broker (tcp://127.0.0.1:55555)\n"
+          "  PAYGATE_PG_DSN             PostgreSQL connection string (required)\n"
+          "  PAYGATE_USER_THREADS       worker instances in this process (2)\n"
+          "  PAYGATE_USER_MAX_IN_FLIGHT requests an instance may hold (4)\n"
+          "  PAYGATE_INSTANCE_ID        instance id prefix (user-<host>-<pid>)\n"
+          "  PAYGATE_JWT_SECRET         HS256 key, at least 32 bytes (required)\n"
+          "  PAYGATE_JWT_KID, PAYGATE_JWT_ISSUER, PAYGATE_JWT_AUDIENCE, PAYGATE_JWT_TTL_S,\n"
+          "  PAYGATE_JWT_PREVIOUS_SECRET, PAYGATE_JWT_PREVIOUS_KID   see README\n"
+          "  PAYGATE_LOG_LEVEL          debug, info, warn, error (info)\n",
+          stdout);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc > 1) {
+        usage();
+        return strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ? 0 : 2;
+    }
+    if (!log_init("user") || sodium_init() < 0)
+        return 2;
+    const char *endpoint, *pg_dsn, *instance;
+    int64_t threads, max_in_flight;
+    bool ok = config_str("PAYGATE_BROKER_ENDPOINT", "tcp://127.0.0.1:55555", 255, &endpoint);
+    ok &= config_str("PAYGATE_PG_DSN", NULL, 1024, &pg_dsn);
+    ok &= config_str("PAYGATE_INSTANCE_ID", NULL, 100, &instance);
+    ok &= config_int("PAYGATE_USER_THREADS", 2, 1, 64, &threads);
+    ok &= config_int("PAYGATE_USER_MAX_IN_FLIGHT", 4, 1, 1024, &max_in_flight);
+    if (!ok)
+        return 2;
+    if (pg_dsn == NULL) {
+        log_error("config: PAYGATE_PG_DSN is required");
+        return 2;
+    }
+    token_keyring_t *keys = token_keyring_from_env();
+    if (keys == NULL)
+        return 2;
+
+    /* Schema first: no instance serves before the tables are right. */
+    pg_conn_t *migrator = pg_conn_new(pg_dsn, "users");
+    pg_result_t migrated =
+        migrator ? pg_migrate(migrator, user_migrations, user_migrations_count) : PG_ERROR;
+    pg_conn_destroy(&migrator);
+    if (migrated != PG_OK) {
+        log_error("user: database migration failed; not starting");
+        token_keyring_destroy(&keys);
+        return 1;
+    }
+
+    user_app_t app = {.pg_dsn = pg_dsn, .keys = keys};
+    rpc_server_config_t server_config = {
+        .endpoint = endpoint,
+        .service = "user",
+        .instance = instance,
+        .methods = user_methods,
+        .method_count = sizeof user_methods / sizeof user_methods[0],
+        .threads = (unsigned)threads,
+        .max_in_flight = (uint32_t)max_in_flight,
+        .thread_init = user_thread_init,
+        .thread_fini = user_thread_fini,
+        .app = &app,
+    };
+    rpc_server_t *server = rpc_server_new(&server_config);
+    if (server == NULL) {
+        token_keyring_destroy(&keys);
+        return 2;
+    }
+    rpc_server_stop_on_signals(server);
+    int rc = rpc_server_run(server);
+    rpc_server_destroy(&server);
+    token_keyring_destroy(&keys);
+    log_info("user: stopped");
+    return rc == 0 ? 0 : 1;
+}
