@@ -6,46 +6,54 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "order.pb-c.h"
+#include "payment.pb-c.h"
 #include "user.pb-c.h"
 
+/* Cursor pagination, as Stripe: ?limit=1..100&starting_after=<id>. */
+static const char *const page_query[] = {"limit", "starting_after", NULL};
+
+/* One row per endpoint: method, path, service, RPC, request and reply
+ * messages (by their protobuf-c descriptor names), then the flags. */
+#define MSG(name) &paygate__v1__##name##__descriptor
+#define ROUTE(m, p, svc, rpc_name, req, rep, ...)                                                  \
+    {                                                                                              \
+        .method = m, .path = p, .service = svc, .rpc = rpc_name, .request = MSG(req),              \
+        .reply = MSG(rep), __VA_ARGS__                                                             \
+    }
+
+// clang-format off
 const route_t routes_v1[] = {
-    {.method = "POST",
-     .path = "/v1/users",
-     .service = "user",
-     .rpc = "Register",
-     .request = &paygate__v1__register_request__descriptor,
-     .reply = &paygate__v1__user__descriptor,
-     .auth = false,
-     .success_status = 201,
-     .has_body = true},
-    {.method = "POST",
-     .path = "/v1/auth/login",
-     .service = "user",
-     .rpc = "Login",
-     .request = &paygate__v1__login_request__descriptor,
-     .reply = &paygate__v1__login_reply__descriptor,
-     .auth = false,
-     .success_status = 200,
-     .has_body = true},
-    {.method = "GET",
-     .path = "/v1/wallet",
-     .service = "user",
-     .rpc = "GetWallet",
-     .request = &paygate__v1__get_wallet_request__descriptor,
-     .reply = &paygate__v1__wallet__descriptor,
-     .auth = true,
-     .success_status = 200},
-    {.method = "POST",
-     .path = "/v1/wallet/topups",
-     .service = "user",
-     .rpc = "TopUp",
-     .request = &paygate__v1__top_up_request__descriptor,
-     .reply = &paygate__v1__top_up__descriptor,
-     .auth = true,
-     .success_status = 201,
-     .idempotency_field = "idempotency_key",
-     .has_body = true},
+    ROUTE("POST", "/v1/users", "user", "Register", register_request, user,
+          .success_status = 201, .has_body = true),
+    ROUTE("POST", "/v1/auth/login", "user", "Login", login_request, login_reply,
+          .success_status = 200, .has_body = true),
+    ROUTE("GET", "/v1/wallet", "user", "GetWallet", get_wallet_request, wallet,
+          .auth = true, .success_status = 200),
+    ROUTE("POST", "/v1/wallet/topups", "user", "TopUp", top_up_request, top_up,
+          .auth = true, .success_status = 201, .has_body = true,
+          .idempotency_field = "idempotency_key"),
+    ROUTE("POST", "/v1/orders", "order", "Create", create_order_request, order,
+          .auth = true, .success_status = 201, .has_body = true),
+    ROUTE("GET", "/v1/orders", "order", "List", list_orders_request, order_list,
+          .auth = true, .success_status = 200, .query_fields = page_query),
+    ROUTE("GET", "/v1/orders/{id}", "order", "Get", get_order_request, order,
+          .auth = true, .success_status = 200),
+    ROUTE("POST", "/v1/orders/{id}/cancel", "order", "Cancel", cancel_order_request, order,
+          .auth = true, .success_status = 200, .has_body = true),
+    ROUTE("POST", "/v1/payments", "payment", "Create", create_payment_request, payment,
+          .auth = true, .success_status = 201, .has_body = true,
+          .idempotency_field = "idempotency_key"),
+    ROUTE("GET", "/v1/payments", "payment", "List", list_payments_request, payment_list,
+          .auth = true, .success_status = 200, .query_fields = page_query),
+    ROUTE("GET", "/v1/payments/{id}", "payment", "Get", get_payment_request, payment,
+          .auth = true, .success_status = 200),
+    ROUTE("POST", "/v1/payments/{payment_id}/refunds", "payment", "CreateRefund",
+          create_refund_request, refund,
+          .auth = true, .success_status = 201, .has_body = true,
+          .idempotency_field = "idempotency_key"),
 };
+// clang-format on
 const size_t routes_v1_count = sizeof routes_v1 / sizeof routes_v1[0];
 
 /* Copies the next '/'-separated segment of '*path' into 'out' and

@@ -29,10 +29,10 @@
 #include "json/transcode.h"
 
 #include <assert.h>
-#include <errno.h>
 #include <float.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -827,11 +827,13 @@ static bool parse_text(decoder_t *d, const ProtobufCFieldDescriptor *field, cons
     case PROTOBUF_C_TYPE_DOUBLE: {
         if (!is_json_number(text, len))
             return decoder_expected(d, "a number");
-        errno = 0;
+        /* strtod() reads '.' as the point in the "C" locale, which no
+         * paygate process changes. Overflow gives +-HUGE_VAL (refused
+         * below); underflow rounds towards 0 like any float. */
         double real = strtod(text, NULL);
         bool is_float = field->type == PROTOBUF_C_TYPE_FLOAT;
         double limit = is_float ? FLT_MAX : DBL_MAX;
-        if ((errno == ERANGE && (real > 1.0 || real < -1.0)) || real > limit || real < -limit)
+        if (real > limit || real < -limit)
             return decoder_fail(d, "\"%s\" is out of range for %s", d->path,
                                 type_name(field->type));
         if (is_float)
@@ -1064,12 +1066,10 @@ static json_t *encode_string(const char *text)
  * NULL on OOM. */
 static json_t *encode_real(double real)
 {
-    if (real != real)
+    if (isnan(real))
         return json_string_nocheck("NaN");
-    if (real > DBL_MAX)
-        return json_string_nocheck("Infinity");
-    if (real < -DBL_MAX)
-        return json_string_nocheck("-Infinity");
+    if (isinf(real))
+        return json_string_nocheck(real > 0 ? "Infinity" : "-Infinity");
     return json_real(real);
 }
 

@@ -45,10 +45,15 @@
  *     field is treated as a map when its type is the nested message protoc
  *     generates for map<,> (named <FieldName>Entry, fields key=1, value=2).
  *
+ * Callers should parse bodies with json_loads(..., JSON_REJECT_DUPLICATES,
+ * ...): by default jansson keeps the last of two equal keys silently, and
+ * this module only ever sees the survivor.
+ *
  * Must never: abort, read out of bounds or allocate without bound on any
  * JSON or text input (every size is limited below, and decode memory all
- * comes from the caller's arena); accept a value it would have to round,
- * clamp or truncate; hand-write the mapping of any message.
+ * comes from the caller's arena); accept an integer, string or bytes value
+ * it would have to round, clamp or truncate (float/double round, as they
+ * must); hand-write the mapping of any message.
  */
 #ifndef PAYGATE_JSON_TRANSCODE_H
 #define PAYGATE_JSON_TRANSCODE_H

@@ -393,7 +393,7 @@ void pg_conn_destroy(pg_conn_t **self_p)
 pg_result_t pg_exec(pg_conn_t *self, const char *sql, int nparams, const char *const *params,
                     PGresult **out)
 {
-    assert(self != NULL && sql != NULL && nparams >= 0);
+    assert(self != NULL && sql != NULL && nparams >= 0 && (nparams == 0 || params != NULL));
     if (out != NULL)
         *out = NULL;
     error_clear(self);
@@ -419,7 +419,8 @@ static int statement_find(const pg_conn_t *self, const char *name)
 pg_result_t pg_exec_prepared(pg_conn_t *self, const char *name, const char *sql, int nparams,
                              const char *const *params, PGresult **out)
 {
-    assert(self != NULL && name != NULL && sql != NULL && nparams >= 0);
+    assert(self != NULL && name != NULL && sql != NULL && nparams >= 0 &&
+           (nparams == 0 || params != NULL));
     if (out != NULL)
         *out = NULL;
     error_clear(self);

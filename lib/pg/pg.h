@@ -48,10 +48,10 @@ enum {
 
 typedef enum {
     PG_OK = 0,
-    /* Connection lost, server down or shutting down (SQLSTATE class 08,
-     * 57P01..57P03, or a libpq-level connection failure). The caller
-     * answers UNAVAILABLE. If a statement was in flight its outcome is
-     * unknown. */
+    /* Connection lost, server down or shutting down (SQLSTATE class 08
+     * except 08P01, 57P01..57P03, or a libpq-level connection failure).
+     * The caller answers UNAVAILABLE. If a statement was in flight its
+     * outcome is unknown. */
     PG_UNAVAILABLE,
     /* Integrity violation (class 23: unique 23505, check 23514, foreign
      * key 23503, not null 23502); see pg_error_sqlstate/_constraint. */
@@ -103,8 +103,9 @@ pg_result_t pg_exec(pg_conn_t *self, const char *sql, int nparams, const char *c
 pg_result_t pg_exec_prepared(pg_conn_t *self, const char *name, const char *sql, int nparams,
                              const char *const *params, PGresult **out);
 
-/* Opens a transaction (connecting if needed). Fails with PG_ERROR if one
- * is already open on this handle. */
+/* Opens a transaction (connecting if needed) at the server's default
+ * isolation level; run "SET TRANSACTION ISOLATION LEVEL ..." next for
+ * another. Fails with PG_ERROR if one is already open on this handle. */
 pg_result_t pg_begin(pg_conn_t *self);
 
 /* Commits the open transaction. PG_OK only if the server reported

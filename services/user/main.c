@@ -16,10 +16,8 @@
 #include "rpc/rpc.h"
 #include "token/token.h"
 #include "user.pb-c.h"
+#include "user_migrations.h"
 #include "user_service.h"
-
-extern const pg_migration_t user_migrations[];
-extern const size_t user_migrations_count;
 
 static const rpc_method_t user_methods[] = {
     {"Register", &paygate__v1__register_request__descriptor, &paygate__v1__user__descriptor,

@@ -1,0 +1,183 @@
+/*
+ * paygate-payment: pays orders from wallets (a saga over the user and
+ * order services), idempotently and crash-safely, with refunds.
+ *
+ * The story: read the configuration, bring the "payments" schema up to
+ * date, start the recovery loop (it finishes sagas that an earlier crash
+ * left behind, then keeps watching), serve CreatePayment/Get/List and
+ * CreateRefund on worker threads, and on SIGTERM drain and stop both.
+ */
+#include <pthread.h>
+#include <sodium.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "clock/clock.h"
+#include "config/config.h"
+#include "log/log.h"
+#include "payment.pb-c.h"
+#include "payment_migrations.h"
+#include "payment_service.h"
+
+static const rpc_method_t payment_methods[] = {
+    {"Create", &paygate__v1__create_payment_request__descriptor, &paygate__v1__payment__descriptor,
+     payment_create},
+    {"Get", &paygate__v1__get_payment_request__descriptor, &paygate__v1__payment__descriptor,
+     payment_get},
+    {"List", &paygate__v1__list_payments_request__descriptor,
+     &paygate__v1__payment_list__descriptor, payment_list},
+    {"CreateRefund", &paygate__v1__create_refund_request__descriptor,
+     &paygate__v1__refund__descriptor, refund_create},
+};
+
+typedef struct {
+    const char *pg_dsn;
+    const char *broker_endpoint;
+    void *zmq_ctx; /* for the threads' RPC clients */
+    payment_settings_t settings;
+    atomic_int stopping;
+} payment_app_t;
+
+/* A thread's environment: its own database connection and RPC client. */
+static payment_env_t *payment_env_new(payment_app_t *app)
+{
+    payment_env_t *env = calloc(1, sizeof *env);
+    if (env == NULL)
+        return NULL;
+    env->settings = &app->settings;
+    env->pg = pg_conn_new(app->pg_dsn, "payments");
+    env->rpc = rpc_client_new(app->zmq_ctx, app->broker_endpoint);
+    if (env->pg == NULL || env->rpc == NULL) {
+        pg_conn_destroy(&env->pg);
+        rpc_client_destroy(&env->rpc);
+        free(env);
+        return NULL;
+    }
+    return env;
+}
+
+static void payment_env_destroy(void *state)
+{
+    payment_env_t *env = state;
+    pg_conn_destroy(&env->pg);
+    rpc_client_destroy(&env->rpc);
+    free(env);
+}
+
+static void *payment_thread_init(unsigned index, void *app)
+{
+    (void)index;
+    return payment_env_new(app);
+}
+
+/* The recovery loop: a pass at once, then one every interval. */
+static void *recovery_main(void *arg)
+{
+    payment_app_t *app = arg;
+    payment_env_t *env = payment_env_new(app);
+    if (env == NULL) {
+        log_error("recovery: cannot start (database or broker client)");
+        return NULL;
+    }
+    while (!atomic_load(&app->stopping)) {
+        int driven = recovery_pass(env);
+        if (driven > 0)
+            log_info("recovery: drove %d payments and refunds", driven);
+        int64_t until = clock_now_ms() + app->settings.recovery_interval_ms;
+        while (!atomic_load(&app->stopping) && clock_now_ms() < until)
+            usleep(50 * 1000);
+    }
+    payment_env_destroy(env);
+    return NULL;
+}
+
+static void usage(void)
+{
+    fputs("usage: paygate-payment\n"
+          "The payment service: pays orders from wallets, refunds. Configured by environment:\n"
+          "  PAYGATE_BROKER_ENDPOINT               broker (tcp://127.0.0.1:55555)\n"
+          "  PAYGATE_PG_DSN                        PostgreSQL connection string (required)\n"
+          "  PAYGATE_PAYMENT_THREADS               worker instances in this process (2)\n"
+          "  PAYGATE_PAYMENT_MAX_IN_FLIGHT         requests an instance may hold (4)\n"
+          "  PAYGATE_PAYMENT_LEASE_MS              a saga driver's lease (10000)\n"
+          "  PAYGATE_PAYMENT_CALL_DEADLINE_MS      deadline of each call to user/order (2000)\n"
+          "  PAYGATE_PAYMENT_RECOVERY_INTERVAL_MS  pause between recovery passes (1000)\n"
+          "  PAYGATE_INSTANCE_ID                   instance id prefix (payment-<host>-<pid>)\n"
+          "  PAYGATE_LOG_LEVEL                     debug, info, warn, error (info)\n",
+          stdout);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc > 1) {
+        usage();
+        return strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ? 0 : 2;
+    }
+    if (!log_init("payment") || sodium_init() < 0)
+        return 2;
+    payment_app_t app;
+    memset(&app, 0, sizeof app);
+    const char *instance;
+    int64_t threads, max_in_flight, lease_ms, call_deadline_ms, recovery_ms;
+    bool ok =
+        config_str("PAYGATE_BROKER_ENDPOINT", "tcp://127.0.0.1:55555", 255, &app.broker_endpoint);
+    ok &= config_str("PAYGATE_PG_DSN", NULL, 1024, &app.pg_dsn);
+    ok &= config_str("PAYGATE_INSTANCE_ID", NULL, 100, &instance);
+    ok &= config_int("PAYGATE_PAYMENT_THREADS", 2, 1, 64, &threads);
+    ok &= config_int("PAYGATE_PAYMENT_MAX_IN_FLIGHT", 4, 1, 1024, &max_in_flight);
+    ok &= config_int("PAYGATE_PAYMENT_LEASE_MS", 10000, 100, 600000, &lease_ms);
+    ok &= config_int("PAYGATE_PAYMENT_CALL_DEADLINE_MS", 2000, 10, 60000, &call_deadline_ms);
+    ok &= config_int("PAYGATE_PAYMENT_RECOVERY_INTERVAL_MS", 1000, 10, 600000, &recovery_ms);
+    if (!ok)
+        return 2;
+    if (app.pg_dsn == NULL) {
+        log_error("config: PAYGATE_PG_DSN is required");
+        return 2;
+    }
+    app.settings.lease_ms = (uint32_t)lease_ms;
+    app.settings.call_deadline_ms = (uint32_t)call_deadline_ms;
+    app.settings.recovery_interval_ms = (uint32_t)recovery_ms;
+
+    pg_conn_t *migrator = pg_conn_new(app.pg_dsn, "payments");
+    pg_result_t migrated =
+        migrator ? pg_migrate(migrator, payment_migrations, payment_migrations_count) : PG_ERROR;
+    pg_conn_destroy(&migrator);
+    if (migrated != PG_OK) {
+        log_error("payment: database migration failed; not starting");
+        return 1;
+    }
+
+    app.zmq_ctx = zmq_ctx_new();
+    pthread_t recovery;
+    if (app.zmq_ctx == NULL || pthread_create(&recovery, NULL, recovery_main, &app) != 0) {
+        log_error("payment: cannot start the recovery loop");
+        return 1;
+    }
+    rpc_server_config_t server_config = {
+        .endpoint = app.broker_endpoint,
+        .service = "payment",
+        .instance = instance,
+        .methods = payment_methods,
+        .method_count = sizeof payment_methods / sizeof payment_methods[0],
+        .threads = (unsigned)threads,
+        .max_in_flight = (uint32_t)max_in_flight,
+        .thread_init = payment_thread_init,
+        .thread_fini = payment_env_destroy,
+        .app = &app,
+    };
+    rpc_server_t *server = rpc_server_new(&server_config);
+    int rc = -1;
+    if (server != NULL) {
+        rpc_server_stop_on_signals(server);
+        rc = rpc_server_run(server);
+        rpc_server_destroy(&server);
+    }
+    atomic_store(&app.stopping, 1);
+    pthread_join(recovery, NULL);
+    zmq_ctx_term(app.zmq_ctx);
+    log_info("payment: stopped");
+    return rc == 0 ? 0 : 1;
+}

@@ -1,0 +1,79 @@
+/*
+ * The payment service: its settings, the state each thread owns, the saga
+ * and the handlers.
+ */
+#ifndef PAYGATE_PAYMENT_SERVICE_H
+#define PAYGATE_PAYMENT_SERVICE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "pg/pg.h"
+#include "rpc/rpc.h"
+
+enum {
+    payment_id_bytes_max = 64,
+    order_id_bytes_max = 64,
+    user_id_bytes_max = 64,
+    idempotency_key_bytes_max = 255,
+    failure_code_bytes_max = 64,
+    failure_message_bytes_max = 256,
+    list_limit_default = 10,
+    list_limit_max = 100,
+    recovery_batch_max = 32,
+};
+
+typedef struct {
+    uint32_t lease_ms;         /* how long a saga's driver holds it */
+    uint32_t call_deadline_ms; /* each call to user/order */
+    uint32_t recovery_interval_ms;
+} payment_settings_t;
+
+/* What a thread needs to drive sagas: its database connection and its
+ * RPC client (both owned by the thread). */
+typedef struct {
+    pg_conn_t *pg;
+    rpc_client_t *rpc;
+    const payment_settings_t *settings;
+} payment_env_t;
+
+/* A payment as the saga sees it. */
+typedef struct {
+    char id[payment_id_bytes_max + 1];
+    char user_id[user_id_bytes_max + 1];
+    char order_id[order_id_bytes_max + 1];
+    int64_t amount;
+    char step[24];
+} saga_payment_t;
+
+typedef enum {
+    SAGA_SUCCEEDED,
+    SAGA_FAILED,
+    SAGA_PENDING, /* a step's outcome is unknown: the recovery loop goes on */
+} saga_outcome_t;
+
+/* saga.c: drives 'p' from its recorded step as far as it can. Every step
+ * is recorded before the next acts, and every call is keyed by the
+ * payment id, so running it twice, or after a crash, is safe. */
+saga_outcome_t saga_drive(payment_env_t *env, const saga_payment_t *p, const char *request_id);
+
+/* refunds.c: credits the wallet for PENDING refund 'refund_id' and marks
+ * it SUCCEEDED. Returns true when done. */
+bool refund_drive(payment_env_t *env, const char *refund_id, const char *user_id, int64_t amount,
+                  const char *request_id);
+
+/* recovery.c: one pass over stuck payments and refunds whose lease
+ * expired. Returns how many it drove. */
+int recovery_pass(payment_env_t *env);
+
+/* payments.c / refunds.c: the RPC handlers (thread state: payment_env_t). */
+Paygate__V1__Code payment_create(rpc_ctx_t *ctx, const ProtobufCMessage *request,
+                                 ProtobufCMessage *reply, void *thread);
+Paygate__V1__Code payment_get(rpc_ctx_t *ctx, const ProtobufCMessage *request,
+                              ProtobufCMessage *reply, void *thread);
+Paygate__V1__Code payment_list(rpc_ctx_t *ctx, const ProtobufCMessage *request,
+                               ProtobufCMessage *reply, void *thread);
+Paygate__V1__Code refund_create(rpc_ctx_t *ctx, const ProtobufCMessage *request,
+                                ProtobufCMessage *reply, void *thread);
+
+#endif

@@ -1,0 +1,377 @@
+/*
+ * payments: CreatePayment, GetPayment and ListPayments.
+ *
+ * The payment row is also the idempotency record: (user, key) is UNIQUE.
+ * A request with a known key either replays the recorded outcome, takes
+ * over a saga whose driver's lease expired, or answers
+ * idempotency_in_progress; a known key with another order is
+ * idempotency_key_reused. A new key checks the order, inserts the row
+ * (lease held) and drives the saga.
+ */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "id/id.h"
+#include "log/log.h"
+#include "order.pb-c.h"
+#include "payment.pb-c.h"
+#include "payment_service.h"
+#include "pgrpc/pgrpc.h"
+#include "wire/wire.h"
+
+#define PAYMENT_COLUMNS                                                                            \
+    "id, order_id, user_id, amount, currency, status, amount_refunded, failure_code,"              \
+    " failure_message, " PGRPC_TIME("created_at") ", " PGRPC_TIME(                                 \
+        "updated_at") ", step, locked_until > now()"
+
+static const char by_key_sql[] =
+    "SELECT " PAYMENT_COLUMNS " FROM payments WHERE user_id = $1 AND idempotency_key = $2";
+
+static const char by_id_sql[] =
+    "SELECT " PAYMENT_COLUMNS " FROM payments WHERE id = $1 AND user_id = $2";
+
+/* $1 id, $2 user, $3 order, $4 key, $5 amount, $6 status, $7 step, $8 failure code,
+ * $9 failure message, $10 lease ms */
+static const char insert_sql[] =
+    "INSERT INTO payments (id, user_id, order_id, idempotency_key, amount, status, step,"
+    " failure_code, failure_message, locked_until)"
+    " VALUES ($1, $2, $3, $4, $5::bigint, $6, $7, $8, $9,"
+    "         now() + make_interval(secs => $10::int / 1000.0))"
+    " ON CONFLICT (user_id, idempotency_key) DO NOTHING RETURNING id";
+
+static const char take_over_sql[] =
+    "UPDATE payments SET locked_until = now() + make_interval(secs => $2::int / 1000.0),"
+    " attempts = attempts + 1"
+    " WHERE id = $1 AND status = 'PROCESSING' AND locked_until <= now() RETURNING id";
+
+static const char list_sql[] =
+    "SELECT " PAYMENT_COLUMNS " FROM payments WHERE user_id = $1"
+    " AND ($2 = '' OR seq < (SELECT seq FROM payments WHERE id = $2 AND user_id = $1))"
+    " ORDER BY seq DESC LIMIT $3::int";
+
+static const char cursor_exists_sql[] = "SELECT 1 FROM payments WHERE id = $1 AND user_id = $2";
+
+/* Column numbers of PAYMENT_COLUMNS. */
+enum {
+    col_id,
+    col_order_id,
+    col_user_id,
+    col_amount,
+    col_currency,
+    col_status,
+    col_refunded,
+    col_failure_code,
+    col_failure_message,
+    col_created,
+    col_updated,
+    col_step,
+    col_leased
+};
+
+static int64_t int_at(const PGresult *rows, int row, int col)
+{
+    return strtoll(PQgetvalue(rows, row, col), NULL, 10);
+}
+
+static Paygate__V1__PaymentStatus status_from_text(const char *text)
+{
+    if (strcmp(text, "SUCCEEDED") == 0)
+        return PAYGATE__V1__PAYMENT_STATUS__SUCCEEDED;
+    if (strcmp(text, "FAILED") == 0)
+        return PAYGATE__V1__PAYMENT_STATUS__FAILED;
+    return PAYGATE__V1__PAYMENT_STATUS__PROCESSING;
+}
+
+/* Fills 'payment' from row 'row' (strings copied into the call's memory). */
+static void payment_from_row(rpc_ctx_t *ctx, const PGresult *rows, int row,
+                             Paygate__V1__Payment *payment)
+{
+    payment->id = rpc_ctx_strdup(ctx, PQgetvalue(rows, row, col_id));
+    payment->order_id = rpc_ctx_strdup(ctx, PQgetvalue(rows, row, col_order_id));
+    payment->user_id = rpc_ctx_strdup(ctx, PQgetvalue(rows, row, col_user_id));
+    payment->amount = int_at(rows, row, col_amount);
+    payment->currency = rpc_ctx_strdup(ctx, PQgetvalue(rows, row, col_currency));
+    payment->status = status_from_text(PQgetvalue(rows, row, col_status));
+    payment->amount_refunded = int_at(rows, row, col_refunded);
+    payment->failure_code = rpc_ctx_strdup(ctx, PQgetvalue(rows, row, col_failure_code));
+    payment->failure_message = rpc_ctx_strdup(ctx, PQgetvalue(rows, row, col_failure_message));
+    payment->created_at = rpc_ctx_strdup(ctx, PQgetvalue(rows, row, col_created));
+    payment->updated_at = rpc_ctx_strdup(ctx, PQgetvalue(rows, row, col_updated));
+}
+
+/* The answer for a payment in row 0 of 'rows': the payment when it
+ * SUCCEEDED; the error (with the payment id) when it FAILED; "still
+ * processing" otherwise. The same row always gives the same answer, which
+ * is what makes replays return the first response. */
+static Paygate__V1__Code payment_answer(rpc_ctx_t *ctx, const PGresult *rows,
+                                        Paygate__V1__Payment *reply)
+{
+    payment_from_row(ctx, rows, 0, reply);
+    rpc_ctx_detail(ctx, "payment_id", reply->id);
+    switch (reply->status) {
+    case PAYGATE__V1__PAYMENT_STATUS__SUCCEEDED:
+        return PAYGATE__V1__CODE__OK;
+    case PAYGATE__V1__PAYMENT_STATUS__FAILED:
+        return rpc_ctx_fail(ctx, PAYGATE__V1__CODE__FAILED_PRECONDITION, reply->failure_code,
+                            "payment %s failed: %s", reply->id, reply->failure_message);
+    default:
+        return rpc_ctx_fail(ctx, PAYGATE__V1__CODE__UNAVAILABLE, "payment_processing",
+                            "payment %s is still processing; retry with the same "
+                            "Idempotency-Key to get its outcome",
+                            reply->id);
+    }
+}
+
+/* Reads payment 'id' of 'user' and answers with it. */
+static Paygate__V1__Code answer_by_id(rpc_ctx_t *ctx, payment_env_t *env, const char *id,
+                                      const char *user, Paygate__V1__Payment *reply)
+{
+    const char *params[] = {id, user};
+    PGresult *rows = NULL;
+    pg_result_t result = pg_exec_prepared(env->pg, "payment_by_id", by_id_sql, 2, params, &rows);
+    if (result != PG_OK)
+        return pgrpc_fail(ctx, env->pg, result, "read payment");
+    if (PQntuples(rows) == 0) {
+        PQclear(rows);
+        return rpc_ctx_fail(ctx, PAYGATE__V1__CODE__NOT_FOUND, "payment_not_found",
+                            "no such payment");
+    }
+    Paygate__V1__Code code = payment_answer(ctx, rows, reply);
+    PQclear(rows);
+    return code;
+}
+
+/* Copies row 0 of 'rows' into a saga view. */
+static void saga_from_row(const PGresult *rows, saga_payment_t *p)
+{
+    snprintf(p->id, sizeof p->id, "%s", PQgetvalue(rows, 0, col_id));
+    snprintf(p->user_id, sizeof p->user_id, "%s", PQgetvalue(rows, 0, col_user_id));
+    snprintf(p->order_id, sizeof p->order_id, "%s", PQgetvalue(rows, 0, col_order_id));
+    p->amount = int_at(rows, 0, col_amount);
+    snprintf(p->step, sizeof p->step, "%s", PQgetvalue(rows, 0, col_step));
+}
+
+/* A known key: replay, take over, or refuse. */
+static Paygate__V1__Code payment_known_key(rpc_ctx_t *ctx, payment_env_t *env, const PGresult *rows,
+                                           const char *order_id, Paygate__V1__Payment *reply)
+{
+    if (strcmp(PQgetvalue(rows, 0, col_order_id), order_id) != 0)
+        return rpc_ctx_fail(ctx, PAYGATE__V1__CODE__FAILED_PRECONDITION, "idempotency_key_reused",
+                            "this Idempotency-Key was used to pay another order");
+    if (strcmp(PQgetvalue(rows, 0, col_status), "PROCESSING") != 0)
+        return payment_answer(ctx, rows, reply);
+    if (PQgetvalue(rows, 0, col_leased)[0] == 't')
+        return rpc_ctx_fail(ctx, PAYGATE__V1__CODE__FAILED_PRECONDITION, "idempotency_in_progress",
+                            "a request with this Idempotency-Key is still in progress");
+    /* Nobody drives it (its driver died or gave up): take it over. */
+    saga_payment_t saga;
+    saga_from_row(rows, &saga);
+    char lease[16];
+    snprintf(lease, sizeof lease, "%u", env->settings->lease_ms);
+    const char *params[] = {saga.id, lease};
+    PGresult *taken = NULL;
+    pg_result_t result =
+        pg_exec_prepared(env->pg, "payment_take_over", take_over_sql, 2, params, &taken);
+    if (result != PG_OK)
+        return pgrpc_fail(ctx, env->pg, result, "take over payment");
+    bool ours = PQntuples(taken) == 1;
+    PQclear(taken);
+    if (!ours)
+        return rpc_ctx_fail(ctx, PAYGATE__V1__CODE__FAILED_PRECONDITION, "idempotency_in_progress",
+                            "a request with this Idempotency-Key is still in progress");
+    saga_drive(env, &saga, rpc_ctx_request_id(ctx));
+    return answer_by_id(ctx, env, saga.id, saga.user_id, reply);
+}
+
+/* Asks the order service for 'order_id' as the caller. Returns OK with
+ * the amount and status, or fails the call. */
+static Paygate__V1__Code payment_load_order(rpc_ctx_t *ctx, payment_env_t *env,
+                                            const char *order_id, const char *user, int64_t *amount,
+                                            Paygate__V1__OrderStatus *status)
+{
+    Paygate__V1__GetOrderRequest request = PAYGATE__V1__GET_ORDER_REQUEST__INIT;
+    request.id = (char *)order_id;
+    rpc_call_opts_t opts = {.deadline_ms = env->settings->call_deadline_ms,
+                            .request_id = rpc_ctx_request_id(ctx),
+                            .user_id = user,
+                            .principal = "payment"};
+    ProtobufCMessage *reply = NULL;
+    rpc_status_t st;
+    Paygate__V1__Code code = rpc_client_call(env->rpc, "order", "Get", &request.base,
+                                             &paygate__v1__order__descriptor, &reply, &opts, &st);
+    if (code == PAYGATE__V1__CODE__NOT_FOUND || code == PAYGATE__V1__CODE__INVALID_ARGUMENT)
+        return rpc_ctx_fail(ctx, PAYGATE__V1__CODE__NOT_FOUND, "order_not_found", "no such order");
+    if (code != PAYGATE__V1__CODE__OK)
+        return rpc_ctx_fail(ctx, PAYGATE__V1__CODE__UNAVAILABLE, "order_service_unavailable",
+                            "the order could not be checked; retry with the same key");
+    const Paygate__V1__Order *order = (const Paygate__V1__Order *)reply;
+    *amount = order->amount;
+    *status = order->status;
+    bool owned = strcmp(order->user_id, user) == 0;
+    protobuf_c_message_free_unpacked(reply, NULL);
+    if (!owned) /* the order service already scopes by caller; never trust it blindly */
+        return rpc_ctx_fail(ctx, PAYGATE__V1__CODE__NOT_FOUND, "order_not_found", "no such order");
+    return PAYGATE__V1__CODE__OK;
+}
+
+Paygate__V1__Code payment_create(rpc_ctx_t *ctx, const ProtobufCMessage *request_msg,
+                                 ProtobufCMessage *reply_msg, void *thread_state)
+{
+    payment_env_t *env = thread_state;
+    const Paygate__V1__CreatePaymentRequest *request =
+        (const Paygate__V1__CreatePaymentRequest *)request_msg;
+    Paygate__V1__Payment *reply = (Paygate__V1__Payment *)reply_msg;
+    const char *user = rpc_ctx_user_id(ctx);
+    if (user[0] == '\0')
+        return rpc_ctx_fail(ctx, PAYGATE__V1__CODE__UNAUTHENTICATED, "unauthenticated",
+                            "this call needs an authenticated user");
+    if (!wire_token_valid(request->order_id, order_id_bytes_max))
+        return rpc_ctx_fail(ctx, PAYGATE__V1__CODE__INVALID_ARGUMENT, "invalid_order_id",
+                            "order_id is required");
+    if (!wire_token_valid(request->idempotency_key, idempotency_key_bytes_max))
+        return rpc_ctx_fail(ctx, PAYGATE__V1__CODE__INVALID_ARGUMENT, "idempotency_key_required",
+                            "an idempotency key of 1..255 printable characters is required");
+
+    for (int attempt = 0; attempt < 2; attempt++) {
+        const char *key_params[] = {user, request->idempotency_key};
+        PGresult *rows = NULL;
+        pg_result_t result =
+            pg_exec_prepared(env->pg, "payment_by_key", by_key_sql, 2, key_params, &rows);
+        if (result != PG_OK)
+            return pgrpc_fail(ctx, env->pg, result, "create payment");
+        if (PQntuples(rows) == 1) {
+            Paygate__V1__Code code = payment_known_key(ctx, env, rows, request->order_id, reply);
+            PQclear(rows);
+            return code;
+        }
+        PQclear(rows);
+
+        int64_t amount = 0;
+        Paygate__V1__OrderStatus order_status = PAYGATE__V1__ORDER_STATUS__ORDER_STATUS_UNSPECIFIED;
+        Paygate__V1__Code code =
+            payment_load_order(ctx, env, request->order_id, user, &amount, &order_status);
+        if (code != PAYGATE__V1__CODE__OK)
+            return code;
+        bool payable = order_status == PAYGATE__V1__ORDER_STATUS__PENDING;
+
+        char id[id_bytes_max], amount_text[24], lease[16];
+        id_new("pay", id, sizeof id);
+        snprintf(amount_text, sizeof amount_text, "%" PRId64, amount);
+        snprintf(lease, sizeof lease, "%u", env->settings->lease_ms);
+        const char *insert_params[] = {id,
+                                       user,
+                                       request->order_id,
+                                       request->idempotency_key,
+                                       amount_text,
+                                       payable ? "PROCESSING" : "FAILED",
+                                       payable ? "ORDER_CHECKED" : "DONE",
+                                       payable ? "" : "order_not_payable",
+                                       payable ? "" : "the order is not PENDING",
+                                       lease};
+        PGresult *inserted = NULL;
+        result =
+            pg_exec_prepared(env->pg, "payment_insert", insert_sql, 10, insert_params, &inserted);
+        if (result != PG_OK)
+            return pgrpc_fail(ctx, env->pg, result, "create payment");
+        bool created = PQntuples(inserted) == 1;
+        PQclear(inserted);
+        if (!created)
+            continue; /* a concurrent request with this key won: read its row */
+        if (payable) {
+            saga_payment_t saga = {.amount = amount};
+            snprintf(saga.id, sizeof saga.id, "%s", id);
+            snprintf(saga.user_id, sizeof saga.user_id, "%s", user);
+            snprintf(saga.order_id, sizeof saga.order_id, "%s", request->order_id);
+            snprintf(saga.step, sizeof saga.step, "ORDER_CHECKED");
+            saga_drive(env, &saga, rpc_ctx_request_id(ctx));
+        }
+        return answer_by_id(ctx, env, id, user, reply);
+    }
+    return rpc_ctx_fail(ctx, PAYGATE__V1__CODE__FAILED_PRECONDITION, "idempotency_in_progress",
+                        "a request with this Idempotency-Key is still in progress");
+}
+
+Paygate__V1__Code payment_get(rpc_ctx_t *ctx, const ProtobufCMessage *request_msg,
+                              ProtobufCMessage *reply_msg, void *thread_state)
+{
+    payment_env_t *env = thread_state;
+    const Paygate__V1__GetPaymentRequest *request =
+        (const Paygate__V1__GetPaymentRequest *)request_msg;
+    Paygate__V1__Payment *reply = (Paygate__V1__Payment *)reply_msg;
+    const char *user = rpc_ctx_user_id(ctx);
+    if (user[0] == '\0')
+        return rpc_ctx_fail(ctx, PAYGATE__V1__CODE__UNAUTHENTICATED, "unauthenticated",
+                            "this call needs an authenticated user");
+    if (!wire_token_valid(request->id, payment_id_bytes_max))
+        return rpc_ctx_fail(ctx, PAYGATE__V1__CODE__NOT_FOUND, "payment_not_found",
+                            "no such payment");
+    const char *params[] = {request->id, user};
+    PGresult *rows = NULL;
+    pg_result_t result = pg_exec_prepared(env->pg, "payment_by_id", by_id_sql, 2, params, &rows);
+    if (result != PG_OK)
+        return pgrpc_fail(ctx, env->pg, result, "get payment");
+    if (PQntuples(rows) == 0) {
+        PQclear(rows);
+        return rpc_ctx_fail(ctx, PAYGATE__V1__CODE__NOT_FOUND, "payment_not_found",
+                            "no such payment");
+    }
+    payment_from_row(ctx, rows, 0, reply);
+    PQclear(rows);
+    return PAYGATE__V1__CODE__OK;
+}
+
+Paygate__V1__Code payment_list(rpc_ctx_t *ctx, const ProtobufCMessage *request_msg,
+                               ProtobufCMessage *reply_msg, void *thread_state)
+{
+    payment_env_t *env = thread_state;
+    const Paygate__V1__ListPaymentsRequest *request =
+        (const Paygate__V1__ListPaymentsRequest *)request_msg;
+    Paygate__V1__PaymentList *reply = (Paygate__V1__PaymentList *)reply_msg;
+    const char *user = rpc_ctx_user_id(ctx);
+    if (user[0] == '\0')
+        return rpc_ctx_fail(ctx, PAYGATE__V1__CODE__UNAUTHENTICATED, "unauthenticated",
+                            "this call needs an authenticated user");
+    int limit = request->limit == 0 ? list_limit_default : request->limit;
+    if (limit < 1 || limit > list_limit_max)
+        return rpc_ctx_fail(ctx, PAYGATE__V1__CODE__INVALID_ARGUMENT, "invalid_limit",
+                            "limit must be from 1 to %d", list_limit_max);
+    const char *after = request->starting_after ? request->starting_after : "";
+    if (after[0] != '\0') {
+        const char *params[] = {after, user};
+        PGresult *rows = NULL;
+        pg_result_t result =
+            pg_exec_prepared(env->pg, "payment_cursor", cursor_exists_sql, 2, params, &rows);
+        if (result != PG_OK)
+            return pgrpc_fail(ctx, env->pg, result, "list payments");
+        bool known = PQntuples(rows) == 1;
+        PQclear(rows);
+        if (!known)
+            return rpc_ctx_fail(ctx, PAYGATE__V1__CODE__INVALID_ARGUMENT, "invalid_starting_after",
+                                "starting_after is not one of your "
+                                "payments");
+    }
+    char fetch[16];
+    snprintf(fetch, sizeof fetch, "%d", limit + 1);
+    const char *params[] = {user, after, fetch};
+    PGresult *rows = NULL;
+    pg_result_t result = pg_exec_prepared(env->pg, "payment_list", list_sql, 3, params, &rows);
+    if (result != PG_OK)
+        return pgrpc_fail(ctx, env->pg, result, "list payments");
+    int count = PQntuples(rows);
+    reply->has_more = count > limit;
+    if (count > limit)
+        count = limit;
+    reply->data = rpc_ctx_alloc(ctx, (size_t)(count + 1) * sizeof *reply->data);
+    for (int i = 0; reply->data != NULL && i < count; i++) {
+        Paygate__V1__Payment *payment = rpc_ctx_alloc(ctx, sizeof *payment);
+        if (payment == NULL)
+            break;
+        paygate__v1__payment__init(payment);
+        payment_from_row(ctx, rows, i, payment);
+        reply->data[reply->n_data++] = payment;
+    }
+    PQclear(rows);
+    return PAYGATE__V1__CODE__OK;
+}

@@ -1,0 +1,65 @@
+/*
+ * recovery: finishes what crashed or timed-out requests left behind.
+ *
+ * At start-up and then every recovery_interval_ms, it leases (locked_until)
+ * a batch of PROCESSING payments and PENDING refunds whose lease expired,
+ * and drives each with the same idempotent steps a request would. FOR
+ * UPDATE SKIP LOCKED lets several payment instances share the work without
+ * taking the same row.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "log/log.h"
+#include "payment_service.h"
+
+static const char lease_payments_sql[] =
+    "UPDATE payments SET locked_until = now() + make_interval(secs => $1::int / 1000.0),"
+    " attempts = attempts + 1"
+    " WHERE id IN (SELECT id FROM payments WHERE status = 'PROCESSING' AND locked_until <= now()"
+    "              ORDER BY locked_until LIMIT $2::int FOR UPDATE SKIP LOCKED)"
+    " RETURNING id, user_id, order_id, amount, step, attempts";
+
+static const char lease_refunds_sql[] =
+    "UPDATE refunds SET locked_until = now() + make_interval(secs => $1::int / 1000.0)"
+    " WHERE id IN (SELECT id FROM refunds WHERE status = 'PENDING' AND locked_until <= now()"
+    "              ORDER BY locked_until LIMIT $2::int FOR UPDATE SKIP LOCKED)"
+    " RETURNING id, user_id, amount";
+
+int recovery_pass(payment_env_t *env)
+{
+    char lease[16], batch[16];
+    snprintf(lease, sizeof lease, "%u", env->settings->lease_ms);
+    snprintf(batch, sizeof batch, "%d", recovery_batch_max);
+    const char *params[] = {lease, batch};
+    int driven = 0;
+
+    PGresult *rows = NULL;
+    if (pg_exec_prepared(env->pg, "recovery_payments", lease_payments_sql, 2, params, &rows) ==
+        PG_OK) {
+        for (int i = 0; i < PQntuples(rows); i++) {
+            saga_payment_t p;
+            snprintf(p.id, sizeof p.id, "%s", PQgetvalue(rows, i, 0));
+            snprintf(p.user_id, sizeof p.user_id, "%s", PQgetvalue(rows, i, 1));
+            snprintf(p.order_id, sizeof p.order_id, "%s", PQgetvalue(rows, i, 2));
+            p.amount = strtoll(PQgetvalue(rows, i, 3), NULL, 10);
+            snprintf(p.step, sizeof p.step, "%s", PQgetvalue(rows, i, 4));
+            log_info("recovery: resuming payment %s at %s (attempt %s)", p.id, p.step,
+                     PQgetvalue(rows, i, 5));
+            saga_drive(env, &p, "recovery");
+            driven++;
+        }
+        PQclear(rows);
+    }
+    if (pg_exec_prepared(env->pg, "recovery_refunds", lease_refunds_sql, 2, params, &rows) ==
+        PG_OK) {
+        for (int i = 0; i < PQntuples(rows); i++) {
+            log_info("recovery: resuming refund %s", PQgetvalue(rows, i, 0));
+            refund_drive(env, PQgetvalue(rows, i, 0), PQgetvalue(rows, i, 1),
+                         strtoll(PQgetvalue(rows, i, 2), NULL, 10), "recovery");
+            driven++;
+        }
+        PQclear(rows);
+    }
+    return driven;
+}

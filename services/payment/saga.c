@@ -1,0 +1,170 @@
+/*
+ * saga: the steps of a payment, each recorded before the next one acts.
+ *
+ *   ORDER_CHECKED: debit the wallet (user.Debit, reference = payment id)
+ *       ok                 -> DEBITED
+ *       insufficient funds -> FAILED insufficient_funds (nothing moved)
+ *   DEBITED: complete the order (order.MarkPaid, keyed by payment id)
+ *       ok                 -> SUCCEEDED
+ *       order not payable  -> COMPENSATING
+ *   COMPENSATING: give the money back (user.Credit, reference = payment id)
+ *       ok                 -> FAILED order_not_payable
+ *
+ * Any other answer (a service down, a deadline, a lost worker) leaves the
+ * payment PROCESSING at its step: the outcome of that call is unknown, and
+ * the recovery loop repeats it later. Repeating is safe because every call
+ * is keyed by the payment id and changes nothing the second time. Never a
+ * debit without a completed order or a refund.
+ */
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "log/log.h"
+#include "wire/wire.h"
+#include "order.pb-c.h"
+#include "payment_service.h"
+#include "user.pb-c.h"
+
+static const char set_step_sql[] =
+    "UPDATE payments SET step = $2, updated_at = now() WHERE id = $1 AND status = 'PROCESSING'";
+
+static const char finish_sql[] =
+    "UPDATE payments SET status = $2, step = 'DONE', failure_code = $3, failure_message = $4,"
+    " updated_at = now() WHERE id = $1 AND status = 'PROCESSING'";
+
+/* Records that 'p' reached 'step'. False when the database failed (the
+ * next driver redoes the idempotent step that led here). */
+static bool saga_record_step(payment_env_t *env, const saga_payment_t *p, const char *step)
+{
+    const char *params[] = {p->id, step};
+    pg_result_t result = pg_exec_prepared(env->pg, "saga_set_step", set_step_sql, 2, params, NULL);
+    if (result != PG_OK)
+        log_warn("saga %s: cannot record step %s: %s", p->id, step, pg_error_message(env->pg));
+    return result == PG_OK;
+}
+
+/* Records the final status of 'p'. */
+static saga_outcome_t saga_finish(payment_env_t *env, const saga_payment_t *p, bool succeeded,
+                                  const char *failure_code, const char *failure_message)
+{
+    const char *params[] = {p->id, succeeded ? "SUCCEEDED" : "FAILED", failure_code,
+                            failure_message};
+    pg_result_t result = pg_exec_prepared(env->pg, "saga_finish", finish_sql, 4, params, NULL);
+    if (result != PG_OK) {
+        log_warn("saga %s: cannot record the outcome: %s", p->id, pg_error_message(env->pg));
+        return SAGA_PENDING;
+    }
+    log_info("saga %s: %s%s%s (order %s, %" PRId64 " paise)", p->id,
+             succeeded ? "SUCCEEDED" : "FAILED", succeeded ? "" : " ", failure_code, p->order_id,
+             p->amount);
+    return succeeded ? SAGA_SUCCEEDED : SAGA_FAILED;
+}
+
+/* Calls user.'method' (Debit or Credit) for 'p'. */
+static Paygate__V1__Code saga_wallet_call(payment_env_t *env, const saga_payment_t *p,
+                                          const char *method, const char *request_id,
+                                          rpc_status_t *status)
+{
+    Paygate__V1__WalletMovementRequest request = PAYGATE__V1__WALLET_MOVEMENT_REQUEST__INIT;
+    request.user_id = (char *)p->user_id;
+    request.amount = p->amount;
+    request.reference = (char *)p->id;
+    rpc_call_opts_t opts = {.deadline_ms = env->settings->call_deadline_ms,
+                            .request_id = request_id,
+                            .user_id = p->user_id,
+                            .principal = "payment"};
+    ProtobufCMessage *reply = NULL;
+    Paygate__V1__Code code =
+        rpc_client_call(env->rpc, "user", method, &request.base,
+                        &paygate__v1__wallet_movement__descriptor, &reply, &opts, status);
+    if (reply != NULL) {
+        const Paygate__V1__WalletMovement *movement = (const Paygate__V1__WalletMovement *)reply;
+        /* the wallet must have moved exactly our amount */
+        if (movement->amount != p->amount) {
+            log_error("saga %s: %s moved %" PRId64 " paise, expected %" PRId64, p->id, method,
+                      movement->amount, p->amount);
+            code = PAYGATE__V1__CODE__INTERNAL;
+        }
+        protobuf_c_message_free_unpacked(reply, NULL);
+    }
+    return code;
+}
+
+/* Calls order.MarkPaid for 'p'. */
+static Paygate__V1__Code saga_mark_paid(payment_env_t *env, const saga_payment_t *p,
+                                        const char *request_id, rpc_status_t *status)
+{
+    Paygate__V1__MarkPaidRequest request = PAYGATE__V1__MARK_PAID_REQUEST__INIT;
+    request.order_id = (char *)p->order_id;
+    request.payment_id = (char *)p->id;
+    request.user_id = (char *)p->user_id;
+    rpc_call_opts_t opts = {.deadline_ms = env->settings->call_deadline_ms,
+                            .request_id = request_id,
+                            .user_id = p->user_id,
+                            .principal = "payment"};
+    ProtobufCMessage *reply = NULL;
+    Paygate__V1__Code code =
+        rpc_client_call(env->rpc, "order", "MarkPaid", &request.base,
+                        &paygate__v1__order__descriptor, &reply, &opts, status);
+    if (reply != NULL)
+        protobuf_c_message_free_unpacked(reply, NULL);
+    return code;
+}
+
+saga_outcome_t saga_drive(payment_env_t *env, const saga_payment_t *p, const char *request_id)
+{
+    rpc_status_t status;
+    char step[sizeof p->step];
+    snprintf(step, sizeof step, "%s", p->step);
+
+    if (strcmp(step, "ORDER_CHECKED") == 0) {
+        Paygate__V1__Code code = saga_wallet_call(env, p, "Debit", request_id, &status);
+        if (code == PAYGATE__V1__CODE__FAILED_PRECONDITION &&
+            strcmp(status.reason, "insufficient_funds") == 0)
+            return saga_finish(env, p, false, "insufficient_funds",
+                               "the wallet balance is lower than the order amount");
+        if (code == PAYGATE__V1__CODE__NOT_FOUND)
+            return saga_finish(env, p, false, "wallet_not_found", "the user has no wallet");
+        if (code != PAYGATE__V1__CODE__OK) {
+            log_warn("saga %s: debit outcome unknown (%s: %s); will retry", p->id,
+                     wire_code_name(code), status.message);
+            return SAGA_PENDING;
+        }
+        if (!saga_record_step(env, p, "DEBITED"))
+            return SAGA_PENDING;
+        snprintf(step, sizeof step, "DEBITED");
+    }
+
+    if (strcmp(step, "DEBITED") == 0) {
+        Paygate__V1__Code code = saga_mark_paid(env, p, request_id, &status);
+        if (code == PAYGATE__V1__CODE__OK)
+            return saga_finish(env, p, true, "", "");
+        if (!((code == PAYGATE__V1__CODE__FAILED_PRECONDITION &&
+               strcmp(status.reason, "order_not_payable") == 0) ||
+              code == PAYGATE__V1__CODE__NOT_FOUND)) {
+            log_warn("saga %s: mark paid outcome unknown (%s: %s); will retry", p->id,
+                     wire_code_name(code), status.message);
+            return SAGA_PENDING;
+        }
+        log_info("saga %s: order %s is not payable any more; refunding the debit", p->id,
+                 p->order_id);
+        if (!saga_record_step(env, p, "COMPENSATING"))
+            return SAGA_PENDING;
+        snprintf(step, sizeof step, "COMPENSATING");
+    }
+
+    if (strcmp(step, "COMPENSATING") == 0) {
+        Paygate__V1__Code code = saga_wallet_call(env, p, "Credit", request_id, &status);
+        if (code != PAYGATE__V1__CODE__OK) {
+            log_warn("saga %s: compensating credit outcome unknown (%s: %s); will retry", p->id,
+                     wire_code_name(code), status.message);
+            return SAGA_PENDING;
+        }
+        return saga_finish(env, p, false, "order_not_payable",
+                           "the order was not payable; the debit was refunded");
+    }
+
+    log_error("saga %s: unknown step '%s'", p->id, step);
+    return SAGA_PENDING;
+}
