@@ -1,0 +1,133 @@
+/*
+ * paygate-order: orders, as the broker service "order".
+ *
+ * The story: read the configuration, bring the "orders" schema up to date,
+ * start one worker thread per configured instance (each with its own
+ * database connection), serve until SIGTERM/SIGINT, drain, exit.
+ */
+#include <sodium.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config/config.h"
+#include "log/log.h"
+#include "order.pb-c.h"
+#include "order_service.h"
+#include "pg/pg.h"
+#include "rpc/rpc.h"
+
+extern const pg_migration_t order_migrations[];
+extern const size_t order_migrations_count;
+
+static const rpc_method_t order_methods[] = {
+    {"Create", &paygate__v1__create_order_request__descriptor, &paygate__v1__order__descriptor,
+     order_create},
+    {"Get", &paygate__v1__get_order_request__descriptor, &paygate__v1__order__descriptor,
+     order_get},
+    {"List", &paygate__v1__list_orders_request__descriptor, &paygate__v1__order_list__descriptor,
+     order_list},
+    {"Cancel", &paygate__v1__cancel_order_request__descriptor, &paygate__v1__order__descriptor,
+     order_cancel},
+    {"MarkPaid", &paygate__v1__mark_paid_request__descriptor, &paygate__v1__order__descriptor,
+     order_mark_paid},
+};
+
+typedef struct {
+    const char *pg_dsn;
+} order_app_t;
+
+/* Gives worker thread 'index' its own (lazily connecting) database
+ * connection. NULL stops the start-up. */
+static void *order_thread_init(unsigned index, void *app_state)
+{
+    (void)index;
+    order_app_t *app = app_state;
+    order_thread_t *thread = calloc(1, sizeof *thread);
+    if (thread == NULL)
+        return NULL;
+    thread->pg = pg_conn_new(app->pg_dsn, "orders");
+    if (thread->pg == NULL) {
+        free(thread);
+        return NULL;
+    }
+    return thread;
+}
+
+/* Closes what order_thread_init opened. */
+static void order_thread_fini(void *thread_state)
+{
+    order_thread_t *thread = thread_state;
+    pg_conn_destroy(&thread->pg);
+    free(thread);
+}
+
+static void usage(void)
+{
+    fputs("usage: paygate-order\n"
+          "The order service: create, get, list and cancel orders; complete them for a payment.\n"
+          "Configured by environment:\n"
+          "  PAYGATE_BROKER_ENDPOINT     broker (tcp://127.0.0.1:55555)\n"
+          "  PAYGATE_PG_DSN              PostgreSQL connection string (required)\n"
+          "  PAYGATE_ORDER_THREADS       worker instances in this process (2)\n"
+          "  PAYGATE_ORDER_MAX_IN_FLIGHT requests an instance may hold (4)\n"
+          "  PAYGATE_INSTANCE_ID         instance id prefix (order-<host>-<pid>)\n"
+          "  PAYGATE_LOG_LEVEL           debug, info, warn, error (info)\n",
+          stdout);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc > 1) {
+        usage();
+        return strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ? 0 : 2;
+    }
+    /* sodium: the random bits of order ids (lib/id) */
+    if (!log_init("order") || sodium_init() < 0)
+        return 2;
+    const char *endpoint, *pg_dsn, *instance;
+    int64_t threads, max_in_flight;
+    bool ok = config_str("PAYGATE_BROKER_ENDPOINT", "tcp://127.0.0.1:55555", 255, &endpoint);
+    ok &= config_str("PAYGATE_PG_DSN", NULL, 1024, &pg_dsn);
+    ok &= config_str("PAYGATE_INSTANCE_ID", NULL, 100, &instance);
+    ok &= config_int("PAYGATE_ORDER_THREADS", 2, 1, 64, &threads);
+    ok &= config_int("PAYGATE_ORDER_MAX_IN_FLIGHT", 4, 1, 1024, &max_in_flight);
+    if (!ok)
+        return 2;
+    if (pg_dsn == NULL) {
+        log_error("config: PAYGATE_PG_DSN is required");
+        return 2;
+    }
+
+    /* Schema first: no instance serves before the tables are right. */
+    pg_conn_t *migrator = pg_conn_new(pg_dsn, "orders");
+    pg_result_t migrated =
+        migrator ? pg_migrate(migrator, order_migrations, order_migrations_count) : PG_ERROR;
+    pg_conn_destroy(&migrator);
+    if (migrated != PG_OK) {
+        log_error("order: database migration failed; not starting");
+        return 1;
+    }
+
+    order_app_t app = {.pg_dsn = pg_dsn};
+    rpc_server_config_t server_config = {
+        .endpoint = endpoint,
+        .service = "order",
+        .instance = instance,
+        .methods = order_methods,
+        .method_count = sizeof order_methods / sizeof order_methods[0],
+        .threads = (unsigned)threads,
+        .max_in_flight = (uint32_t)max_in_flight,
+        .thread_init = order_thread_init,
+        .thread_fini = order_thread_fini,
+        .app = &app,
+    };
+    rpc_server_t *server = rpc_server_new(&server_config);
+    if (server == NULL)
+        return 2;
+    rpc_server_stop_on_signals(server);
+    int rc = rpc_server_run(server);
+    rpc_server_destroy(&server);
+    log_info("order: stopped");
+    return rc == 0 ? 0 : 1;
+}
