@@ -28,6 +28,7 @@ struct broker {
     void *zmq_ctx;
     void *socket;
     registry_t *registry;
+    bus_t *bus;
     atomic_int stopping;
     int64_t started_at;
     uint64_t frames_malformed;
@@ -76,6 +77,14 @@ static int sink_send_command(void *ctx, const uint8_t *identity, size_t identity
     return wire_send(self->socket, identity, identity_len, &header, NULL, ZMQ_DONTWAIT);
 }
 
+/* The bus's sink: any frame to any peer. */
+static int sink_send_frames(void *ctx, const uint8_t *identity, size_t identity_len,
+                            const Paygate__V1__Header *header, zmq_msg_t *body)
+{
+    broker_t *self = ctx;
+    return wire_send(self->socket, identity, identity_len, header, body, ZMQ_DONTWAIT);
+}
+
 /* ---- life cycle ------------------------------------------------------ */
 
 broker_t *broker_new(const broker_config_t *config)
@@ -93,6 +102,12 @@ broker_t *broker_new(const broker_config_t *config)
                             .send_reply = sink_send_reply,
                             .send_command = sink_send_command};
     self->registry = registry_new(&config->registry, &sink);
+    bus_sink_t bus_sink = {.ctx = self, .send = sink_send_frames};
+    self->bus = bus_new(&config->bus, &bus_sink);
+    if (self->bus == NULL) {
+        broker_destroy(&self);
+        return NULL;
+    }
     self->zmq_ctx = zmq_ctx_new();
     self->socket = self->zmq_ctx ? zmq_socket(self->zmq_ctx, ZMQ_ROUTER) : NULL;
     if (self->registry == NULL || self->socket == NULL || self->logged_peers == NULL) {
@@ -123,6 +138,7 @@ void broker_destroy(broker_t **self_p)
     if (self == NULL)
         return;
     registry_destroy(&self->registry);
+    bus_destroy(&self->bus);
     if (self->socket != NULL) {
         /* Give the answers sent at shutdown a moment to leave. */
         int linger = broker_linger_ms;
@@ -230,10 +246,12 @@ static void broker_list_services(broker_t *self, wire_message_t *msg, int64_t no
     reply.stats->commands_unknown = self->commands_unknown;
     reply.stats->messages_oversized = self->messages_oversized;
     reply.stats->uptime_ms = (uint64_t)(now - self->started_at);
+    void *topics_memory = bus_list(self->bus, &reply);
     zmq_msg_t body;
     zmq_msg_init_size(&body, paygate__v1__list_services_reply__get_packed_size(&reply));
     paygate__v1__list_services_reply__pack(&reply, zmq_msg_data(&body));
     registry_list_free(memory);
+    bus_list_free(topics_memory);
     sink_send_reply(self, msg->identity, msg->identity_len, h->correlation_id, NULL, &body);
     zmq_msg_close(&body);
 }
@@ -265,10 +283,22 @@ static void broker_handle(broker_t *self, wire_message_t *msg, int64_t now)
         registry_worker_ready(self->registry, msg->identity, msg->identity_len, h->ready, now);
         break;
     case PAYGATE__V1__COMMAND__HEARTBEAT:
-        registry_worker_heartbeat(self->registry, msg->identity, msg->identity_len, now);
+        if (!bus_peer_heartbeat(self->bus, msg->identity, msg->identity_len, now))
+            registry_worker_heartbeat(self->registry, msg->identity, msg->identity_len, now);
         break;
     case PAYGATE__V1__COMMAND__DISCONNECT:
-        registry_worker_disconnect(self->registry, msg->identity, msg->identity_len, now);
+        if (!bus_peer_disconnect(self->bus, msg->identity, msg->identity_len, now))
+            registry_worker_disconnect(self->registry, msg->identity, msg->identity_len, now);
+        break;
+    case PAYGATE__V1__COMMAND__PUBLISH:
+        bus_publish(self->bus, msg->identity, msg->identity_len, h,
+                    msg->has_body ? &msg->body : NULL, now);
+        break;
+    case PAYGATE__V1__COMMAND__SUBSCRIBE:
+        bus_subscribe(self->bus, msg->identity, msg->identity_len, h->subscribe, now);
+        break;
+    case PAYGATE__V1__COMMAND__ACK:
+        bus_ack(self->bus, msg->identity, msg->identity_len, h->event, now);
         break;
     case PAYGATE__V1__COMMAND__REPLY:
         registry_reply(self->registry, msg->identity, msg->identity_len, h,
@@ -294,6 +324,9 @@ int broker_run(broker_t *self)
     while (!atomic_load(&self->stopping)) {
         int64_t now = clock_now_ms();
         int64_t next = registry_tick(self->registry, now);
+        int64_t bus_next = bus_tick(self->bus, now);
+        if (bus_next < next)
+            next = bus_next;
         zmq_pollitem_t item = {.socket = self->socket, .events = ZMQ_POLLIN};
         long timeout = (long)(next - now);
         int ready = zmq_poll(&item, 1, timeout < 0 ? 0 : timeout);
@@ -319,8 +352,12 @@ int broker_run(broker_t *self)
                 broker_reject(self, &msg, rc, detail);
             wire_message_clear(&msg);
         }
+        /* Group commit: one fsync per topic for the whole batch, then the
+         * publishes' answers and the deliveries they made possible. */
+        bus_flush(self->bus, clock_now_ms());
     }
     log_info("broker: stopping; answering waiting requests");
+    bus_flush(self->bus, clock_now_ms());
     registry_shutdown(self->registry, "broker is shutting down");
     return 0;
 }

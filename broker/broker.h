@@ -11,18 +11,20 @@
 
 #include <stddef.h>
 
+#include "bus.h"
 #include "registry.h"
 
 typedef struct {
     const char *endpoint;     /* where to bind, e.g. tcp://127.0.0.1:55555 */
     size_t message_bytes_max; /* larger messages are refused */
     registry_config_t registry;
+    bus_config_t bus;
 } broker_config_t;
 
 typedef struct broker broker_t;
 
-/* Binds a new broker. NULL, after logging why, when the endpoint cannot
- * be bound. */
+/* Opens the event bus's data, binds a new broker. NULL, after logging
+ * why, when the data cannot be opened or the endpoint cannot be bound. */
 broker_t *broker_new(const broker_config_t *config);
 
 /* Serves until broker_stop(); then answers whatever is still waiting with

@@ -37,6 +37,14 @@ static void usage(void)
           "  PAYGATE_BROKER_WORKERS_MAX          registered instances, all services (1024)\n"
           "  PAYGATE_BROKER_SERVICES_MAX         distinct services (256)\n"
           "  PAYGATE_BROKER_REQUESTS_MAX         waiting + in-flight requests (100000)\n"
+          "  PAYGATE_BROKER_DATA_DIR             event bus data; unset: no event bus\n"
+          "  PAYGATE_BROKER_SEGMENT_BYTES        event log segment size (67108864)\n"
+          "  PAYGATE_BROKER_RETENTION_MS         keep events this long (604800000)\n"
+          "  PAYGATE_BROKER_RETENTION_BYTES      keep at most this much per topic (1073741824)\n"
+          "  PAYGATE_BROKER_ACK_TIMEOUT_MS       redeliver unacknowledged events after (30000)\n"
+          "  PAYGATE_BROKER_MAX_DELIVERIES       then dead-letter to <topic>.dlq (10)\n"
+          "  PAYGATE_BROKER_DEDUP_WINDOW         event ids remembered per topic (10000)\n"
+          "  PAYGATE_BROKER_GROUP_WINDOW         events a group holds ahead (256)\n"
           "  PAYGATE_LOG_LEVEL                   debug, info, warn, error (info)\n",
           stdout);
 }
@@ -74,6 +82,30 @@ static bool broker_config_read(broker_config_t *config)
     r->services_max = (uint32_t)v[7];
     r->requests_max = (uint32_t)v[8];
     config->message_bytes_max = (size_t)bytes_max;
+    bus_config_t *b = &config->bus;
+    *b = bus_config_default();
+    int64_t w[7];
+    ok = config_str("PAYGATE_BROKER_DATA_DIR", NULL, 1024, &b->data_dir);
+    ok &= config_int("PAYGATE_BROKER_SEGMENT_BYTES", (int64_t)b->segment_bytes_max, 4096,
+                     INT64_C(1) << 34, &w[0]);
+    ok &= config_int("PAYGATE_BROKER_RETENTION_MS", b->retention_ms, 0, INT64_C(1) << 45, &w[1]);
+    ok &= config_int("PAYGATE_BROKER_RETENTION_BYTES", (int64_t)b->retention_bytes, 0,
+                     INT64_C(1) << 50, &w[2]);
+    ok &= config_int("PAYGATE_BROKER_ACK_TIMEOUT_MS", b->ack_timeout_ms, 10, 3600000, &w[3]);
+    ok &= config_int("PAYGATE_BROKER_MAX_DELIVERIES", b->max_deliveries, 1, 1000, &w[4]);
+    ok &= config_int("PAYGATE_BROKER_DEDUP_WINDOW", b->dedup_window, 0, 10000000, &w[5]);
+    ok &= config_int("PAYGATE_BROKER_GROUP_WINDOW", b->group_window, 1, 65536, &w[6]);
+    if (!ok)
+        return false;
+    b->segment_bytes_max = (uint64_t)w[0];
+    b->retention_ms = w[1];
+    b->retention_bytes = (uint64_t)w[2];
+    b->ack_timeout_ms = (uint32_t)w[3];
+    b->max_deliveries = (uint32_t)w[4];
+    b->dedup_window = (uint32_t)w[5];
+    b->group_window = (uint32_t)w[6];
+    b->heartbeat_interval_ms = r->heartbeat_interval_ms;
+    b->heartbeat_liveness = r->heartbeat_liveness;
     if (r->deadline_default_ms > r->deadline_max_ms) {
         fprintf(stderr, "config: PAYGATE_BROKER_DEADLINE_DEFAULT_MS is over "
                         "PAYGATE_BROKER_DEADLINE_MAX_MS\n");

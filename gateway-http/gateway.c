@@ -524,6 +524,7 @@ gateway_t *gateway_new(const gateway_config_t *config)
         MHD_OPTION_CONNECTION_LIMIT, config->connections_max, MHD_OPTION_CONNECTION_TIMEOUT,
         config->timeout_s, MHD_OPTION_CONNECTION_MEMORY_LIMIT, config->header_bytes_max,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, self, MHD_OPTION_SOCK_ADDR, &addr,
+        MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned int)1,
         MHD_OPTION_END);
     if (self->daemon == NULL) {
         log_error("gateway: cannot listen on %s:%u: %s", config->bind_address,

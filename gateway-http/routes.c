@@ -6,12 +6,15 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "notification.pb-c.h"
 #include "order.pb-c.h"
 #include "payment.pb-c.h"
+#include "transaction.pb-c.h"
 #include "user.pb-c.h"
 
 /* Cursor pagination, as Stripe: ?limit=1..100&starting_after=<id>. */
 static const char *const page_query[] = {"limit", "starting_after", NULL};
+static const char *const limit_query[] = {"limit", NULL};
 
 /* One row per endpoint: method, path, service, RPC, request and reply
  * messages (by their protobuf-c descriptor names), then the flags. */
@@ -52,6 +55,12 @@ const route_t routes_v1[] = {
           create_refund_request, refund,
           .auth = true, .success_status = 201, .has_body = true,
           .idempotency_field = "idempotency_key"),
+    ROUTE("GET", "/v1/transactions", "transaction", "List", list_transactions_request,
+          transaction_list, .auth = true, .success_status = 200, .query_fields = page_query),
+    ROUTE("GET", "/v1/transactions/{id}", "transaction", "Get", get_transaction_request,
+          transaction, .auth = true, .success_status = 200),
+    ROUTE("GET", "/v1/notifications", "notification", "List", list_notifications_request,
+          notification_list, .auth = true, .success_status = 200, .query_fields = limit_query),
 };
 // clang-format on
 const size_t routes_v1_count = sizeof routes_v1 / sizeof routes_v1[0];

@@ -193,20 +193,13 @@ int rpc_client_recv(rpc_client_t *self, int timeout_ms, uint64_t *correlation_id
     }
 }
 
-Paygate__V1__Code rpc_client_call_raw(rpc_client_t *self, const char *service, const char *method,
-                                      const void *body, size_t body_len,
-                                      const rpc_call_opts_t *opts, zmq_msg_t *reply_body,
-                                      rpc_status_t *status)
+/* Waits until 'give_up_at' for the REPLY to 'sent', dropping late replies
+ * to earlier calls. Returns the status code (DEADLINE_EXCEEDED when the
+ * broker never answered). */
+static Paygate__V1__Code client_wait(rpc_client_t *self, uint64_t sent, int64_t give_up_at,
+                                     uint32_t waited_ms, zmq_msg_t *reply_body,
+                                     rpc_status_t *status)
 {
-    rpc_status_t local;
-    if (status == NULL)
-        status = &local;
-    uint32_t deadline_ms =
-        opts && opts->deadline_ms ? opts->deadline_ms : (uint32_t)rpc_deadline_default_ms;
-    int64_t give_up_at = clock_now_ms() + deadline_ms + client_margin_ms;
-    uint64_t sent = 0;
-    if (rpc_client_send(self, service, method, body, body_len, opts, &sent, status) != 0)
-        return status->code;
     for (;;) {
         int64_t left = give_up_at - clock_now_ms();
         if (left <= 0)
@@ -225,9 +218,83 @@ Paygate__V1__Code rpc_client_call_raw(rpc_client_t *self, const char *service, c
         /* a late reply to an earlier call that was given up on: drop it */
     }
     rpc_status_set(status, PAYGATE__V1__CODE__DEADLINE_EXCEEDED,
-                   "no reply from broker %s within %u ms", self->endpoint,
-                   (unsigned)(deadline_ms + client_margin_ms));
+                   "no reply from broker %s within %u ms", self->endpoint, (unsigned)waited_ms);
     return status->code;
+}
+
+Paygate__V1__Code rpc_client_call_raw(rpc_client_t *self, const char *service, const char *method,
+                                      const void *body, size_t body_len,
+                                      const rpc_call_opts_t *opts, zmq_msg_t *reply_body,
+                                      rpc_status_t *status)
+{
+    rpc_status_t local;
+    if (status == NULL)
+        status = &local;
+    uint32_t deadline_ms =
+        opts && opts->deadline_ms ? opts->deadline_ms : (uint32_t)rpc_deadline_default_ms;
+    int64_t give_up_at = clock_now_ms() + deadline_ms + client_margin_ms;
+    uint64_t sent = 0;
+    if (rpc_client_send(self, service, method, body, body_len, opts, &sent, status) != 0)
+        return status->code;
+    return client_wait(self, sent, give_up_at, deadline_ms + client_margin_ms, reply_body, status);
+}
+
+Paygate__V1__Code rpc_client_publish(rpc_client_t *self, const char *topic, const char *event_id,
+                                     const char *key, const void *payload, size_t payload_len,
+                                     uint32_t deadline_ms, uint64_t *offset, bool *duplicate,
+                                     rpc_status_t *status)
+{
+    rpc_status_t local;
+    if (status == NULL)
+        status = &local;
+    if (deadline_ms == 0)
+        deadline_ms = rpc_deadline_default_ms;
+    Paygate__V1__Event event = PAYGATE__V1__EVENT__INIT;
+    event.topic = (char *)topic;
+    event.event_id = (char *)event_id;
+    event.key = (char *)(key ? key : "");
+    Paygate__V1__Header header = PAYGATE__V1__HEADER__INIT;
+    header.command = PAYGATE__V1__COMMAND__PUBLISH;
+    header.correlation_id = self->next_correlation++;
+    header.event = &event;
+    zmq_pollitem_t item = {.socket = self->socket, .events = ZMQ_POLLOUT};
+    if (zmq_poll(&item, 1, (long)deadline_ms) <= 0) {
+        rpc_status_set(status, PAYGATE__V1__CODE__UNAVAILABLE, "broker not reachable at %s",
+                       self->endpoint);
+        return status->code;
+    }
+    zmq_msg_t frame;
+    zmq_msg_init_size(&frame, payload_len);
+    if (payload_len > 0)
+        memcpy(zmq_msg_data(&frame), payload, payload_len);
+    int rc = wire_send(self->socket, NULL, 0, &header, &frame, ZMQ_DONTWAIT);
+    zmq_msg_close(&frame);
+    if (rc != 0) {
+        rpc_status_set(status, PAYGATE__V1__CODE__UNAVAILABLE, "cannot send to broker: %s",
+                       zmq_strerror(errno));
+        return status->code;
+    }
+    zmq_msg_t reply;
+    zmq_msg_init(&reply);
+    Paygate__V1__Code code = client_wait(self, header.correlation_id, clock_now_ms() + deadline_ms,
+                                         deadline_ms, &reply, status);
+    if (code == PAYGATE__V1__CODE__OK) {
+        Paygate__V1__PublishAck *ack =
+            paygate__v1__publish_ack__unpack(NULL, zmq_msg_size(&reply), zmq_msg_data(&reply));
+        if (ack == NULL) {
+            rpc_status_set(status, PAYGATE__V1__CODE__INTERNAL,
+                           "publish answer is not a paygate.v1.PublishAck");
+            code = status->code;
+        } else {
+            if (offset != NULL)
+                *offset = ack->offset;
+            if (duplicate != NULL)
+                *duplicate = ack->duplicate;
+            paygate__v1__publish_ack__free_unpacked(ack, NULL);
+        }
+    }
+    zmq_msg_close(&reply);
+    return code;
 }
 
 Paygate__V1__Code rpc_client_call(rpc_client_t *self, const char *service, const char *method,

@@ -94,6 +94,17 @@ Paygate__V1__Code rpc_client_call_raw(rpc_client_t *self, const char *service, c
                                       const rpc_call_opts_t *opts, zmq_msg_t *reply_body,
                                       rpc_status_t *status);
 
+/* Publishes one event to 'topic' of the broker's event bus and waits until
+ * the broker has stored it durably (fsync), or 'deadline_ms' passes.
+ * 'event_id' makes a retry safe: the broker stores an id once within its
+ * dedup window and answers a duplicate with the first offset and
+ * '*duplicate' = true. Events with the same 'key' reach each consumer
+ * group in order. Returns the status code (OK: stored). */
+Paygate__V1__Code rpc_client_publish(rpc_client_t *self, const char *topic, const char *event_id,
+                                     const char *key, const void *payload, size_t payload_len,
+                                     uint32_t deadline_ms, uint64_t *offset, bool *duplicate,
+                                     rpc_status_t *status);
+
 /* Asynchronous use (several requests in flight on one client): send with
  * rpc_client_send, which gives the request's correlation id, and collect
  * replies in any order with rpc_client_recv. Returns 0, or -1 when the

@@ -72,6 +72,11 @@ bool wire_service_name_valid(const char *name)
     return wire_chars_valid(name, wire_service_bytes_max, wire_service_char);
 }
 
+bool wire_topic_name_valid(const char *name)
+{
+    return wire_chars_valid(name, wire_topic_bytes_max, wire_service_char);
+}
+
 bool wire_method_name_valid(const char *name)
 {
     return wire_chars_valid(name, wire_method_bytes_max, wire_method_char);
@@ -121,6 +126,42 @@ static const char *wire_check_fields(const Paygate__V1__Header *header, bool has
         if (has_body)
             return "body frame not allowed with this command";
         break;
+    case PAYGATE__V1__COMMAND__PUBLISH:
+    case PAYGATE__V1__COMMAND__DELIVER: {
+        const Paygate__V1__Event *event = header->event;
+        if (event == NULL)
+            return "PUBLISH/DELIVER without event";
+        if (!wire_topic_name_valid(event->topic))
+            return "event.topic must be 1..48 of [a-z0-9_.-]";
+        if (!wire_token_valid(event->event_id, wire_event_id_bytes_max))
+            return "event.event_id must be 1..128 printable characters";
+        if (event->key != NULL && strlen(event->key) > wire_event_key_bytes_max)
+            return "event.key over 256 bytes";
+        break;
+    }
+    case PAYGATE__V1__COMMAND__SUBSCRIBE: {
+        const Paygate__V1__Subscribe *sub = header->subscribe;
+        if (sub == NULL)
+            return "SUBSCRIBE without subscribe";
+        if (!wire_topic_name_valid(sub->topic) || !wire_topic_name_valid(sub->group))
+            return "SUBSCRIBE: topic and group must be 1..48 of [a-z0-9_.-]";
+        if (!wire_token_valid(sub->consumer_id, wire_instance_bytes_max))
+            return "SUBSCRIBE: consumer_id must be 1..128 printable characters";
+        if (sub->max_in_flight > 1024 || sub->heartbeat_interval_ms > 60000)
+            return "SUBSCRIBE: max_in_flight over 1024 or heartbeat over 60000";
+        if (has_body)
+            return "body frame not allowed with this command";
+        break;
+    }
+    case PAYGATE__V1__COMMAND__ACK: {
+        const Paygate__V1__Event *event = header->event;
+        if (event == NULL || !wire_topic_name_valid(event->topic) ||
+            !wire_topic_name_valid(event->group))
+            return "ACK needs event.topic and event.group";
+        if (has_body)
+            return "body frame not allowed with this command";
+        break;
+    }
     default:
         assert(0 && "wire_check_fields: command checked by caller");
         return "unknown command";
@@ -152,6 +193,10 @@ wire_error_t wire_decode(const uint8_t *sig, size_t sig_len, const uint8_t *hdr,
     case PAYGATE__V1__COMMAND__REQUEST:
     case PAYGATE__V1__COMMAND__REPLY:
     case PAYGATE__V1__COMMAND__DISCONNECT:
+    case PAYGATE__V1__COMMAND__PUBLISH:
+    case PAYGATE__V1__COMMAND__SUBSCRIBE:
+    case PAYGATE__V1__COMMAND__DELIVER:
+    case PAYGATE__V1__COMMAND__ACK:
         break;
     default:
         paygate__v1__header__free_unpacked(header, NULL);

@@ -39,6 +39,9 @@ enum {
     wire_instance_bytes_max = 128,
     wire_request_id_bytes_max = 64,
     wire_message_text_bytes_max = 1024, /* Status.message */
+    wire_topic_bytes_max = 48,          /* topic and group names */
+    wire_event_id_bytes_max = 128,
+    wire_event_key_bytes_max = 256,
 };
 
 typedef enum {
@@ -78,6 +81,9 @@ wire_error_t wire_decode(const uint8_t *sig, size_t sig_len, const uint8_t *hdr,
 
 /* True when 'name' is a valid service name: 1..64 of [a-z0-9_.-]. */
 bool wire_service_name_valid(const char *name);
+
+/* True when 'name' is a valid topic or group name: 1..48 of [a-z0-9_.-]. */
+bool wire_topic_name_valid(const char *name);
 
 /* True when 'name' is a valid method name: 1..64 of [A-Za-z0-9_.]. */
 bool wire_method_name_valid(const char *name);

@@ -18,6 +18,7 @@
 #include "clock/clock.h"
 #include "config/config.h"
 #include "log/log.h"
+#include "outbox/outbox.h"
 #include "payment.pb-c.h"
 #include "payment_migrations.h"
 #include "payment_service.h"
@@ -156,6 +157,13 @@ int main(int argc, char **argv)
         log_error("payment: cannot start the recovery loop");
         return 1;
     }
+    outbox_relay_config_t relay_config = {
+        .pg_dsn = app.pg_dsn, .schema = "payments", .broker_endpoint = app.broker_endpoint};
+    outbox_relay_t *relay = outbox_relay_start(&relay_config);
+    if (relay == NULL) {
+        log_error("payment: cannot start the outbox relay");
+        return 1;
+    }
     rpc_server_config_t server_config = {
         .endpoint = app.broker_endpoint,
         .service = "payment",
@@ -177,6 +185,7 @@ int main(int argc, char **argv)
     }
     atomic_store(&app.stopping, 1);
     pthread_join(recovery, NULL);
+    outbox_relay_stop(&relay);
     zmq_ctx_term(app.zmq_ctx);
     log_info("payment: stopped");
     return rc == 0 ? 0 : 1;

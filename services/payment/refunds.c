@@ -14,7 +14,9 @@
 #include <string.h>
 
 #include "id/id.h"
+#include "events.pb-c.h"
 #include "log/log.h"
+#include "outbox/outbox.h"
 #include "payment.pb-c.h"
 #include "payment_service.h"
 #include "pgrpc/pgrpc.h"
@@ -54,8 +56,18 @@ static const char refund_insert_sql[] =
     "         now() + make_interval(secs => $6::int / 1000.0))"
     " ON CONFLICT (user_id, idempotency_key) DO NOTHING RETURNING id";
 
+/* The refund's success and its event, in one statement. */
 static const char refund_done_sql[] =
-    "UPDATE refunds SET status = 'SUCCEEDED', updated_at = now() WHERE id = $1";
+    "WITH done AS ("
+    "  UPDATE refunds SET status = 'SUCCEEDED', updated_at = now()"
+    "   WHERE id = $1 AND status = 'PENDING' RETURNING id)"
+    " INSERT INTO outbox (event_id, topic, key, payload)"
+    " SELECT $2, 'payments', $3, decode($4, 'hex') FROM done"
+    " ON CONFLICT (event_id) DO NOTHING";
+
+static const char refund_order_sql[] =
+    "SELECT p.id, p.order_id FROM refunds r JOIN payments p ON p.id = r.payment_id"
+    " WHERE r.id = $1";
 
 static const char payment_state_sql[] =
     "SELECT status, amount, amount_refunded FROM payments WHERE id = $1 AND user_id = $2";
@@ -84,7 +96,37 @@ bool refund_drive(payment_env_t *env, const char *refund_id, const char *user_id
         return false;
     }
     const char *params[] = {refund_id};
-    pg_result_t result = pg_exec_prepared(env->pg, "refund_done", refund_done_sql, 1, params, NULL);
+    PGresult *rows = NULL;
+    if (pg_exec_prepared(env->pg, "refund_order", refund_order_sql, 1, params, &rows) != PG_OK)
+        return false;
+    if (PQntuples(rows) != 1) {
+        PQclear(rows);
+        return false;
+    }
+    char event_id[96], occurred_at[32], payment_id[payment_id_bytes_max + 1],
+        order_id[order_id_bytes_max + 1];
+    snprintf(payment_id, sizeof payment_id, "%s", PQgetvalue(rows, 0, 0));
+    snprintf(order_id, sizeof order_id, "%s", PQgetvalue(rows, 0, 1));
+    PQclear(rows);
+    snprintf(event_id, sizeof event_id, "refund.succeeded:%s", refund_id);
+    outbox_now_rfc3339(occurred_at, sizeof occurred_at);
+    Paygate__V1__MoneyEvent event = PAYGATE__V1__MONEY_EVENT__INIT;
+    event.event_id = event_id;
+    event.type = PAYGATE__V1__MONEY_EVENT_TYPE__REFUND_SUCCEEDED;
+    event.user_id = (char *)user_id;
+    event.amount = amount;
+    event.currency = (char *)"INR";
+    event.order_id = order_id;
+    event.payment_id = payment_id;
+    event.refund_id = (char *)refund_id;
+    event.occurred_at = occurred_at;
+    char *payload = outbox_payload_hex(&event.base);
+    if (payload == NULL)
+        return false;
+    const char *done_params[] = {refund_id, event_id, user_id, payload};
+    pg_result_t result =
+        pg_exec_prepared(env->pg, "refund_done", refund_done_sql, 4, done_params, NULL);
+    free(payload);
     if (result != PG_OK)
         return false;
     log_info("refund %s: %" PRId64 " paise credited to %s", refund_id, amount, user_id);

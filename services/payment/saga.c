@@ -17,10 +17,13 @@
  * debit without a completed order or a refund.
  */
 #include <inttypes.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 
+#include "events.pb-c.h"
 #include "log/log.h"
+#include "outbox/outbox.h"
 #include "wire/wire.h"
 #include "order.pb-c.h"
 #include "payment_service.h"
@@ -29,9 +32,15 @@
 static const char set_step_sql[] =
     "UPDATE payments SET step = $2, updated_at = now() WHERE id = $1 AND status = 'PROCESSING'";
 
+/* The final status and its event, in one statement: the event exists if
+ * and only if the payment finished (lib/outbox relays it). */
 static const char finish_sql[] =
-    "UPDATE payments SET status = $2, step = 'DONE', failure_code = $3, failure_message = $4,"
-    " updated_at = now() WHERE id = $1 AND status = 'PROCESSING'";
+    "WITH done AS ("
+    "  UPDATE payments SET status = $2, step = 'DONE', failure_code = $3, failure_message = $4,"
+    "         updated_at = now() WHERE id = $1 AND status = 'PROCESSING' RETURNING id)"
+    " INSERT INTO outbox (event_id, topic, key, payload)"
+    " SELECT $5, 'payments', $6, decode($7, 'hex') FROM done"
+    " ON CONFLICT (event_id) DO NOTHING";
 
 /* Records that 'p' reached 'step'. False when the database failed (the
  * next driver redoes the idempotent step that led here). */
@@ -48,9 +57,29 @@ static bool saga_record_step(payment_env_t *env, const saga_payment_t *p, const 
 static saga_outcome_t saga_finish(payment_env_t *env, const saga_payment_t *p, bool succeeded,
                                   const char *failure_code, const char *failure_message)
 {
-    const char *params[] = {p->id, succeeded ? "SUCCEEDED" : "FAILED", failure_code,
-                            failure_message};
-    pg_result_t result = pg_exec_prepared(env->pg, "saga_finish", finish_sql, 4, params, NULL);
+    char event_id[96], occurred_at[32];
+    snprintf(event_id, sizeof event_id, "payment.%s:%s", succeeded ? "succeeded" : "failed", p->id);
+    outbox_now_rfc3339(occurred_at, sizeof occurred_at);
+    Paygate__V1__MoneyEvent event = PAYGATE__V1__MONEY_EVENT__INIT;
+    event.event_id = event_id;
+    event.type = succeeded ? PAYGATE__V1__MONEY_EVENT_TYPE__PAYMENT_SUCCEEDED
+                           : PAYGATE__V1__MONEY_EVENT_TYPE__PAYMENT_FAILED;
+    event.user_id = (char *)p->user_id;
+    event.amount = p->amount;
+    event.currency = (char *)"INR";
+    event.order_id = (char *)p->order_id;
+    event.payment_id = (char *)p->id;
+    event.failure_code = (char *)failure_code;
+    event.occurred_at = occurred_at;
+    char *payload = outbox_payload_hex(&event.base);
+    if (payload == NULL)
+        return SAGA_PENDING;
+    const char *params[] = {p->id,        succeeded ? "SUCCEEDED" : "FAILED",
+                            failure_code, failure_message,
+                            event_id,     p->user_id,
+                            payload};
+    pg_result_t result = pg_exec_prepared(env->pg, "saga_finish", finish_sql, 7, params, NULL);
+    free(payload);
     if (result != PG_OK) {
         log_warn("saga %s: cannot record the outcome: %s", p->id, pg_error_message(env->pg));
         return SAGA_PENDING;

@@ -2,8 +2,9 @@
  * paygate-user: accounts, login and wallets, as the broker service "user".
  *
  * The story: read the configuration, bring the "users" schema up to date,
- * start one worker thread per configured instance (each with its own
- * database connection), serve until SIGTERM/SIGINT, drain, exit.
+ * start the outbox relay (top-up events to the event bus), start one
+ * worker thread per configured instance (each with its own database
+ * connection), serve until SIGTERM/SIGINT, drain, stop the relay, exit.
  */
 #include <sodium.h>
 #include <stdio.h>
@@ -12,6 +13,7 @@
 
 #include "config/config.h"
 #include "log/log.h"
+#include "outbox/outbox.h"
 #include "pg/pg.h"
 #include "rpc/rpc.h"
 #include "token/token.h"
@@ -115,6 +117,13 @@ int main(int argc, char **argv)
         return 1;
     }
 
+    outbox_relay_config_t relay_config = {
+        .pg_dsn = pg_dsn, .schema = "users", .broker_endpoint = endpoint};
+    outbox_relay_t *relay = outbox_relay_start(&relay_config);
+    if (relay == NULL) {
+        token_keyring_destroy(&keys);
+        return 1;
+    }
     user_app_t app = {.pg_dsn = pg_dsn, .keys = keys};
     rpc_server_config_t server_config = {
         .endpoint = endpoint,
@@ -130,12 +139,14 @@ int main(int argc, char **argv)
     };
     rpc_server_t *server = rpc_server_new(&server_config);
     if (server == NULL) {
+        outbox_relay_stop(&relay);
         token_keyring_destroy(&keys);
         return 2;
     }
     rpc_server_stop_on_signals(server);
     int rc = rpc_server_run(server);
     rpc_server_destroy(&server);
+    outbox_relay_stop(&relay);
     token_keyring_destroy(&keys);
     log_info("user: stopped");
     return rc == 0 ? 0 : 1;

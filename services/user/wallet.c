@@ -16,9 +16,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "events.pb-c.h"
 #include "id/id.h"
 #include "log/log.h"
 #include "money/money.h"
+#include "outbox/outbox.h"
 #include "pgrpc/pgrpc.h"
 #include "user.pb-c.h"
 #include "user_service.h"
@@ -27,7 +29,9 @@
 static const char wallet_get_sql[] =
     "SELECT user_id, balance, currency FROM wallets WHERE user_id = $1";
 
-/* $1 user, $2 key, $3 amount, $4 new top-up id */
+/* $1 user, $2 key, $3 amount, $4 new top-up id, $5 event id, $6 event
+ * payload (hex). The top-up, its ledger row and its event (the outbox row
+ * that lib/outbox relays to the "wallet" topic) are one statement. */
 static const char top_up_sql[] =
     "WITH prior AS ("
     "  SELECT id, amount, balance_after, created_at FROM topups"
@@ -42,7 +46,10 @@ static const char top_up_sql[] =
     " topup AS ("
     "  INSERT INTO topups (id, user_id, idempotency_key, amount, balance_after)"
     "  SELECT $4, $1, $2, $3::bigint, balance FROM moved"
-    "  RETURNING id, amount, balance_after, created_at)"
+    "  RETURNING id, amount, balance_after, created_at),"
+    " event AS ("
+    "  INSERT INTO outbox (event_id, topic, key, payload)"
+    "  SELECT $5, 'wallet', $1, decode($6, 'hex') FROM topup)"
     " SELECT false, id, amount, balance_after, " PGRPC_TIME(
         "created_at") " FROM topup"
                       " UNION ALL"
@@ -178,16 +185,31 @@ Paygate__V1__Code wallet_top_up(rpc_ctx_t *ctx, const ProtobufCMessage *request_
     snprintf(amount, sizeof amount, "%" PRId64, request->amount);
     if (!id_new("top", id, sizeof id))
         return rpc_ctx_fail(ctx, PAYGATE__V1__CODE__INTERNAL, "internal_error", "no id");
-    const char *params[] = {user, request->idempotency_key, amount, id};
+    char event_id[96], occurred_at[32];
+    snprintf(event_id, sizeof event_id, "topup.succeeded:%s", id);
+    outbox_now_rfc3339(occurred_at, sizeof occurred_at);
+    Paygate__V1__MoneyEvent event = PAYGATE__V1__MONEY_EVENT__INIT;
+    event.event_id = event_id;
+    event.type = PAYGATE__V1__MONEY_EVENT_TYPE__TOPUP_SUCCEEDED;
+    event.user_id = (char *)user;
+    event.amount = request->amount;
+    event.currency = (char *)"INR";
+    event.topup_id = id;
+    event.occurred_at = occurred_at;
+    char *payload = outbox_payload_hex(&event.base);
+    if (payload == NULL)
+        return rpc_ctx_fail(ctx, PAYGATE__V1__CODE__INTERNAL, "internal_error", "no memory");
+    const char *params[] = {user, request->idempotency_key, amount, id, event_id, payload};
     PGresult *rows = NULL;
     pg_result_t result = PG_OK;
     for (int attempt = 0; attempt < 2; attempt++) {
-        result = pg_exec_prepared(thread->pg, "wallet_top_up", top_up_sql, 4, params, &rows);
+        result = pg_exec_prepared(thread->pg, "wallet_top_up", top_up_sql, 6, params, &rows);
         /* a concurrent call with the same key won: read its result */
         if (!(result == PG_CONSTRAINT &&
               strcmp(pg_error_constraint(thread->pg), "topups_user_id_idempotency_key_key") == 0))
             break;
     }
+    free(payload);
     if (result == PG_CONSTRAINT &&
         strcmp(pg_error_constraint(thread->pg), "wallets_balance_check") == 0)
         return rpc_ctx_fail(ctx, PAYGATE__V1__CODE__FAILED_PRECONDITION, "balance_limit",

@@ -21,7 +21,8 @@ static void usage(FILE *out)
           "\n"
           "commands:\n"
           "  services [--json] [SERVICE]   live services and instances (discovery),\n"
-          "                                with heartbeat age and requests in flight\n"
+          "                                with heartbeat age and requests in flight,\n"
+          "                                and the event bus: topics, groups, lag\n"
           "\n"
           "options:\n"
           "  --broker ENDPOINT  broker to ask (default $PAYGATE_BROKER_ENDPOINT or\n"
@@ -48,6 +49,19 @@ static void print_services_text(const Paygate__V1__ListServicesReply *reply)
             snprintf(flight, sizeof flight, "%u/%u", w->in_flight, w->max_in_flight);
             printf("%-24s %-44s %10s %9s %8" PRIu64 "\n", k == 0 ? s->name : "", w->instance_id,
                    age, flight, w->requests_done);
+        }
+    }
+    if (reply->n_topics > 0)
+        printf("\n%-24s %-20s %10s %10s %10s %8s %9s\n", "TOPIC", "GROUP", "START", "END",
+               "COMMITTED", "LAG", "IN-FLIGHT");
+    for (size_t i = 0; i < reply->n_topics; i++) {
+        const Paygate__V1__TopicInfo *t = reply->topics[i];
+        printf("%-24s %-20s %10" PRIu64 " %10" PRIu64 "\n", t->name, "-", t->start_offset,
+               t->end_offset);
+        for (size_t k = 0; k < t->n_groups; k++) {
+            const Paygate__V1__GroupInfo *g = t->groups[k];
+            printf("%-24s %-20s %10s %10s %10" PRIu64 " %8" PRIu64 " %9u\n", "", g->name, "", "",
+                   g->committed_offset, g->lag, g->in_flight);
         }
     }
     const Paygate__V1__BrokerStats *st = reply->stats;
@@ -90,6 +104,25 @@ static void print_services_json(const Paygate__V1__ListServicesReply *reply)
                    ",\"heartbeat_interval_ms\":%u}",
                    w->heartbeat_age_ms, w->in_flight, w->max_in_flight, w->requests_done,
                    w->registered_age_ms, w->heartbeat_interval_ms);
+        }
+        printf("]}");
+    }
+    printf("],\"topics\":[");
+    for (size_t i = 0; i < reply->n_topics; i++) {
+        const Paygate__V1__TopicInfo *t = reply->topics[i];
+        printf("%s{\"name\":", i ? "," : "");
+        json_string(t->name);
+        printf(",\"start_offset\":%" PRIu64 ",\"end_offset\":%" PRIu64 ",\"bytes\":%" PRIu64
+               ",\"published\":%" PRIu64 ",\"duplicates\":%" PRIu64 ",\"groups\":[",
+               t->start_offset, t->end_offset, t->bytes, t->published, t->duplicates);
+        for (size_t k = 0; k < t->n_groups; k++) {
+            const Paygate__V1__GroupInfo *g = t->groups[k];
+            printf("%s{\"name\":", k ? "," : "");
+            json_string(g->name);
+            printf(",\"committed_offset\":%" PRIu64 ",\"lag\":%" PRIu64 ",\"in_flight\":%u"
+                   ",\"consumers\":%u,\"redelivered\":%" PRIu64 ",\"dead_lettered\":%" PRIu64 "}",
+                   g->committed_offset, g->lag, g->in_flight, g->consumers, g->redelivered,
+                   g->dead_lettered);
         }
         printf("]}");
     }

@@ -1,0 +1,64 @@
+/*
+ * consumer: receiving events from the broker's event bus as a member of a
+ * consumer group (see broker/README.md, "Event bus").
+ *
+ * One consumer is one socket and one thread: it subscribes its group to
+ * each topic, calls the handler for every delivered event, and
+ * acknowledges the event when the handler returns true. An event that is
+ * not acknowledged is delivered again after the broker's ack timeout (to
+ * this or another member), so handlers must be idempotent: the event id
+ * identifies an event across redeliveries. The consumer heartbeats, and
+ * after a broker restart or silence it reconnects and subscribes again.
+ */
+#ifndef PAYGATE_EVENTS_CONSUMER_H
+#define PAYGATE_EVENTS_CONSUMER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct {
+    const char *topic;
+    const char *group;
+    const char *event_id;
+    const char *key;
+    uint64_t offset;
+    int64_t timestamp_ms; /* when the broker stored it (Unix ms) */
+    uint32_t delivery_count;
+    const uint8_t *payload;
+    size_t payload_len;
+} events_delivery_t;
+
+/* Handles one event; returns true to acknowledge it, false to leave it
+ * for redelivery (e.g. a dependency is down). */
+typedef bool (*events_handler_fn)(const events_delivery_t *event, void *state);
+
+typedef struct {
+    const char *endpoint;           /* broker */
+    const char *group;              /* consumer group name */
+    const char *const *topics;      /* NULL-ended */
+    const char *consumer_id;        /* NULL: "<group>-<host>-<pid>" */
+    uint32_t max_in_flight;         /* unacknowledged events at once; 0: 16 */
+    uint32_t heartbeat_interval_ms; /* 0: 1000 */
+    uint32_t heartbeat_liveness;    /* 0: 3 */
+    bool start_at_end;              /* a new group skips history */
+    events_handler_fn handler;
+    void *state;
+} events_consumer_config_t;
+
+typedef struct events_consumer events_consumer_t;
+
+/* Checks 'config'; NULL, after logging why, when it is invalid. */
+events_consumer_t *events_consumer_new(const events_consumer_config_t *config);
+
+/* Consumes until events_consumer_stop() (or a permanent refusal by the
+ * broker). Returns 0 on a clean stop, -1 on a fatal error. */
+int events_consumer_run(events_consumer_t *self);
+
+/* Asks a running consumer to stop. Async-signal-safe. */
+void events_consumer_stop(events_consumer_t *self);
+
+/* Frees the consumer and sets '*self' to NULL. */
+void events_consumer_destroy(events_consumer_t **self);
+
+#endif
