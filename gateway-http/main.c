@@ -36,7 +36,7 @@ static void usage(void)
           "  PAYGATE_GATEWAY_TIMEOUT_S          idle or slow connection timeout (30)\n"
           "  PAYGATE_GATEWAY_DEADLINE_MS        deadline of each call to a service (5000)\n"
           "  PAYGATE_GATEWAY_REQUIRED_SERVICES  services /readyz waits for "
-          "(user,order,payment,transaction)\n"
+          "(user,order,payment)\n"
           "  PAYGATE_BROKER_ENDPOINT            broker (tcp://127.0.0.1:55555)\n"
           "  PAYGATE_JWT_SECRET, PAYGATE_JWT_KID, PAYGATE_JWT_ISSUER, PAYGATE_JWT_AUDIENCE,\n"
           "  PAYGATE_JWT_PREVIOUS_SECRET, PAYGATE_JWT_PREVIOUS_KID   see README\n"
@@ -62,7 +62,7 @@ int main(int argc, char **argv)
     ok &= config_int("PAYGATE_GATEWAY_CONNECTIONS_MAX", 1024, 1, 100000, &connections);
     ok &= config_int("PAYGATE_GATEWAY_TIMEOUT_S", 30, 1, 3600, &timeout_s);
     ok &= config_int("PAYGATE_GATEWAY_DEADLINE_MS", 5000, 10, 60000, &deadline_ms);
-    ok &= config_str("PAYGATE_GATEWAY_REQUIRED_SERVICES", "user,order,payment,transaction", 255,
+    ok &= config_str("PAYGATE_GATEWAY_REQUIRED_SERVICES", "user,order,payment", 255,
                      &config.required_services);
     ok &= config_str("PAYGATE_BROKER_ENDPOINT", "tcp://127.0.0.1:55555", 255,
                      &config.broker_endpoint);
