@@ -300,6 +300,9 @@ static void broker_handle(broker_t *self, wire_message_t *msg, int64_t now)
     case PAYGATE__V1__COMMAND__ACK:
         bus_ack(self->bus, msg->identity, msg->identity_len, h->event, now);
         break;
+    case PAYGATE__V1__COMMAND__NACK:
+        bus_nack(self->bus, msg->identity, msg->identity_len, h->event, now);
+        break;
     case PAYGATE__V1__COMMAND__REPLY:
         registry_reply(self->registry, msg->identity, msg->identity_len, h,
                        msg->has_body ? &msg->body : NULL, now);

@@ -63,6 +63,7 @@ typedef struct {
     uint64_t key_hash; /* 0: no key */
     slot_state_t state;
     uint32_t deliveries;
+    int64_t not_before; /* WAITING: not delivered before (after a NACK) */
     consumer_t *consumer;
     int64_t deadline_at;
 } slot_t;
@@ -161,6 +162,7 @@ bus_config_t bus_config_default(void)
         .retention_bytes = 1024ull * 1024 * 1024,
         .ack_timeout_ms = 30000,
         .max_deliveries = 10,
+        .nack_delay_ms = 1000,
         .dedup_window = 10000,
         .group_window = 256,
         .topics_max = 64,
@@ -912,7 +914,7 @@ static void group_pump(bus_t *self, group_t *g, int64_t now)
     group_fill(self, g);
     for (uint32_t i = 0; i < g->len; i++) {
         slot_t *s = group_slot(self, g, i);
-        if (s->state != SLOT_WAITING || slot_blocked(self, g, i))
+        if (s->state != SLOT_WAITING || s->not_before > now || slot_blocked(self, g, i))
             continue;
         consumer_t *c = group_next_consumer(g);
         if (c == NULL)
@@ -942,6 +944,31 @@ void bus_ack(bus_t *self, const uint8_t *identity, size_t identity_len,
     s->consumer->in_flight--;
     s->consumer = NULL;
     g->in_flight--;
+    group_pump(self, g, now);
+}
+
+void bus_nack(bus_t *self, const uint8_t *identity, size_t identity_len,
+              const Paygate__V1__Event *event, int64_t now)
+{
+    peer_t *p = peer_find(self, identity, identity_len);
+    topic_t *t = bus_enabled(self) ? topic_find(self, event->topic) : NULL;
+    group_t *g = t != NULL ? group_find(t, event->group) : NULL;
+    if (p == NULL || g == NULL)
+        return;
+    p->last_seen_at = now;
+    if (event->offset < g->committed || event->offset - g->committed >= g->len)
+        return;
+    slot_t *s = group_slot(self, g, (uint32_t)(event->offset - g->committed));
+    if (s->state != SLOT_IN_FLIGHT || s->consumer == NULL || s->consumer->peer != p)
+        return;
+    s->state = SLOT_WAITING;
+    s->consumer->in_flight--;
+    s->consumer = NULL;
+    g->in_flight--;
+    if (s->deliveries > 0)
+        s->deliveries--; /* a refusal is not a failed delivery */
+    s->not_before = now + self->config.nack_delay_ms;
+    g->redelivered++;
     group_pump(self, g, now);
 }
 
@@ -979,6 +1006,11 @@ static void group_timers(bus_t *self, group_t *g, int64_t now)
     bool changed = false;
     for (uint32_t i = 0; i < g->len; i++) {
         slot_t *s = group_slot(self, g, i);
+        if (s->state == SLOT_WAITING && s->not_before != 0 && s->not_before <= now) {
+            s->not_before = 0; /* its NACK delay is over */
+            changed = true;
+            continue;
+        }
         if (s->state != SLOT_IN_FLIGHT || s->deadline_at > now)
             continue;
         s->consumer->in_flight--;

@@ -41,8 +41,9 @@ typedef struct {
     uint64_t retention_bytes; /* per topic */
     uint32_t ack_timeout_ms;
     uint32_t max_deliveries;
-    uint32_t dedup_window; /* event ids remembered per topic */
-    uint32_t group_window; /* events a group holds between committed and read */
+    uint32_t nack_delay_ms; /* redelivery delay after a NACK */
+    uint32_t dedup_window;  /* event ids remembered per topic */
+    uint32_t group_window;  /* events a group holds between committed and read */
     uint32_t topics_max;
     uint32_t groups_max;            /* per topic */
     uint32_t consumers_max;         /* subscriptions, all topics */
@@ -87,6 +88,12 @@ void bus_subscribe(bus_t *self, const uint8_t *identity, size_t identity_len,
 /* ACK from 'identity'. */
 void bus_ack(bus_t *self, const uint8_t *identity, size_t identity_len,
              const Paygate__V1__Event *event, int64_t now);
+
+/* NACK from 'identity': the consumer cannot handle the event now; it is
+ * delivered again after nack_delay_ms and the attempt does not count
+ * towards max_deliveries. */
+void bus_nack(bus_t *self, const uint8_t *identity, size_t identity_len,
+              const Paygate__V1__Event *event, int64_t now);
 
 /* HEARTBEAT / DISCONNECT from 'identity': true when it is a consumer (the
  * registry handles the others). */

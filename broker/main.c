@@ -45,6 +45,7 @@ static void usage(void)
           "  PAYGATE_BROKER_MAX_DELIVERIES       then dead-letter to <topic>.dlq (10)\n"
           "  PAYGATE_BROKER_DEDUP_WINDOW         event ids remembered per topic (10000)\n"
           "  PAYGATE_BROKER_GROUP_WINDOW         events a group holds ahead (256)\n"
+          "  PAYGATE_BROKER_NACK_DELAY_MS        redelivery delay after a NACK (1000)\n"
           "  PAYGATE_LOG_LEVEL                   debug, info, warn, error (info)\n",
           stdout);
 }
@@ -84,7 +85,7 @@ static bool broker_config_read(broker_config_t *config)
     config->message_bytes_max = (size_t)bytes_max;
     bus_config_t *b = &config->bus;
     *b = bus_config_default();
-    int64_t w[7];
+    int64_t w[8];
     ok = config_str("PAYGATE_BROKER_DATA_DIR", NULL, 1024, &b->data_dir);
     ok &= config_int("PAYGATE_BROKER_SEGMENT_BYTES", (int64_t)b->segment_bytes_max, 4096,
                      INT64_C(1) << 34, &w[0]);
@@ -95,6 +96,7 @@ static bool broker_config_read(broker_config_t *config)
     ok &= config_int("PAYGATE_BROKER_MAX_DELIVERIES", b->max_deliveries, 1, 1000, &w[4]);
     ok &= config_int("PAYGATE_BROKER_DEDUP_WINDOW", b->dedup_window, 0, 10000000, &w[5]);
     ok &= config_int("PAYGATE_BROKER_GROUP_WINDOW", b->group_window, 1, 65536, &w[6]);
+    ok &= config_int("PAYGATE_BROKER_NACK_DELAY_MS", b->nack_delay_ms, 0, 3600000, &w[7]);
     if (!ok)
         return false;
     b->segment_bytes_max = (uint64_t)w[0];
@@ -104,6 +106,7 @@ static bool broker_config_read(broker_config_t *config)
     b->max_deliveries = (uint32_t)w[4];
     b->dedup_window = (uint32_t)w[5];
     b->group_window = (uint32_t)w[6];
+    b->nack_delay_ms = (uint32_t)w[7];
     b->heartbeat_interval_ms = r->heartbeat_interval_ms;
     b->heartbeat_liveness = r->heartbeat_liveness;
     if (r->deadline_default_ms > r->deadline_max_ms) {

@@ -170,19 +170,22 @@ static void consumer_deliver(events_consumer_t *self, const wire_message_t *msg)
         .payload = msg->has_body ? zmq_msg_data((zmq_msg_t *)&msg->body) : (const uint8_t *)"",
         .payload_len = msg->has_body ? zmq_msg_size((zmq_msg_t *)&msg->body) : 0,
     };
-    if (!self->config.handler(&delivery, self->config.state))
-        return; /* the broker redelivers it after its ack timeout */
+    bool handled = self->config.handler(&delivery, self->config.state);
     Paygate__V1__Event ack_event = PAYGATE__V1__EVENT__INIT;
     ack_event.topic = e->topic;
     ack_event.group = (char *)delivery.group;
     ack_event.offset = e->offset;
     Paygate__V1__Header header = PAYGATE__V1__HEADER__INIT;
-    header.command = PAYGATE__V1__COMMAND__ACK;
+    /* NACK: "not now" (redelivered after the broker's delay, and not
+     * counted towards its dead-letter limit) */
+    header.command = handled ? PAYGATE__V1__COMMAND__ACK : PAYGATE__V1__COMMAND__NACK;
     header.event = &ack_event;
     if (consumer_send(self, &header) != 0)
-        log_warn("events %s: ACK of %s offset %llu not sent: %s", self->consumer_id, e->topic,
-                 (unsigned long long)e->offset, zmq_strerror(errno));
-    self->handled++;
+        log_warn("events %s: %s of %s offset %llu not sent: %s", self->consumer_id,
+                 handled ? "ACK" : "NACK", e->topic, (unsigned long long)e->offset,
+                 zmq_strerror(errno));
+    if (handled)
+        self->handled++;
 }
 
 /* Handles what the broker sent. Returns false on a permanent refusal. */

@@ -4,9 +4,9 @@
  *
  * One consumer is one socket and one thread: it subscribes its group to
  * each topic, calls the handler for every delivered event, and
- * acknowledges the event when the handler returns true. An event that is
- * not acknowledged is delivered again after the broker's ack timeout (to
- * this or another member), so handlers must be idempotent: the event id
+ * acknowledges the event when the handler returns true (NACK when it
+ * returns false). An event that is not acknowledged is delivered again
+ * (to this or another member), so handlers must be idempotent: the event id
  * identifies an event across redeliveries. The consumer heartbeats, and
  * after a broker restart or silence it reconnects and subscribes again.
  */
@@ -29,8 +29,13 @@ typedef struct {
     size_t payload_len;
 } events_delivery_t;
 
-/* Handles one event; returns true to acknowledge it, false to leave it
- * for redelivery (e.g. a dependency is down). */
+/* Handles one event; returns true to acknowledge it, false to refuse it
+ * for now (a dependency is down): the consumer sends NACK and the broker
+ * delivers it again after its NACK delay, without counting the attempt
+ * towards its dead-letter limit. An event that can never be handled
+ * (malformed) should be logged and acknowledged. A consumer that crashes
+ * or hangs on an event makes it count: after the broker's maximum
+ * deliveries it goes to the dead-letter topic. */
 typedef bool (*events_handler_fn)(const events_delivery_t *event, void *state);
 
 typedef struct {

@@ -153,11 +153,12 @@ static const char *wire_check_fields(const Paygate__V1__Header *header, bool has
             return "body frame not allowed with this command";
         break;
     }
-    case PAYGATE__V1__COMMAND__ACK: {
+    case PAYGATE__V1__COMMAND__ACK:
+    case PAYGATE__V1__COMMAND__NACK: {
         const Paygate__V1__Event *event = header->event;
         if (event == NULL || !wire_topic_name_valid(event->topic) ||
             !wire_topic_name_valid(event->group))
-            return "ACK needs event.topic and event.group";
+            return "ACK/NACK needs event.topic and event.group";
         if (has_body)
             return "body frame not allowed with this command";
         break;
@@ -197,6 +198,7 @@ wire_error_t wire_decode(const uint8_t *sig, size_t sig_len, const uint8_t *hdr,
     case PAYGATE__V1__COMMAND__SUBSCRIBE:
     case PAYGATE__V1__COMMAND__DELIVER:
     case PAYGATE__V1__COMMAND__ACK:
+    case PAYGATE__V1__COMMAND__NACK:
         break;
     default:
         paygate__v1__header__free_unpacked(header, NULL);

@@ -330,7 +330,7 @@ static void test_decode_unknown_command(void **state)
     expect_decode(&header, false, WIRE_ERR_COMMAND);
     header.command = PAYGATE__V1__COMMAND__COMMAND_UNSPECIFIED;
     expect_decode(&header, false, WIRE_ERR_COMMAND);
-    header.command = (Paygate__V1__Command)10; /* one past ACK */
+    header.command = (Paygate__V1__Command)11; /* one past NACK */
     expect_decode(&header, false, WIRE_ERR_COMMAND);
     header.command = (Paygate__V1__Command)-1;
     expect_decode(&header, false, WIRE_ERR_COMMAND);
