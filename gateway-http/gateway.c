@@ -341,12 +341,19 @@ static enum MHD_Result call_route(gateway_t *self, struct MHD_Connection *connec
             message_text = "the service did not answer in time";
         }
         json_t *details = json_object();
-        for (size_t i = 0; i < status.detail_count; i++)
+        for (size_t i = 0; http != 500 && i < status.detail_count; i++)
             json_object_set_new(details, status.details[i].key,
                                 json_string(status.details[i].value));
-        const char *retry = http == 429 || http == 503 ? "1" : NULL;
+        const char *extra_name = NULL, *extra_value = NULL;
+        if (http == 429 || http == 503) {
+            extra_name = "Retry-After";
+            extra_value = "1";
+        } else if (http == 401) {
+            extra_name = "WWW-Authenticate";
+            extra_value = "Bearer";
+        }
         return respond_error(connection, http, http_error_code(code, status.reason), message_text,
-                             request_id, details, retry ? "Retry-After" : NULL, retry);
+                             request_id, details, extra_name, extra_value);
     }
     ProtobufCAllocator allocator = arena_protobuf_allocator(arena);
     ProtobufCMessage *reply = protobuf_c_message_unpack(
@@ -371,9 +378,19 @@ static bool authenticate(gateway_t *self, struct MHD_Connection *connection,
         *problem = "an Authorization: Bearer token is required";
         return false;
     }
-    const char *token = header + 7;
-    while (*token == ' ')
-        token++;
+    const char *start = header + 7;
+    while (*start == ' ')
+        start++;
+    char token[TOKEN_BYTES_MAX + 1];
+    size_t len = strlen(start);
+    while (len > 0 && (start[len - 1] == ' ' || start[len - 1] == '\t'))
+        len--;
+    if (len == 0 || len > TOKEN_BYTES_MAX) {
+        *problem = "malformed";
+        return false;
+    }
+    memcpy(token, start, len);
+    token[len] = '\0';
     token_status_t result =
         token_verify(self->config.keys, token, (int64_t)time(NULL), user_id, TOKEN_USER_ID_SIZE);
     if (result != TOKEN_OK) {
@@ -524,8 +541,7 @@ gateway_t *gateway_new(const gateway_config_t *config)
         MHD_OPTION_CONNECTION_LIMIT, config->connections_max, MHD_OPTION_CONNECTION_TIMEOUT,
         config->timeout_s, MHD_OPTION_CONNECTION_MEMORY_LIMIT, config->header_bytes_max,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, self, MHD_OPTION_SOCK_ADDR, &addr,
-        MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned int)1,
-        MHD_OPTION_END);
+        MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned int)1, MHD_OPTION_END);
     if (self->daemon == NULL) {
         log_error("gateway: cannot listen on %s:%u: %s", config->bind_address,
                   (unsigned)config->port, strerror(errno));

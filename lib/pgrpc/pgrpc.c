@@ -14,8 +14,10 @@ Paygate__V1__Code pgrpc_fail(rpc_ctx_t *ctx, const pg_conn_t *pg, pg_result_t re
         return rpc_ctx_fail(ctx, PAYGATE__V1__CODE__UNAVAILABLE, "database_unavailable",
                             "the database is unavailable; retry later");
     }
-    log_error("%s: database error %s (request %s): %s", what, pg_error_sqlstate(pg),
-              rpc_ctx_request_id(ctx), pg_error_message(pg));
+    /* Not the message: a data error may quote a parameter value. */
+    log_error("%s: database error %s%s%s (request %s)", what, pg_error_sqlstate(pg),
+              pg_error_constraint(pg)[0] ? " on " : "", pg_error_constraint(pg),
+              rpc_ctx_request_id(ctx));
     return rpc_ctx_fail(ctx, PAYGATE__V1__CODE__INTERNAL, "internal_error",
                         "internal error (request %s)", rpc_ctx_request_id(ctx));
 }
