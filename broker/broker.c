@@ -198,7 +198,9 @@ static void broker_reject(broker_t *self, wire_message_t *msg, int error, const 
         break;
     }
     broker_log_bad_peer(self, msg, detail);
-    if (msg->header == NULL || msg->header->command != PAYGATE__V1__COMMAND__REQUEST)
+    /* Whatever expects a REPLY gets one, even when it is malformed. */
+    if (msg->header == NULL || (msg->header->command != PAYGATE__V1__COMMAND__REQUEST &&
+                                msg->header->command != PAYGATE__V1__COMMAND__PUBLISH))
         return;
     Paygate__V1__Status status = PAYGATE__V1__STATUS__INIT;
     char text[256];

@@ -218,7 +218,7 @@ static bool group_persist(bus_t *self, group_t *g)
         return true;
     char path[path_bytes_max], tmp[path_bytes_max + 8], dir[path_bytes_max];
     group_offset_path(self, g, path, sizeof path);
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    snprintf(tmp, sizeof tmp, "%s/%s/groups/.%s.tmp", self->data_dir, g->topic->name, g->name);
     snprintf(dir, sizeof dir, "%s/%s/groups", self->data_dir, g->topic->name);
     mkdir(dir, 0755);
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
@@ -976,7 +976,7 @@ void bus_nack(bus_t *self, const uint8_t *identity, size_t identity_len,
 static void slot_dead_letter(bus_t *self, group_t *g, slot_t *s)
 {
     char name[topic_name_bytes_max + 1];
-    snprintf(name, sizeof name, "%.48s.dlq", g->topic->name);
+    snprintf(name, sizeof name, "%.44s.dlq", g->topic->name);
     topic_t *dlq = topic_open(self, name);
     eventlog_entry_t entry;
     memset(&entry, 0, sizeof entry);
@@ -1079,22 +1079,28 @@ int64_t bus_tick(bus_t *self, int64_t now)
         return now + 1000;
     if (now >= self->next_housekeeping_at) {
         self->next_housekeeping_at = now + housekeeping_interval_ms;
-        list_node_t *n = self->peers.next;
-        while (n != &self->peers) {
-            list_node_t *next = n->next;
+        /* Removing a peer hands its events to others, and a failed send
+         * to one of them removes that peer too: after any removal the list
+         * may have lost more than one node, so the walk starts over. Each
+         * restart follows a removal, so this ends. */
+    restart:
+        for (list_node_t *n = self->peers.next; n != &self->peers; n = n->next) {
             peer_t *p = list_entry(n, peer_t, all_link);
             int64_t silent = now - p->last_seen_at;
             if (silent > (int64_t)p->heartbeat_interval_ms * self->config.heartbeat_liveness) {
                 bus_disconnect(self, p->identity, p->identity_len, PAYGATE__V1__CODE__UNAVAILABLE,
                                "expired");
                 peer_remove(self, p, "expired", now);
-            } else if (now - p->last_sent_at >= p->heartbeat_interval_ms) {
+                goto restart;
+            }
+            if (now - p->last_sent_at >= p->heartbeat_interval_ms) {
                 Paygate__V1__Header header = PAYGATE__V1__HEADER__INIT;
                 header.command = PAYGATE__V1__COMMAND__HEARTBEAT;
-                if (peer_send(self, p, &header, NULL, now) != 0)
+                if (peer_send(self, p, &header, NULL, now) != 0) {
                     peer_remove(self, p, "unreachable", now);
+                    goto restart;
+                }
             }
-            n = next;
         }
         for (list_node_t *t = self->topics.next; t != &self->topics; t = t->next) {
             topic_t *topic = list_entry(t, topic_t, all_link);

@@ -74,6 +74,10 @@ bool wire_service_name_valid(const char *name)
 
 bool wire_topic_name_valid(const char *name)
 {
+    /* Names become file names: the first character may not be '.', '-'
+     * or '_' (no ".", "..", hidden files or option-like names). */
+    if (name == NULL || !((name[0] >= 'a' && name[0] <= 'z') || (name[0] >= '0' && name[0] <= '9')))
+        return false;
     return wire_chars_valid(name, wire_topic_bytes_max, wire_service_char);
 }
 

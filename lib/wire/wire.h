@@ -82,7 +82,8 @@ wire_error_t wire_decode(const uint8_t *sig, size_t sig_len, const uint8_t *hdr,
 /* True when 'name' is a valid service name: 1..64 of [a-z0-9_.-]. */
 bool wire_service_name_valid(const char *name);
 
-/* True when 'name' is a valid topic or group name: 1..48 of [a-z0-9_.-]. */
+/* True when 'name' is a valid topic or group name: 1..48 of [a-z0-9_.-],
+ * starting with a letter or digit (names become file names). */
 bool wire_topic_name_valid(const char *name);
 
 /* True when 'name' is a valid method name: 1..64 of [A-Za-z0-9_.]. */
