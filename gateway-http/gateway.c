@@ -36,6 +36,7 @@
 #include "log/log.h"
 #include "routes.h"
 #include "rpc/rpc.h"
+#include "sse.h"
 #include "wire/wire.h"
 
 enum {
@@ -50,6 +51,7 @@ struct gateway {
     struct MHD_Daemon *daemon;
     void *zmq_ctx;
     pthread_key_t client_key;
+    sse_t *streams; /* GET /v1/notifications/stream (sse.c) */
 };
 
 typedef struct {
@@ -408,6 +410,18 @@ static enum MHD_Result finish(gateway_t *self, struct MHD_Connection *connection
         return respond(connection, 200, json_pack("{s:s}", "status", "ok"), request_id, NULL, NULL);
     if (strcmp(url, "/readyz") == 0 && strcmp(method, "GET") == 0)
         return readiness(self, connection, request_id);
+    if (strcmp(url, SSE_STREAM_PATH) == 0) {
+        char user_id[TOKEN_USER_ID_SIZE] = "";
+        const char *problem = NULL;
+        if (strcmp(method, "GET") != 0)
+            return respond_error(connection, 405, "method_not_allowed",
+                                 "this method is not allowed here", request_id, NULL, "Allow",
+                                 "GET");
+        if (!authenticate(self, connection, user_id, &problem))
+            return respond_error(connection, 401, "unauthenticated", problem, request_id, NULL,
+                                 "WWW-Authenticate", "Bearer");
+        return sse_stream_open(self->streams, connection, user_id, request_id);
+    }
     if (!req->matched) {
         if (req->match.method_not_allowed)
             return respond_error(connection, 405, "method_not_allowed",
@@ -535,14 +549,25 @@ gateway_t *gateway_new(const gateway_config_t *config)
         free(self);
         return NULL;
     }
+    sse_config_t streams = {config->redis_host, config->redis_port, config->streams_max,
+                            config->timeout_s};
+    self->streams = sse_new(&streams);
+    if (self->streams == NULL) {
+        zmq_ctx_term(self->zmq_ctx);
+        free(self);
+        return NULL;
+    }
+    /* suspend/resume: notification streams wait without blocking a thread */
     self->daemon = MHD_start_daemon(
-        MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG, config->port, NULL,
-        NULL, on_request, self, MHD_OPTION_THREAD_POOL_SIZE, config->threads,
+        MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG |
+            MHD_ALLOW_SUSPEND_RESUME,
+        config->port, NULL, NULL, on_request, self, MHD_OPTION_THREAD_POOL_SIZE, config->threads,
         MHD_OPTION_CONNECTION_LIMIT, config->connections_max, MHD_OPTION_CONNECTION_TIMEOUT,
         config->timeout_s, MHD_OPTION_CONNECTION_MEMORY_LIMIT, config->header_bytes_max,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, self, MHD_OPTION_SOCK_ADDR, &addr,
-        MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned int)1, MHD_OPTION_END);
+        MHD_OPTION_END);
     if (self->daemon == NULL) {
+        sse_destroy(&self->streams);
         log_error("gateway: cannot listen on %s:%u: %s", config->bind_address,
                   (unsigned)config->port, strerror(errno));
         zmq_ctx_term(self->zmq_ctx);
@@ -559,7 +584,9 @@ void gateway_destroy(gateway_t **self_p)
     gateway_t *self = *self_p;
     if (self == NULL)
         return;
+    sse_shutdown(self->streams);   /* no connection may stay suspended */
     MHD_stop_daemon(self->daemon); /* joins the pool threads: their clients close */
+    sse_destroy(&self->streams);
     pthread_key_delete(self->client_key);
     zmq_ctx_term(self->zmq_ctx);
     free(self);

@@ -28,6 +28,9 @@ typedef struct {
     uint32_t deadline_ms;          /* per request, towards the broker */
     const char *required_services; /* comma-separated, checked by /readyz */
     const token_keyring_t *keys;
+    const char *redis_host; /* notification streams (sse.h) subscribe there */
+    uint16_t redis_port;
+    unsigned streams_max; /* open notification streams; beyond: 503 */
 } gateway_config_t;
 
 typedef struct gateway gateway_t;

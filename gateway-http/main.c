@@ -38,6 +38,9 @@ static void usage(void)
           "  PAYGATE_GATEWAY_REQUIRED_SERVICES  services /readyz waits for "
           "(user,order,payment)\n"
           "  PAYGATE_BROKER_ENDPOINT            broker (tcp://127.0.0.1:55555)\n"
+          "  PAYGATE_REDIS_HOST                 Redis for notification streams (127.0.0.1)\n"
+          "  PAYGATE_REDIS_PORT                 its port (6379)\n"
+          "  PAYGATE_GATEWAY_STREAMS_MAX        open notification streams (256)\n"
           "  PAYGATE_JWT_SECRET, PAYGATE_JWT_KID, PAYGATE_JWT_ISSUER, PAYGATE_JWT_AUDIENCE,\n"
           "  PAYGATE_JWT_PREVIOUS_SECRET, PAYGATE_JWT_PREVIOUS_KID   see README\n"
           "  PAYGATE_LOG_LEVEL                  debug, info, warn, error (info)\n",
@@ -66,6 +69,10 @@ int main(int argc, char **argv)
                      &config.required_services);
     ok &= config_str("PAYGATE_BROKER_ENDPOINT", "tcp://127.0.0.1:55555", 255,
                      &config.broker_endpoint);
+    int64_t redis_port, streams_max;
+    ok &= config_str("PAYGATE_REDIS_HOST", "127.0.0.1", 255, &config.redis_host);
+    ok &= config_int("PAYGATE_REDIS_PORT", 6379, 1, 65535, &redis_port);
+    ok &= config_int("PAYGATE_GATEWAY_STREAMS_MAX", 256, 1, 65536, &streams_max);
     if (!ok)
         return 2;
     config.port = (uint16_t)port;
@@ -75,6 +82,8 @@ int main(int argc, char **argv)
     config.connections_max = (unsigned)connections;
     config.timeout_s = (unsigned)timeout_s;
     config.deadline_ms = (uint32_t)deadline_ms;
+    config.redis_port = (uint16_t)redis_port;
+    config.streams_max = (unsigned)streams_max;
     token_keyring_t *keys = token_keyring_from_env();
     if (keys == NULL)
         return 2;
