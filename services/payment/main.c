@@ -106,6 +106,8 @@ static void usage(void)
           "  PAYGATE_PAYMENT_LEASE_MS              a saga driver's lease (10000)\n"
           "  PAYGATE_PAYMENT_CALL_DEADLINE_MS      deadline of each call to user/order (2000)\n"
           "  PAYGATE_PAYMENT_RECOVERY_INTERVAL_MS  pause between recovery passes (1000)\n"
+          "  PAYGATE_PAYMENT_CLOCK_SKEW_MS         margin before taking over an expired lease "
+          "(1000)\n"
           "  PAYGATE_INSTANCE_ID                   instance id prefix (payment-<host>-<pid>)\n"
           "  PAYGATE_LOG_LEVEL                     debug, info, warn, error (info)\n",
           stdout);
@@ -122,7 +124,7 @@ int main(int argc, char **argv)
     payment_app_t app;
     memset(&app, 0, sizeof app);
     const char *instance;
-    int64_t threads, max_in_flight, lease_ms, call_deadline_ms, recovery_ms;
+    int64_t threads, max_in_flight, lease_ms, call_deadline_ms, recovery_ms, skew_ms;
     bool ok =
         config_str("PAYGATE_BROKER_ENDPOINT", "tcp://127.0.0.1:55555", 255, &app.broker_endpoint);
     ok &= config_str("PAYGATE_PG_DSN", NULL, 1024, &app.pg_dsn);
@@ -132,6 +134,7 @@ int main(int argc, char **argv)
     ok &= config_int("PAYGATE_PAYMENT_LEASE_MS", 10000, 100, 600000, &lease_ms);
     ok &= config_int("PAYGATE_PAYMENT_CALL_DEADLINE_MS", 2000, 10, 60000, &call_deadline_ms);
     ok &= config_int("PAYGATE_PAYMENT_RECOVERY_INTERVAL_MS", 1000, 10, 600000, &recovery_ms);
+    ok &= config_int("PAYGATE_PAYMENT_CLOCK_SKEW_MS", 1000, 0, 60000, &skew_ms);
     if (!ok)
         return 2;
     if (app.pg_dsn == NULL) {
@@ -141,6 +144,7 @@ int main(int argc, char **argv)
     app.settings.lease_ms = (uint32_t)lease_ms;
     app.settings.call_deadline_ms = (uint32_t)call_deadline_ms;
     app.settings.recovery_interval_ms = (uint32_t)recovery_ms;
+    app.settings.clock_skew_ms = (uint32_t)skew_ms;
 
     pg_conn_t *migrator = pg_conn_new(app.pg_dsn, "payments");
     pg_result_t migrated =

@@ -27,6 +27,7 @@ typedef struct {
     uint32_t lease_ms;         /* how long a saga's driver holds it */
     uint32_t call_deadline_ms; /* each call to user/order */
     uint32_t recovery_interval_ms;
+    uint32_t clock_skew_ms; /* assumed bound on clock skew between databases */
 } payment_settings_t;
 
 /* What a thread needs to drive sagas: its database connection and its
@@ -44,6 +45,7 @@ typedef struct {
     char order_id[order_id_bytes_max + 1];
     int64_t amount;
     char step[24];
+    int64_t lease_token; /* the fencing token this driver holds */
 } saga_payment_t;
 
 typedef enum {
@@ -52,9 +54,11 @@ typedef enum {
     SAGA_PENDING, /* a step's outcome is unknown: the recovery loop goes on */
 } saga_outcome_t;
 
-/* saga.c: drives 'p' from its recorded step as far as it can. Every step
- * is recorded before the next acts, and every call is keyed by the
- * payment id, so running it twice, or after a crash, is safe. */
+/* saga.c: drives 'p' from its recorded step as far as it can, while it
+ * holds the payment's lease (p->lease_token). Every step is recorded
+ * before the next acts, every call is keyed by the payment id, and a
+ * driver that lost its lease records nothing and stops, so running it
+ * twice, or after a crash, is safe. */
 saga_outcome_t saga_drive(payment_env_t *env, const saga_payment_t *p, const char *request_id);
 
 /* refunds.c: credits the wallet for PENDING refund 'refund_id' and marks

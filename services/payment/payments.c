@@ -39,12 +39,16 @@ static const char insert_sql[] =
     " failure_code, failure_message, locked_until)"
     " VALUES ($1, $2, $3, $4, $5::bigint, $6, $7, $8, $9,"
     "         now() + make_interval(secs => $10::int / 1000.0))"
-    " ON CONFLICT (user_id, idempotency_key) DO NOTHING RETURNING id";
+    " ON CONFLICT (user_id, idempotency_key) DO NOTHING RETURNING id, lease_token";
 
+/* Takes over a payment whose driver's lease ended (plus the clock-skew
+ * margin $3): a new fencing token, and the step as it is now. */
 static const char take_over_sql[] =
     "UPDATE payments SET locked_until = now() + make_interval(secs => $2::int / 1000.0),"
-    " attempts = attempts + 1"
-    " WHERE id = $1 AND status = 'PROCESSING' AND locked_until <= now() RETURNING id";
+    " attempts = attempts + 1, lease_token = lease_token + 1"
+    " WHERE id = $1 AND status = 'PROCESSING'"
+    "   AND locked_until + make_interval(secs => $3::int / 1000.0) <= now()"
+    " RETURNING step, lease_token";
 
 static const char list_sql[] =
     "SELECT " PAYMENT_COLUMNS " FROM payments WHERE user_id = $1"
@@ -168,15 +172,20 @@ static Paygate__V1__Code payment_known_key(rpc_ctx_t *ctx, payment_env_t *env, c
     /* Nobody drives it (its driver died or gave up): take it over. */
     saga_payment_t saga;
     saga_from_row(rows, &saga);
-    char lease[16];
+    char lease[16], skew[16];
     snprintf(lease, sizeof lease, "%u", env->settings->lease_ms);
-    const char *params[] = {saga.id, lease};
+    snprintf(skew, sizeof skew, "%u", env->settings->clock_skew_ms);
+    const char *params[] = {saga.id, lease, skew};
     PGresult *taken = NULL;
     pg_result_t result =
-        pg_exec_prepared(env->pg, "payment_take_over", take_over_sql, 2, params, &taken);
+        pg_exec_prepared(env->pg, "payment_take_over", take_over_sql, 3, params, &taken);
     if (result != PG_OK)
         return pgrpc_fail(ctx, env->pg, result, "take over payment");
     bool ours = PQntuples(taken) == 1;
+    if (ours) {
+        snprintf(saga.step, sizeof saga.step, "%s", PQgetvalue(taken, 0, 0));
+        saga.lease_token = strtoll(PQgetvalue(taken, 0, 1), NULL, 10);
+    }
     PQclear(taken);
     if (!ours)
         return rpc_ctx_fail(ctx, PAYGATE__V1__CODE__FAILED_PRECONDITION, "idempotency_in_progress",
@@ -276,6 +285,7 @@ Paygate__V1__Code payment_create(rpc_ctx_t *ctx, const ProtobufCMessage *request
         if (result != PG_OK)
             return pgrpc_fail(ctx, env->pg, result, "create payment");
         bool created = PQntuples(inserted) == 1;
+        int64_t token = created ? strtoll(PQgetvalue(inserted, 0, 1), NULL, 10) : 0;
         PQclear(inserted);
         if (!created)
             continue; /* a concurrent request with this key won: read its row */
@@ -285,6 +295,7 @@ Paygate__V1__Code payment_create(rpc_ctx_t *ctx, const ProtobufCMessage *request
             snprintf(saga.user_id, sizeof saga.user_id, "%s", user);
             snprintf(saga.order_id, sizeof saga.order_id, "%s", request->order_id);
             snprintf(saga.step, sizeof saga.step, "ORDER_CHECKED");
+            saga.lease_token = token;
             saga_drive(env, &saga, rpc_ctx_request_id(ctx));
         }
         return answer_by_id(ctx, env, id, user, reply);

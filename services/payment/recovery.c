@@ -13,12 +13,17 @@
 #include "log/log.h"
 #include "payment_service.h"
 
-static const char lease_payments_sql[] =
+/* Leases ONE payment whose driver's lease ended (plus the clock-skew
+ * margin): a new fencing token, so that a slow earlier driver stops.
+ * One at a time, so that no leased payment waits in a batch while its
+ * lease runs out. */
+static const char lease_payment_sql[] =
     "UPDATE payments SET locked_until = now() + make_interval(secs => $1::int / 1000.0),"
-    " attempts = attempts + 1"
-    " WHERE id IN (SELECT id FROM payments WHERE status = 'PROCESSING' AND locked_until <= now()"
-    "              ORDER BY locked_until LIMIT $2::int FOR UPDATE SKIP LOCKED)"
-    " RETURNING id, user_id, order_id, amount, step, attempts";
+    " attempts = attempts + 1, lease_token = lease_token + 1"
+    " WHERE id = (SELECT id FROM payments WHERE status = 'PROCESSING'"
+    "               AND locked_until + make_interval(secs => $2::int / 1000.0) <= now()"
+    "             ORDER BY locked_until LIMIT 1 FOR UPDATE SKIP LOCKED)"
+    " RETURNING id, user_id, order_id, amount, step, attempts, lease_token";
 
 static const char lease_refunds_sql[] =
     "UPDATE refunds SET locked_until = now() + make_interval(secs => $1::int / 1000.0)"
@@ -35,21 +40,29 @@ int recovery_pass(payment_env_t *env)
     int driven = 0;
 
     PGresult *rows = NULL;
-    if (pg_exec_prepared(env->pg, "recovery_payments", lease_payments_sql, 2, params, &rows) ==
-        PG_OK) {
-        for (int i = 0; i < PQntuples(rows); i++) {
-            saga_payment_t p;
-            snprintf(p.id, sizeof p.id, "%s", PQgetvalue(rows, i, 0));
-            snprintf(p.user_id, sizeof p.user_id, "%s", PQgetvalue(rows, i, 1));
-            snprintf(p.order_id, sizeof p.order_id, "%s", PQgetvalue(rows, i, 2));
-            p.amount = strtoll(PQgetvalue(rows, i, 3), NULL, 10);
-            snprintf(p.step, sizeof p.step, "%s", PQgetvalue(rows, i, 4));
-            log_info("recovery: resuming payment %s at %s (attempt %s)", p.id, p.step,
-                     PQgetvalue(rows, i, 5));
-            saga_drive(env, &p, "recovery");
-            driven++;
+    char skew[16];
+    snprintf(skew, sizeof skew, "%u", env->settings->clock_skew_ms);
+    const char *payment_params[] = {lease, skew};
+    for (int i = 0; i < recovery_batch_max; i++) {
+        if (pg_exec_prepared(env->pg, "recovery_payment", lease_payment_sql, 2, payment_params,
+                             &rows) != PG_OK)
+            break;
+        if (PQntuples(rows) == 0) {
+            PQclear(rows);
+            break;
         }
+        saga_payment_t p;
+        snprintf(p.id, sizeof p.id, "%s", PQgetvalue(rows, 0, 0));
+        snprintf(p.user_id, sizeof p.user_id, "%s", PQgetvalue(rows, 0, 1));
+        snprintf(p.order_id, sizeof p.order_id, "%s", PQgetvalue(rows, 0, 2));
+        p.amount = strtoll(PQgetvalue(rows, 0, 3), NULL, 10);
+        snprintf(p.step, sizeof p.step, "%s", PQgetvalue(rows, 0, 4));
+        p.lease_token = strtoll(PQgetvalue(rows, 0, 6), NULL, 10);
+        log_info("recovery: resuming payment %s at %s (attempt %s)", p.id, p.step,
+                 PQgetvalue(rows, 0, 5));
         PQclear(rows);
+        saga_drive(env, &p, "recovery");
+        driven++;
     }
     if (pg_exec_prepared(env->pg, "recovery_refunds", lease_refunds_sql, 2, params, &rows) ==
         PG_OK) {

@@ -15,6 +15,14 @@
  * the recovery loop repeats it later. Repeating is safe because every call
  * is keyed by the payment id and changes nothing the second time. Never a
  * debit without a completed order or a refund.
+ *
+ * Only one driver acts at a time. A driver holds a lease with a fencing
+ * token (lease_token): it renews the lease before each call, and records a
+ * step or the outcome only while the token is still its own. A driver that
+ * was slow past its lease finds the token changed and stops. The debit
+ * carries the lease's end (not_after_ms) and the user service refuses to
+ * apply it later, so a slow debit cannot land after a newer driver decided
+ * that the payment FAILED for lack of funds.
  */
 #include <inttypes.h>
 #include <stdlib.h>
@@ -29,28 +37,71 @@
 #include "payment_service.h"
 #include "user.pb-c.h"
 
+/* Renews the lease of the driver holding token $2 at step $3, before it
+ * acts; answers the lease's end (Unix ms). No row: the lease is lost. */
+static const char hold_sql[] =
+    "UPDATE payments SET locked_until = now() + make_interval(secs => $4::int / 1000.0)"
+    " WHERE id = $1 AND lease_token = $2::bigint AND status = 'PROCESSING' AND step = $3"
+    " RETURNING (extract(epoch FROM locked_until) * 1000)::bigint";
+
 static const char set_step_sql[] =
-    "UPDATE payments SET step = $2, updated_at = now() WHERE id = $1 AND status = 'PROCESSING'";
+    "UPDATE payments SET step = $2, updated_at = now()"
+    " WHERE id = $1 AND status = 'PROCESSING' AND lease_token = $3::bigint";
 
 /* The final status and its event, in one statement: the event exists if
  * and only if the payment finished (lib/outbox relays it). */
 static const char finish_sql[] =
     "WITH done AS ("
     "  UPDATE payments SET status = $2, step = 'DONE', failure_code = $3, failure_message = $4,"
-    "         updated_at = now() WHERE id = $1 AND status = 'PROCESSING' RETURNING id)"
+    "         updated_at = now()"
+    "   WHERE id = $1 AND status = 'PROCESSING' AND lease_token = $8::bigint RETURNING id)"
     " INSERT INTO outbox (event_id, topic, key, payload)"
     " SELECT $5, 'payments', $6, decode($7, 'hex') FROM done"
     " ON CONFLICT (event_id) DO NOTHING";
 
-/* Records that 'p' reached 'step'. False when the database failed (the
- * next driver redoes the idempotent step that led here). */
+/* Renews this driver's lease before it acts at 'step'; sets '*until_ms'
+ * to the lease's end. False when the lease is lost (another driver took
+ * the payment over, or it is finished): the caller must stop. */
+static bool saga_hold(payment_env_t *env, const saga_payment_t *p, const char *step,
+                      int64_t *until_ms)
+{
+    char token[24], lease[16];
+    snprintf(token, sizeof token, "%" PRId64, p->lease_token);
+    snprintf(lease, sizeof lease, "%u", env->settings->lease_ms);
+    const char *params[] = {p->id, token, step, lease};
+    PGresult *rows = NULL;
+    if (pg_exec_prepared(env->pg, "saga_hold", hold_sql, 4, params, &rows) != PG_OK)
+        return false;
+    bool held = PQntuples(rows) == 1;
+    if (held && until_ms != NULL)
+        *until_ms = strtoll(PQgetvalue(rows, 0, 0), NULL, 10);
+    PQclear(rows);
+    if (!held)
+        log_info("saga %s: lease %" PRId64 " lost at %s; another driver has it", p->id,
+                 p->lease_token, step);
+    return held;
+}
+
+/* Records that 'p' reached 'step'. False when the database failed or the
+ * lease is lost (the next driver redoes the idempotent step that led
+ * here). */
 static bool saga_record_step(payment_env_t *env, const saga_payment_t *p, const char *step)
 {
-    const char *params[] = {p->id, step};
-    pg_result_t result = pg_exec_prepared(env->pg, "saga_set_step", set_step_sql, 2, params, NULL);
-    if (result != PG_OK)
+    char token[24];
+    snprintf(token, sizeof token, "%" PRId64, p->lease_token);
+    const char *params[] = {p->id, step, token};
+    PGresult *rows = NULL;
+    pg_result_t result = pg_exec_prepared(env->pg, "saga_set_step", set_step_sql, 3, params, &rows);
+    if (result != PG_OK) {
         log_warn("saga %s: cannot record step %s: %s", p->id, step, pg_error_message(env->pg));
-    return result == PG_OK;
+        return false;
+    }
+    bool recorded = atoi(PQcmdTuples(rows)) == 1;
+    PQclear(rows);
+    if (!recorded)
+        log_info("saga %s: lease %" PRId64 " lost before recording %s", p->id, p->lease_token,
+                 step);
+    return recorded;
 }
 
 /* Records the final status of 'p'. */
@@ -74,14 +125,26 @@ static saga_outcome_t saga_finish(payment_env_t *env, const saga_payment_t *p, b
     char *payload = outbox_payload_hex(&event.base);
     if (payload == NULL)
         return SAGA_PENDING;
+    char token[24];
+    snprintf(token, sizeof token, "%" PRId64, p->lease_token);
     const char *params[] = {p->id,        succeeded ? "SUCCEEDED" : "FAILED",
                             failure_code, failure_message,
                             event_id,     p->user_id,
-                            payload};
-    pg_result_t result = pg_exec_prepared(env->pg, "saga_finish", finish_sql, 7, params, NULL);
+                            payload,      token};
+    PGresult *rows = NULL;
+    pg_result_t result = pg_exec_prepared(env->pg, "saga_finish", finish_sql, 8, params, &rows);
     free(payload);
     if (result != PG_OK) {
         log_warn("saga %s: cannot record the outcome: %s", p->id, pg_error_message(env->pg));
+        return SAGA_PENDING;
+    }
+    /* The statement inserts the event row exactly when it finished the
+     * payment: no row means this driver no longer held it. */
+    bool finished = atoi(PQcmdTuples(rows)) == 1;
+    PQclear(rows);
+    if (!finished) {
+        log_info("saga %s: lease %" PRId64 " lost before finishing; outcome not recorded", p->id,
+                 p->lease_token);
         return SAGA_PENDING;
     }
     log_info("saga %s: %s%s%s (order %s, %" PRId64 " paise)", p->id,
@@ -92,13 +155,14 @@ static saga_outcome_t saga_finish(payment_env_t *env, const saga_payment_t *p, b
 
 /* Calls user.'method' (Debit or Credit) for 'p'. */
 static Paygate__V1__Code saga_wallet_call(payment_env_t *env, const saga_payment_t *p,
-                                          const char *method, const char *request_id,
-                                          rpc_status_t *status)
+                                          const char *method, int64_t not_after_ms,
+                                          const char *request_id, rpc_status_t *status)
 {
     Paygate__V1__WalletMovementRequest request = PAYGATE__V1__WALLET_MOVEMENT_REQUEST__INIT;
     request.user_id = (char *)p->user_id;
     request.amount = p->amount;
     request.reference = (char *)p->id;
+    request.not_after_ms = not_after_ms;
     rpc_call_opts_t opts = {.deadline_ms = env->settings->call_deadline_ms,
                             .request_id = request_id,
                             .user_id = p->user_id,
@@ -147,8 +211,16 @@ saga_outcome_t saga_drive(payment_env_t *env, const saga_payment_t *p, const cha
     char step[sizeof p->step];
     snprintf(step, sizeof step, "%s", p->step);
 
+    int64_t lease_until_ms = 0;
     if (strcmp(step, "ORDER_CHECKED") == 0) {
-        Paygate__V1__Code code = saga_wallet_call(env, p, "Debit", request_id, &status);
+        if (!saga_hold(env, p, step, &lease_until_ms))
+            return SAGA_PENDING;
+        /* The debit may only land while this lease lasts: a driver that
+         * takes over later (after the lease and the clock-skew margin)
+         * can then trust that no late debit of ours appears after it
+         * decided the payment's fate. */
+        Paygate__V1__Code code =
+            saga_wallet_call(env, p, "Debit", lease_until_ms, request_id, &status);
         if (code == PAYGATE__V1__CODE__FAILED_PRECONDITION &&
             strcmp(status.reason, "insufficient_funds") == 0)
             return saga_finish(env, p, false, "insufficient_funds",
@@ -166,6 +238,8 @@ saga_outcome_t saga_drive(payment_env_t *env, const saga_payment_t *p, const cha
     }
 
     if (strcmp(step, "DEBITED") == 0) {
+        if (!saga_hold(env, p, step, NULL))
+            return SAGA_PENDING;
         Paygate__V1__Code code = saga_mark_paid(env, p, request_id, &status);
         if (code == PAYGATE__V1__CODE__OK)
             return saga_finish(env, p, true, "", "");
@@ -184,7 +258,9 @@ saga_outcome_t saga_drive(payment_env_t *env, const saga_payment_t *p, const cha
     }
 
     if (strcmp(step, "COMPENSATING") == 0) {
-        Paygate__V1__Code code = saga_wallet_call(env, p, "Credit", request_id, &status);
+        if (!saga_hold(env, p, step, NULL))
+            return SAGA_PENDING;
+        Paygate__V1__Code code = saga_wallet_call(env, p, "Credit", 0, request_id, &status);
         if (code != PAYGATE__V1__CODE__OK) {
             log_warn("saga %s: compensating credit outcome unknown (%s: %s); will retry", p->id,
                      wire_code_name(code), status.message);

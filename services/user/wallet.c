@@ -29,6 +29,9 @@
 static const char wallet_get_sql[] =
     "SELECT user_id, balance, currency FROM wallets WHERE user_id = $1";
 
+/* Whether the debit window $1 (Unix ms) has closed, by the database clock. */
+static const char window_closed_sql[] = "SELECT now() > to_timestamp($1::bigint / 1000.0)";
+
 /* $1 user, $2 key, $3 amount, $4 new top-up id, $5 event id, $6 event
  * payload (hex). The top-up, its ledger row and its event (the outbox row
  * that lib/outbox relays to the "wallet" topic) are one statement. */
@@ -56,7 +59,7 @@ static const char top_up_sql[] =
                       " SELECT true, id, amount, balance_after, " PGRPC_TIME(
                           "created_at") " FROM prior";
 
-/* $1 user, $2 amount, $3 reference */
+/* $1 user, $2 amount, $3 reference, $4 not after (Unix ms, 0 = always) */
 static const char debit_sql[] =
     "WITH prior AS ("
     "  SELECT id, -amount AS amount, balance_after, created_at FROM ledger"
@@ -64,6 +67,7 @@ static const char debit_sql[] =
     " moved AS ("
     "  UPDATE wallets SET balance = balance - $2::bigint, updated_at = now()"
     "   WHERE user_id = $1 AND balance >= $2::bigint AND NOT EXISTS (SELECT 1 FROM prior)"
+    "     AND ($4::bigint = 0 OR now() <= to_timestamp($4::bigint / 1000.0))"
     "  RETURNING balance),"
     " entry AS ("
     "  INSERT INTO ledger (user_id, kind, amount, balance_after, reference)"
@@ -271,16 +275,29 @@ static Paygate__V1__Code wallet_move(rpc_ctx_t *ctx, const ProtobufCMessage *req
                             "reference of 1..128 printable characters is required");
     char amount[24];
     snprintf(amount, sizeof amount, "%" PRId64, request->amount);
-    const char *params[] = {request->user_id, amount, request->reference};
+    char not_after[24];
+    snprintf(not_after, sizeof not_after, "%" PRId64, request->not_after_ms);
+    const char *params[] = {request->user_id, amount, request->reference, not_after};
     const char *name = debit ? "wallet_debit" : "wallet_credit";
     const char *sql = debit ? debit_sql : credit_sql;
     PGresult *rows = NULL;
     pg_result_t result = PG_OK;
-    for (int attempt = 0; attempt < 2; attempt++) {
-        result = pg_exec_prepared(thread->pg, name, sql, 3, params, &rows);
-        if (!(result == PG_CONSTRAINT &&
-              strcmp(pg_error_constraint(thread->pg), "ledger_user_id_kind_reference_key") == 0))
-            break;
+    for (int attempt = 0; attempt < 3; attempt++) {
+        result = pg_exec_prepared(thread->pg, name, sql, debit ? 4 : 3, params, &rows);
+        /* A concurrent call with this reference won: its row is there now. */
+        if (result == PG_CONSTRAINT &&
+            strcmp(pg_error_constraint(thread->pg), "ledger_user_id_kind_reference_key") == 0)
+            continue;
+        /* A debit that waited for the wallet's row lock re-checks the
+         * balance against the other call's result, but its "prior" lookup
+         * saw the statement's start: if that other call was the same
+         * reference, only a new statement sees its ledger row. */
+        if (result == PG_OK && debit && attempt == 0 && PQntuples(rows) == 0) {
+            PQclear(rows);
+            rows = NULL;
+            continue;
+        }
+        break;
     }
     if (result == PG_CONSTRAINT &&
         strcmp(pg_error_constraint(thread->pg), "wallets_balance_check") == 0)
@@ -295,6 +312,20 @@ static Paygate__V1__Code wallet_move(rpc_ctx_t *ctx, const ProtobufCMessage *req
         return pgrpc_fail(ctx, thread->pg, result, debit ? "debit" : "credit");
     if (PQntuples(rows) == 0) {
         PQclear(rows);
+        if (debit && request->not_after_ms != 0) {
+            const char *window_params[] = {not_after};
+            PGresult *closed = NULL;
+            result = pg_exec_prepared(thread->pg, "wallet_window_closed", window_closed_sql, 1,
+                                      window_params, &closed);
+            if (result != PG_OK)
+                return pgrpc_fail(ctx, thread->pg, result, "debit");
+            bool too_late = PQgetvalue(closed, 0, 0)[0] == 't';
+            PQclear(closed);
+            if (too_late)
+                return rpc_ctx_fail(ctx, PAYGATE__V1__CODE__DEADLINE_EXCEEDED,
+                                    "debit_window_closed",
+                                    "the debit's window closed before it could be applied");
+        }
         if (debit)
             return explain_no_debit(ctx, thread, request->user_id, request->amount);
         return rpc_ctx_fail(ctx, PAYGATE__V1__CODE__NOT_FOUND, "wallet_not_found",
