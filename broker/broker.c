@@ -164,12 +164,7 @@ void broker_stop(broker_t *self)
 static void broker_log_bad_peer(broker_t *self, const wire_message_t *msg, const char *detail)
 {
     char key[2 * wire_identity_bytes_max + 1];
-    static const char hex[] = "0123456789abcdef";
-    for (size_t i = 0; i < msg->identity_len; i++) {
-        key[2 * i] = hex[msg->identity[i] >> 4];
-        key[2 * i + 1] = hex[msg->identity[i] & 15];
-    }
-    key[2 * msg->identity_len] = '\0';
+    wire_identity_hex(msg->identity, msg->identity_len, key);
     if (zhashx_lookup(self->logged_peers, key) != NULL)
         return;
     if (zhashx_size(self->logged_peers) >= logged_peers_max) {

@@ -194,16 +194,6 @@ static uint64_t key_hash(const char *key)
     return h == 0 ? 1 : h;
 }
 
-static void identity_key(const uint8_t *identity, size_t len, char *out)
-{
-    static const char hex[] = "0123456789abcdef";
-    for (size_t i = 0; i < len; i++) {
-        out[2 * i] = hex[identity[i] >> 4];
-        out[2 * i + 1] = hex[identity[i] & 15];
-    }
-    out[2 * len] = '\0';
-}
-
 /* ---- group offsets on disk -------------------------------------------- */
 
 static void group_offset_path(const bus_t *self, const group_t *g, char *out, size_t size)
@@ -629,7 +619,7 @@ void bus_publish(bus_t *self, const uint8_t *identity, size_t identity_len,
 static peer_t *peer_find(const bus_t *self, const uint8_t *identity, size_t identity_len)
 {
     char key[2 * wire_identity_bytes_max + 1];
-    identity_key(identity, identity_len, key);
+    wire_identity_hex(identity, identity_len, key);
     return zhashx_lookup(self->peers_by_identity, key);
 }
 
@@ -731,7 +721,7 @@ void bus_subscribe(bus_t *self, const uint8_t *identity, size_t identity_len,
             return;
         memcpy(p->identity, identity, identity_len);
         p->identity_len = identity_len;
-        identity_key(identity, identity_len, p->key);
+        wire_identity_hex(identity, identity_len, p->key);
         list_init(&p->subscriptions);
         list_init(&p->all_link);
         list_push_back(&self->peers, &p->all_link);

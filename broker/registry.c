@@ -314,20 +314,10 @@ static void service_free(registry_t *self, service_t *s)
 
 /* ---- workers --------------------------------------------------------- */
 
-static void identity_key(const uint8_t *identity, size_t len, char *out)
-{
-    static const char hex[] = "0123456789abcdef";
-    for (size_t i = 0; i < len; i++) {
-        out[2 * i] = hex[identity[i] >> 4];
-        out[2 * i + 1] = hex[identity[i] & 15];
-    }
-    out[2 * len] = '\0';
-}
-
 static worker_t *worker_find(const registry_t *self, const uint8_t *identity, size_t len)
 {
     char key[2 * wire_identity_bytes_max + 1];
-    identity_key(identity, len, key);
+    wire_identity_hex(identity, len, key);
     return zhashx_lookup(self->workers_by_identity, key);
 }
 
@@ -544,7 +534,7 @@ void registry_worker_ready(registry_t *self, const uint8_t *identity, size_t ide
     worker_t *w = &node->worker;
     memcpy(w->identity, identity, identity_len);
     w->identity_len = identity_len;
-    identity_key(identity, identity_len, w->identity_key);
+    wire_identity_hex(identity, identity_len, w->identity_key);
     snprintf(w->instance_id, sizeof w->instance_id, "%s", ready->instance_id);
     w->service = s;
     w->heartbeat_interval_ms = ready->heartbeat_interval_ms ? ready->heartbeat_interval_ms

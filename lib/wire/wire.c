@@ -72,6 +72,16 @@ bool wire_service_name_valid(const char *name)
     return wire_chars_valid(name, wire_service_bytes_max, wire_service_char);
 }
 
+void wire_identity_hex(const uint8_t *identity, size_t len, char *out)
+{
+    static const char hex[] = "0123456789abcdef";
+    for (size_t i = 0; i < len; i++) {
+        out[2 * i] = hex[identity[i] >> 4];
+        out[2 * i + 1] = hex[identity[i] & 15];
+    }
+    out[2 * len] = '\0';
+}
+
 bool wire_topic_name_valid(const char *name)
 {
     /* Names become file names: the first character may not be '.', '-'

@@ -82,6 +82,10 @@ wire_error_t wire_decode(const uint8_t *sig, size_t sig_len, const uint8_t *hdr,
 /* True when 'name' is a valid service name: 1..64 of [a-z0-9_.-]. */
 bool wire_service_name_valid(const char *name);
 
+/* Writes the 'len' bytes of a routing 'identity' as lower-case hex into
+ * 'out' (2 * len + 1 bytes): the key of peer tables and logs. */
+void wire_identity_hex(const uint8_t *identity, size_t len, char *out);
+
 /* True when 'name' is a valid topic or group name: 1..48 of [a-z0-9_.-],
  * starting with a letter or digit (names become file names). */
 bool wire_topic_name_valid(const char *name);

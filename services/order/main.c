@@ -10,7 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "config/config.h"
+#include "service/service.h"
 #include "log/log.h"
 #include "order.pb-c.h"
 #include "order_service.h"
@@ -85,39 +85,21 @@ int main(int argc, char **argv)
     /* sodium: the random bits of order ids (lib/id) */
     if (!log_init("order") || sodium_init() < 0)
         return 2;
-    const char *endpoint, *pg_dsn, *instance;
-    int64_t threads, max_in_flight;
-    bool ok = config_str("PAYGATE_BROKER_ENDPOINT", "tcp://127.0.0.1:55555", 255, &endpoint);
-    ok &= config_str("PAYGATE_PG_DSN", NULL, 1024, &pg_dsn);
-    ok &= config_str("PAYGATE_INSTANCE_ID", NULL, 100, &instance);
-    ok &= config_int("PAYGATE_ORDER_THREADS", 2, 1, 64, &threads);
-    ok &= config_int("PAYGATE_ORDER_MAX_IN_FLIGHT", 4, 1, 1024, &max_in_flight);
-    if (!ok)
+    service_config_t config;
+    if (!service_config_read("order", true, &config))
         return 2;
-    if (pg_dsn == NULL) {
-        log_error("config: PAYGATE_PG_DSN is required");
-        return 2;
-    }
-
-    /* Schema first: no instance serves before the tables are right. */
-    pg_conn_t *migrator = pg_conn_new(pg_dsn, "orders");
-    pg_result_t migrated =
-        migrator ? pg_migrate(migrator, order_migrations, order_migrations_count) : PG_ERROR;
-    pg_conn_destroy(&migrator);
-    if (migrated != PG_OK) {
-        log_error("order: database migration failed; not starting");
+    if (!service_migrate(config.pg_dsn, "orders", order_migrations, order_migrations_count))
         return 1;
-    }
 
-    order_app_t app = {.pg_dsn = pg_dsn};
+    order_app_t app = {.pg_dsn = config.pg_dsn};
     rpc_server_config_t server_config = {
-        .endpoint = endpoint,
+        .endpoint = config.broker_endpoint,
         .service = "order",
-        .instance = instance,
+        .instance = config.instance,
         .methods = order_methods,
         .method_count = sizeof order_methods / sizeof order_methods[0],
-        .threads = (unsigned)threads,
-        .max_in_flight = (uint32_t)max_in_flight,
+        .threads = config.threads,
+        .max_in_flight = config.max_in_flight,
         .thread_init = order_thread_init,
         .thread_fini = order_thread_fini,
         .app = &app,

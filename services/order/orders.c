@@ -25,6 +25,7 @@
 
 #include "id/id.h"
 #include "log/log.h"
+#include "text/utf8.h"
 #include "money/money.h"
 #include "order.pb-c.h"
 #include "order_service.h"
@@ -88,49 +89,13 @@ static const char *caller_user(rpc_ctx_t *ctx)
     return user;
 }
 
-/* Counts the UTF-8 code points of 'text', reading at most 'bytes_max'
- * bytes. -1 when it is not valid UTF-8 (overlong forms, surrogates and
- * values past U+10FFFF included), holds a control character (C0, DEL or
- * C1), or is longer than 'bytes_max' bytes. */
+/* The number of characters of 'text' (valid UTF-8 without control
+ * characters, at most 'bytes_max' bytes), or -1. */
 static long text_chars(const char *text, size_t bytes_max)
 {
     if (strnlen(text, bytes_max + 1) > bytes_max)
         return -1;
-    long count = 0;
-    const unsigned char *p = (const unsigned char *)text;
-    while (*p) {
-        unsigned char c = *p;
-        size_t extra;
-        uint32_t cp;
-        if (c < 0x80) {
-            extra = 0;
-            cp = c;
-        } else if ((c & 0xe0) == 0xc0) {
-            extra = 1;
-            cp = c & 0x1f;
-        } else if ((c & 0xf0) == 0xe0) {
-            extra = 2;
-            cp = c & 0x0f;
-        } else if ((c & 0xf8) == 0xf0) {
-            extra = 3;
-            cp = c & 0x07;
-        } else {
-            return -1;
-        }
-        for (size_t i = 1; i <= extra; i++) {
-            if ((p[i] & 0xc0) != 0x80) /* also stops at the terminating NUL */
-                return -1;
-            cp = (cp << 6) | (p[i] & 0x3f);
-        }
-        static const uint32_t min_for_length[] = {0, 0x80, 0x800, 0x10000};
-        if (cp < min_for_length[extra] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
-            return -1;
-        if (cp < 0x20 || (cp >= 0x7f && cp < 0xa0))
-            return -1;
-        p += extra + 1;
-        count++;
-    }
-    return count;
+    return utf8_chars(text, true);
 }
 
 /* True when 'text' is at most 'chars_max' characters of valid UTF-8

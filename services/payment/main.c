@@ -18,6 +18,7 @@
 #include "clock/clock.h"
 #include "config/config.h"
 #include "log/log.h"
+#include "service/service.h"
 #include "outbox/outbox.h"
 #include "payment.pb-c.h"
 #include "payment_migrations.h"
@@ -123,37 +124,25 @@ int main(int argc, char **argv)
         return 2;
     payment_app_t app;
     memset(&app, 0, sizeof app);
-    const char *instance;
-    int64_t threads, max_in_flight, lease_ms, call_deadline_ms, recovery_ms, skew_ms;
-    bool ok =
-        config_str("PAYGATE_BROKER_ENDPOINT", "tcp://127.0.0.1:55555", 255, &app.broker_endpoint);
-    ok &= config_str("PAYGATE_PG_DSN", NULL, 1024, &app.pg_dsn);
-    ok &= config_str("PAYGATE_INSTANCE_ID", NULL, 100, &instance);
-    ok &= config_int("PAYGATE_PAYMENT_THREADS", 2, 1, 64, &threads);
-    ok &= config_int("PAYGATE_PAYMENT_MAX_IN_FLIGHT", 4, 1, 1024, &max_in_flight);
-    ok &= config_int("PAYGATE_PAYMENT_LEASE_MS", 10000, 100, 600000, &lease_ms);
+    service_config_t config;
+    if (!service_config_read("payment", true, &config))
+        return 2;
+    app.broker_endpoint = config.broker_endpoint;
+    app.pg_dsn = config.pg_dsn;
+    int64_t lease_ms, call_deadline_ms, recovery_ms, skew_ms;
+    bool ok = config_int("PAYGATE_PAYMENT_LEASE_MS", 10000, 100, 600000, &lease_ms);
     ok &= config_int("PAYGATE_PAYMENT_CALL_DEADLINE_MS", 2000, 10, 60000, &call_deadline_ms);
     ok &= config_int("PAYGATE_PAYMENT_RECOVERY_INTERVAL_MS", 1000, 10, 600000, &recovery_ms);
     ok &= config_int("PAYGATE_PAYMENT_CLOCK_SKEW_MS", 1000, 0, 60000, &skew_ms);
     if (!ok)
         return 2;
-    if (app.pg_dsn == NULL) {
-        log_error("config: PAYGATE_PG_DSN is required");
-        return 2;
-    }
     app.settings.lease_ms = (uint32_t)lease_ms;
     app.settings.call_deadline_ms = (uint32_t)call_deadline_ms;
     app.settings.recovery_interval_ms = (uint32_t)recovery_ms;
     app.settings.clock_skew_ms = (uint32_t)skew_ms;
 
-    pg_conn_t *migrator = pg_conn_new(app.pg_dsn, "payments");
-    pg_result_t migrated =
-        migrator ? pg_migrate(migrator, payment_migrations, payment_migrations_count) : PG_ERROR;
-    pg_conn_destroy(&migrator);
-    if (migrated != PG_OK) {
-        log_error("payment: database migration failed; not starting");
+    if (!service_migrate(app.pg_dsn, "payments", payment_migrations, payment_migrations_count))
         return 1;
-    }
 
     app.zmq_ctx = zmq_ctx_new();
     pthread_t recovery;
@@ -171,11 +160,11 @@ int main(int argc, char **argv)
     rpc_server_config_t server_config = {
         .endpoint = app.broker_endpoint,
         .service = "payment",
-        .instance = instance,
+        .instance = config.instance,
         .methods = payment_methods,
         .method_count = sizeof payment_methods / sizeof payment_methods[0],
-        .threads = (unsigned)threads,
-        .max_in_flight = (uint32_t)max_in_flight,
+        .threads = config.threads,
+        .max_in_flight = config.max_in_flight,
         .thread_init = payment_thread_init,
         .thread_fini = payment_env_destroy,
         .app = &app,

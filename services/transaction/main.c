@@ -24,6 +24,7 @@
 #include "config/config.h"
 #include "events/consumer.h"
 #include "log/log.h"
+#include "service/service.h"
 #include "transaction.pb-c.h"
 #include "transaction_migrations.h"
 #include "transaction_service.h"
@@ -109,28 +110,14 @@ int main(int argc, char **argv)
     /* sodium: the random bits of transaction ids (lib/id) */
     if (!log_init("transaction") || sodium_init() < 0)
         return 2;
-    const char *endpoint, *pg_dsn, *instance;
-    int64_t threads, max_in_flight;
-    bool ok = config_str("PAYGATE_BROKER_ENDPOINT", "tcp://127.0.0.1:55555", 255, &endpoint);
-    ok &= config_str("PAYGATE_PG_DSN", NULL, 1024, &pg_dsn);
-    ok &= config_str("PAYGATE_INSTANCE_ID", NULL, 100, &instance);
-    ok &= config_int("PAYGATE_TRANSACTION_THREADS", 2, 1, 64, &threads);
-    ok &= config_int("PAYGATE_TRANSACTION_MAX_IN_FLIGHT", 4, 1, 1024, &max_in_flight);
-    if (!ok)
+    service_config_t config;
+    if (!service_config_read("transaction", true, &config))
         return 2;
-    if (pg_dsn == NULL) {
-        log_error("config: PAYGATE_PG_DSN is required");
-        return 2;
-    }
+    const char *endpoint = config.broker_endpoint, *pg_dsn = config.pg_dsn;
 
     /* Schema first: nothing records or serves before the tables are right. */
-    pg_conn_t *migrator = pg_conn_new(pg_dsn, "transactions");
-    pg_result_t migrated =
-        migrator ? pg_migrate(migrator, transaction_migrations, transaction_migrations_count)
-                 : PG_ERROR;
-    pg_conn_destroy(&migrator);
-    if (migrated != PG_OK) {
-        log_error("transaction: database migration failed; not starting");
+    if (!service_migrate(pg_dsn, "transactions", transaction_migrations,
+                         transaction_migrations_count)) {
         return 1;
     }
 
@@ -138,11 +125,11 @@ int main(int argc, char **argv)
     rpc_server_config_t server_config = {
         .endpoint = endpoint,
         .service = "transaction",
-        .instance = instance,
+        .instance = config.instance,
         .methods = transaction_methods,
         .method_count = sizeof transaction_methods / sizeof transaction_methods[0],
-        .threads = (unsigned)threads,
-        .max_in_flight = (uint32_t)max_in_flight,
+        .threads = config.threads,
+        .max_in_flight = config.max_in_flight,
         .thread_init = transaction_thread_init,
         .thread_fini = transaction_thread_fini,
         .app = &app,
@@ -157,14 +144,14 @@ int main(int argc, char **argv)
      * history, so movements made before this service first ran are
      * recorded too. */
     char consumer_id[wire_instance_bytes_max + 1];
-    if (instance != NULL)
-        snprintf(consumer_id, sizeof consumer_id, "%s-recorder", instance);
+    if (config.instance != NULL)
+        snprintf(consumer_id, sizeof consumer_id, "%s-recorder", config.instance);
     recorder_t *recorder = recorder_new(pg_dsn);
     events_consumer_config_t consumer_config = {
         .endpoint = endpoint,
         .group = "transaction",
         .topics = transaction_topics,
-        .consumer_id = instance != NULL ? consumer_id : NULL,
+        .consumer_id = config.instance != NULL ? consumer_id : NULL,
         .max_in_flight = transaction_events_in_flight_max,
         .start_at_end = false,
         .handler = recorder_on_event,

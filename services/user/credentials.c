@@ -4,54 +4,13 @@
  */
 #include "credentials.h"
 
+#include "text/utf8.h"
+
 #include <ctype.h>
 #include <pthread.h>
 #include <sodium.h>
 #include <stdint.h>
 #include <string.h>
-
-/* Counts UTF-8 code points of 'text'; -1 when it is not valid UTF-8 (or
- * has control characters, when 'reject_controls'). */
-static long utf8_chars(const char *text, bool reject_controls)
-{
-    long count = 0;
-    const unsigned char *p = (const unsigned char *)text;
-    while (*p) {
-        unsigned char c = *p;
-        size_t extra;
-        uint32_t cp;
-        if (c < 0x80) {
-            if (reject_controls && (c < 0x20 || c == 0x7f))
-                return -1;
-            extra = 0;
-            cp = c;
-        } else if ((c & 0xe0) == 0xc0) {
-            extra = 1;
-            cp = c & 0x1f;
-        } else if ((c & 0xf0) == 0xe0) {
-            extra = 2;
-            cp = c & 0x0f;
-        } else if ((c & 0xf8) == 0xf0) {
-            extra = 3;
-            cp = c & 0x07;
-        } else {
-            return -1;
-        }
-        for (size_t i = 1; i <= extra; i++) {
-            if ((p[i] & 0xc0) != 0x80)
-                return -1;
-            cp = (cp << 6) | (p[i] & 0x3f);
-        }
-        static const uint32_t min_for_length[] = {0, 0x80, 0x800, 0x10000};
-        if (cp < min_for_length[extra] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
-            return -1; /* overlong, out of range or a surrogate */
-        if (reject_controls && cp >= 0x80 && cp < 0xa0)
-            return -1;
-        p += extra + 1;
-        count++;
-    }
-    return count;
-}
 
 /* Copies 'text' without leading and trailing ASCII spaces into 'out'.
  * Returns false when it does not fit. */

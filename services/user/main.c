@@ -13,6 +13,7 @@
 
 #include "config/config.h"
 #include "log/log.h"
+#include "service/service.h"
 #include "outbox/outbox.h"
 #include "pg/pg.h"
 #include "rpc/rpc.h"
@@ -89,30 +90,16 @@ int main(int argc, char **argv)
     }
     if (!log_init("user") || sodium_init() < 0)
         return 2;
-    const char *endpoint, *pg_dsn, *instance;
-    int64_t threads, max_in_flight;
-    bool ok = config_str("PAYGATE_BROKER_ENDPOINT", "tcp://127.0.0.1:55555", 255, &endpoint);
-    ok &= config_str("PAYGATE_PG_DSN", NULL, 1024, &pg_dsn);
-    ok &= config_str("PAYGATE_INSTANCE_ID", NULL, 100, &instance);
-    ok &= config_int("PAYGATE_USER_THREADS", 2, 1, 64, &threads);
-    ok &= config_int("PAYGATE_USER_MAX_IN_FLIGHT", 4, 1, 1024, &max_in_flight);
-    if (!ok)
+    service_config_t config;
+    if (!service_config_read("user", true, &config))
         return 2;
-    if (pg_dsn == NULL) {
-        log_error("config: PAYGATE_PG_DSN is required");
-        return 2;
-    }
+    const char *endpoint = config.broker_endpoint, *pg_dsn = config.pg_dsn;
     token_keyring_t *keys = token_keyring_from_env();
     if (keys == NULL)
         return 2;
 
     /* Schema first: no instance serves before the tables are right. */
-    pg_conn_t *migrator = pg_conn_new(pg_dsn, "users");
-    pg_result_t migrated =
-        migrator ? pg_migrate(migrator, user_migrations, user_migrations_count) : PG_ERROR;
-    pg_conn_destroy(&migrator);
-    if (migrated != PG_OK) {
-        log_error("user: database migration failed; not starting");
+    if (!service_migrate(pg_dsn, "users", user_migrations, user_migrations_count)) {
         token_keyring_destroy(&keys);
         return 1;
     }
@@ -128,11 +115,11 @@ int main(int argc, char **argv)
     rpc_server_config_t server_config = {
         .endpoint = endpoint,
         .service = "user",
-        .instance = instance,
+        .instance = config.instance,
         .methods = user_methods,
         .method_count = sizeof user_methods / sizeof user_methods[0],
-        .threads = (unsigned)threads,
-        .max_in_flight = (uint32_t)max_in_flight,
+        .threads = config.threads,
+        .max_in_flight = config.max_in_flight,
         .thread_init = user_thread_init,
         .thread_fini = user_thread_fini,
         .app = &app,
