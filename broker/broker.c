@@ -20,6 +20,7 @@ enum {
     broker_batch_max = 1024, /* messages handled between timer checks */
     logged_peers_max = 1024, /* peers remembered for log-once */
     broker_linger_ms = 1000, /* flush time for the last answers on exit */
+    broker_drain_ms = 300,   /* answering and letting peers read, on exit */
 };
 
 struct broker {
@@ -318,6 +319,34 @@ static void broker_handle(broker_t *self, wire_message_t *msg, int64_t now)
     }
 }
 
+/* After the registry answered everything it held: for a short while,
+ * answer what still arrives (or was already queued in the socket) with
+ * UNAVAILABLE/broker_stopping, and let peers read those answers before the
+ * connections close (a client socket with ZMQ_IMMEDIATE drops unread
+ * messages when its connection goes). Nothing is left unanswered. */
+static void broker_drain(broker_t *self)
+{
+    int64_t until = clock_now_ms() + broker_drain_ms;
+    Paygate__V1__Status status = PAYGATE__V1__STATUS__INIT;
+    status.code = PAYGATE__V1__CODE__UNAVAILABLE;
+    status.reason = (char *)"broker_stopping";
+    status.message = (char *)"broker is shutting down";
+    for (int64_t now = clock_now_ms(); now < until; now = clock_now_ms()) {
+        zmq_pollitem_t item = {.socket = self->socket, .events = ZMQ_POLLIN};
+        if (zmq_poll(&item, 1, (long)(until - now)) <= 0)
+            continue;
+        wire_message_t msg;
+        const char *detail = NULL;
+        int rc = wire_recv(self->socket, true, self->config.message_bytes_max, ZMQ_DONTWAIT, &msg,
+                           &detail);
+        if (rc == WIRE_OK && (msg.header->command == PAYGATE__V1__COMMAND__REQUEST ||
+                              msg.header->command == PAYGATE__V1__COMMAND__PUBLISH))
+            sink_send_reply(self, msg.identity, msg.identity_len, msg.header->correlation_id,
+                            &status, NULL);
+        wire_message_clear(&msg);
+    }
+}
+
 int broker_run(broker_t *self)
 {
     log_info("broker: serving on %s", self->endpoint);
@@ -359,5 +388,6 @@ int broker_run(broker_t *self)
     log_info("broker: stopping; answering waiting requests");
     bus_flush(self->bus, clock_now_ms());
     registry_shutdown(self->registry, "broker is shutting down");
+    broker_drain(self);
     return 0;
 }

@@ -37,6 +37,7 @@
 #include "routes.h"
 #include "rpc/rpc.h"
 #include "sse.h"
+#include "static_files.h"
 #include "wire/wire.h"
 
 enum {
@@ -422,6 +423,8 @@ static enum MHD_Result finish(gateway_t *self, struct MHD_Connection *connection
                                  "WWW-Authenticate", "Bearer");
         return sse_stream_open(self->streams, connection, user_id, request_id);
     }
+    if (static_files_wanted(&self->config, method, url))
+        return static_files_serve(&self->config, connection, url, request_id);
     if (!req->matched) {
         if (req->match.method_not_allowed)
             return respond_error(connection, 405, "method_not_allowed",
@@ -565,7 +568,7 @@ gateway_t *gateway_new(const gateway_config_t *config)
         MHD_OPTION_CONNECTION_LIMIT, config->connections_max, MHD_OPTION_CONNECTION_TIMEOUT,
         config->timeout_s, MHD_OPTION_CONNECTION_MEMORY_LIMIT, config->header_bytes_max,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, self, MHD_OPTION_SOCK_ADDR, &addr,
-        MHD_OPTION_END);
+        MHD_OPTION_UNESCAPE_CALLBACK, static_files_unescape, NULL, MHD_OPTION_END);
     if (self->daemon == NULL) {
         sse_destroy(&self->streams);
         log_error("gateway: cannot listen on %s:%u: %s", config->bind_address,

@@ -30,7 +30,9 @@ typedef struct {
     const token_keyring_t *keys;
     const char *redis_host; /* notification streams (sse.h) subscribe there */
     uint16_t redis_port;
-    unsigned streams_max; /* open notification streams; beyond: 503 */
+    unsigned streams_max;     /* open notification streams; beyond: 503 */
+    const char *static_dir;   /* the web app's files (static_files.h); "" = none */
+    const char *openapi_file; /* served at GET /openapi.yaml; "" = 404 */
 } gateway_config_t;
 
 typedef struct gateway gateway_t;

@@ -8,6 +8,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "config/config.h"
@@ -41,6 +42,8 @@ static void usage(void)
           "  PAYGATE_REDIS_HOST                 Redis for notification streams (127.0.0.1)\n"
           "  PAYGATE_REDIS_PORT                 its port (6379)\n"
           "  PAYGATE_GATEWAY_STREAMS_MAX        open notification streams (256)\n"
+          "  PAYGATE_GATEWAY_STATIC_DIR         the web app, served at / (unset: none)\n"
+          "  PAYGATE_GATEWAY_OPENAPI_FILE       served at /openapi.yaml (unset: 404)\n"
           "  PAYGATE_JWT_SECRET, PAYGATE_JWT_KID, PAYGATE_JWT_ISSUER, PAYGATE_JWT_AUDIENCE,\n"
           "  PAYGATE_JWT_PREVIOUS_SECRET, PAYGATE_JWT_PREVIOUS_KID   see README\n"
           "  PAYGATE_LOG_LEVEL                  debug, info, warn, error (info)\n",
@@ -73,8 +76,23 @@ int main(int argc, char **argv)
     ok &= config_str("PAYGATE_REDIS_HOST", "127.0.0.1", 255, &config.redis_host);
     ok &= config_int("PAYGATE_REDIS_PORT", 6379, 1, 65535, &redis_port);
     ok &= config_int("PAYGATE_GATEWAY_STREAMS_MAX", 256, 1, 65536, &streams_max);
+    ok &= config_str("PAYGATE_GATEWAY_STATIC_DIR", "", 1024, &config.static_dir);
+    ok &= config_str("PAYGATE_GATEWAY_OPENAPI_FILE", "", 1024, &config.openapi_file);
     if (!ok)
         return 2;
+    struct stat dir_stat;
+    if (config.static_dir[0] != '\0' &&
+        (stat(config.static_dir, &dir_stat) != 0 || !S_ISDIR(dir_stat.st_mode))) {
+        log_error("PAYGATE_GATEWAY_STATIC_DIR: '%s' is not a directory", config.static_dir);
+        return 2;
+    }
+    if (config.static_dir[0] != '\0')
+        log_info("gateway: serving the web app from %s", config.static_dir);
+    /* Not fatal: the document may be written after the gateway starts. */
+    if (config.openapi_file[0] != '\0' && access(config.openapi_file, R_OK) != 0)
+        log_warn("PAYGATE_GATEWAY_OPENAPI_FILE: '%s' cannot be read (yet); /openapi.yaml "
+                 "answers 404 until it can",
+                 config.openapi_file);
     config.port = (uint16_t)port;
     config.threads = (unsigned)threads;
     config.body_bytes_max = (size_t)body_max;

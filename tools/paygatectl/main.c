@@ -2,14 +2,27 @@
  * paygatectl: asks the broker what is running.
  *
  *   paygatectl [--broker ENDPOINT] [--timeout MS] services [--json] [SERVICE]
+ *   paygatectl [--broker ENDPOINT] [--timeout MS] probe [--unreachable-ok]
+ *              SERVICE [INSTANCE_PREFIX]
+ *
+ *   paygatectl [--broker ENDPOINT] [--timeout MS] call SERVICE METHOD --json '{...}'
+ *   paygatectl [--broker ENDPOINT] tail TOPIC [--group G] [--from-beginning] [--max N]
+ *   paygatectl [--broker ENDPOINT] [--timeout MS] topics|groups [--json] [TOPIC]
+ *   paygatectl [--broker ENDPOINT] [--timeout MS] demo [--verbose]
+ *
+ * call, tail, topics, groups and demo live in files of their own
+ * (commands.h); `paygatectl COMMAND --help` explains each.
  *
  * Exit codes: 0 answered, 1 the broker did not answer or refused, 2 usage.
+ * probe: 0 an instance of SERVICE whose id starts with INSTANCE_PREFIX is
+ * registered, 1 otherwise (Kubernetes exec probes, deploy/README.md).
  */
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "commands.h"
 #include "config/config.h"
 #include "log/log.h"
 #include "rpc/rpc.h"
@@ -23,6 +36,22 @@ static void usage(FILE *out)
           "  services [--json] [SERVICE]   live services and instances (discovery),\n"
           "                                with heartbeat age and requests in flight,\n"
           "                                and the event bus: topics, groups, lag\n"
+          "  probe [--unreachable-ok] SERVICE [INSTANCE_PREFIX]\n"
+          "                                exit 0 when the broker lists an instance of\n"
+          "                                SERVICE whose id starts with INSTANCE_PREFIX,\n"
+          "                                1 otherwise (for Kubernetes exec probes)\n"
+          "  call SERVICE METHOD [--json JSON] [--user USER_ID]\n"
+          "                                any RPC, JSON in and out (the gateway's\n"
+          "                                transcoding); `call --help` lists the methods\n"
+          "  tail TOPIC [--group GROUP] [--from-beginning] [--max N]\n"
+          "                                follow an event bus topic, one JSON line per\n"
+          "                                event (payments and wallet decoded)\n"
+          "  topics [--json] [TOPIC]       event bus topics: offsets, size, groups\n"
+          "  groups [--json] [TOPIC]       consumer groups: committed offset, lag, in flight\n"
+          "  demo [--verbose]              run the sample flow (register, log in, top up,\n"
+          "                                order, pay, wallet, transactions), step by step\n"
+          "\n"
+          "Every command takes --help.\n"
           "\n"
           "options:\n"
           "  --broker ENDPOINT  broker to ask (default $PAYGATE_BROKER_ENDPOINT or\n"
@@ -185,6 +214,95 @@ static int command_services(const char *endpoint, uint32_t timeout_ms, int argc,
     return exit_code;
 }
 
+/* Tells whether the broker lists an instance of a service: the health check
+ * of a worker process, which has no port of its own (a Kubernetes exec
+ * probe or a Compose healthcheck runs it inside the worker's container).
+ * 'argv' holds [--unreachable-ok] SERVICE [INSTANCE_PREFIX]. Returns 0 when
+ * the broker's discovery lists an instance of SERVICE whose id starts with
+ * INSTANCE_PREFIX (any instance when it is omitted), 1 when it lists none or
+ * the broker did not answer, 2 on a usage error. With --unreachable-ok a
+ * broker that cannot be reached gives 0: a liveness probe should restart a
+ * worker the broker has dropped (stuck, expired), not every worker while the
+ * broker itself is away. One line on stdout says why (kubelet keeps it). */
+static int command_probe(const char *endpoint, uint32_t timeout_ms, int argc, char **argv)
+{
+    bool unreachable_ok = false;
+    const char *service = NULL, *prefix = "";
+    int positional = 0;
+    for (int i = 0; i < argc; i++) {
+        if (strcmp(argv[i], "--unreachable-ok") == 0)
+            unreachable_ok = true;
+        else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            puts("usage: paygatectl probe [--unreachable-ok] SERVICE [INSTANCE_PREFIX]\n"
+                 "Exit 0 when the broker lists an instance of SERVICE whose id starts with\n"
+                 "INSTANCE_PREFIX (any instance without it), 1 otherwise. --unreachable-ok:\n"
+                 "also 0 when the broker cannot be reached (for liveness probes).");
+            return 0;
+        } else if (argv[i][0] == '-') {
+            fprintf(stderr, "paygatectl probe: unknown option %s\n", argv[i]);
+            return 2;
+        } else if (positional == 0) {
+            service = argv[i];
+            positional++;
+        } else if (positional == 1) {
+            prefix = argv[i];
+            positional++;
+        } else {
+            fprintf(stderr, "paygatectl probe: unexpected argument %s\n", argv[i]);
+            return 2;
+        }
+    }
+    if (service == NULL || *service == '\0') {
+        fprintf(stderr, "usage: paygatectl probe [--unreachable-ok] SERVICE [INSTANCE_PREFIX]\n");
+        return 2;
+    }
+    rpc_client_t *client = rpc_client_new(NULL, endpoint);
+    if (client == NULL)
+        return 1;
+    Paygate__V1__ListServicesRequest request = PAYGATE__V1__LIST_SERVICES_REQUEST__INIT;
+    request.service = (char *)service;
+    ProtobufCMessage *message = NULL;
+    rpc_status_t status;
+    rpc_call_opts_t opts = {.deadline_ms = timeout_ms, .principal = "paygatectl-probe"};
+    Paygate__V1__Code code =
+        rpc_client_call(client, "broker.services", "List", &request.base,
+                        &paygate__v1__list_services_reply__descriptor, &message, &opts, &status);
+    int exit_code = 1;
+    if (code != PAYGATE__V1__CODE__OK) {
+        bool unreachable =
+            code == PAYGATE__V1__CODE__UNAVAILABLE || code == PAYGATE__V1__CODE__DEADLINE_EXCEEDED;
+        exit_code = unreachable && unreachable_ok ? 0 : 1;
+        printf("probe %s: broker %s: %s: %s%s\n", service, endpoint, wire_code_name(code),
+               status.message, exit_code == 0 ? " (--unreachable-ok)" : "");
+    } else {
+        const Paygate__V1__ListServicesReply *reply = (Paygate__V1__ListServicesReply *)message;
+        size_t prefix_len = strlen(prefix), listed = 0;
+        const Paygate__V1__InstanceInfo *found = NULL;
+        for (size_t i = 0; i < reply->n_services && found == NULL; i++) {
+            const Paygate__V1__ServiceInfo *s = reply->services[i];
+            if (strcmp(s->name, service) != 0)
+                continue;
+            for (size_t k = 0; k < s->n_instances && found == NULL; k++) {
+                listed++;
+                if (strncmp(s->instances[k]->instance_id, prefix, prefix_len) == 0)
+                    found = s->instances[k];
+            }
+        }
+        if (found != NULL) {
+            exit_code = 0;
+            printf("probe %s: %s registered, heard from %" PRIu64 " ms ago\n", service,
+                   found->instance_id, found->heartbeat_age_ms);
+        } else {
+            printf("probe %s: no instance with id prefix '%s' among %zu listed\n", service, prefix,
+                   listed);
+        }
+    }
+    if (message != NULL)
+        protobuf_c_message_free_unpacked(message, NULL);
+    rpc_client_destroy(&client);
+    return exit_code;
+}
+
 int main(int argc, char **argv)
 {
     log_init("paygatectl");
@@ -216,6 +334,18 @@ int main(int argc, char **argv)
     }
     if (strcmp(argv[i], "services") == 0)
         return command_services(endpoint, (uint32_t)timeout_ms, argc - i - 1, argv + i + 1);
+    if (strcmp(argv[i], "probe") == 0)
+        return command_probe(endpoint, (uint32_t)timeout_ms, argc - i - 1, argv + i + 1);
+    if (strcmp(argv[i], "call") == 0)
+        return command_call(endpoint, (uint32_t)timeout_ms, argc - i - 1, argv + i + 1);
+    if (strcmp(argv[i], "tail") == 0)
+        return command_tail(endpoint, (uint32_t)timeout_ms, argc - i - 1, argv + i + 1);
+    if (strcmp(argv[i], "topics") == 0)
+        return command_topics(endpoint, (uint32_t)timeout_ms, argc - i - 1, argv + i + 1);
+    if (strcmp(argv[i], "groups") == 0)
+        return command_groups(endpoint, (uint32_t)timeout_ms, argc - i - 1, argv + i + 1);
+    if (strcmp(argv[i], "demo") == 0)
+        return command_demo(endpoint, (uint32_t)timeout_ms, argc - i - 1, argv + i + 1);
     fprintf(stderr, "paygatectl: unknown command '%s'\n\n", argv[i]);
     usage(stderr);
     return 2;

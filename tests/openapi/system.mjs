@@ -1,0 +1,194 @@
+// system: the whole paygate system as real processes, for a test driven
+// over HTTP (the node counterpart of tests/integration/test_event_flow.c).
+//
+// start(): a scratch database of its own on the server of
+// PAYGATE_TEST_PG_DSN (dropped and created again, so side-by-side tests
+// never share outbox tables), an event bus directory under the system's
+// temporary directory, free loopback ports, then the broker, user, order,
+// payment, transaction, notification and gateway processes (Redis on
+// 127.0.0.1:PAYGATE_TEST_REDIS_PORT), each logging to LOG_DIR/<prefix>-<name>.log,
+// and waits until GET /readyz answers 200. stop() ends every process
+// (SIGTERM, then SIGKILL after 10 s) and removes the database and the
+// directory. Never leaves a process running when it returns.
+import { spawn, spawnSync } from 'node:child_process';
+import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+
+export const SERVICES = ['user', 'order', 'payment', 'transaction', 'notification'];
+const START_ORDER = ['broker', ...SERVICES, 'gateway'];
+const READY_TIMEOUT_MS = 90_000; // sanitizer builds start slowly on 2 cores
+const STOP_GRACE_MS = 10_000;
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+// A TCP port on 127.0.0.1 that was free a moment ago.
+export function freePort() {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.unref();
+    server.on('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address();
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+function psqlPath() {
+  const bin = process.env.PAYGATE_PG_BIN;
+  if (bin && existsSync(path.join(bin, 'psql'))) return path.join(bin, 'psql');
+  return 'psql';
+}
+
+// Runs one SQL statement on the server of 'dsn' with psql; throws on failure.
+function psql(dsn, sql) {
+  const r = spawnSync(psqlPath(), ['-X', '-q', '-v', 'ON_ERROR_STOP=1', '-d', dsn, '-c', sql], {
+    encoding: 'utf8',
+  });
+  if (r.status !== 0) {
+    throw new Error(`psql ${sql}: ${r.error?.message ?? ''}${r.stderr ?? ''}`.trim());
+  }
+}
+
+export class System {
+  // 'bins': {'paygate-broker': path, ...}; 'env': extra KEY=VALUE for all.
+  constructor({ bins, logDir, prefix, env = {} }) {
+    this.bins = bins;
+    this.logDir = logDir;
+    this.prefix = prefix;
+    this.extraEnv = env;
+    this.procs = new Map();
+    this.jwtSecret = 'openapi-test-secret-0123456789abcdefghijklmnop';
+  }
+
+  async start() {
+    const baseDsn = process.env.PAYGATE_TEST_PG_DSN;
+    const redisPort = process.env.PAYGATE_TEST_REDIS_PORT;
+    if (!baseDsn || !redisPort) {
+      throw new Error(
+        'PAYGATE_TEST_PG_DSN and PAYGATE_TEST_REDIS_PORT must be set: run the suite with ./dev test',
+      );
+    }
+    for (const name of START_ORDER) {
+      if (!this.bins[`paygate-${name}`]) throw new Error(`no --bin paygate-${name}=PATH`);
+    }
+    this.baseDsn = baseDsn;
+    this.dbName = `${this.prefix}_${process.pid}`.replace(/[^a-z0-9_]/g, '_');
+    psql(baseDsn, `DROP DATABASE IF EXISTS "${this.dbName}" WITH (FORCE)`);
+    psql(baseDsn, `CREATE DATABASE "${this.dbName}"`);
+    this.dir = mkdtempSync(path.join(os.tmpdir(), `paygate-${this.prefix}-`));
+    this.brokerPort = await freePort();
+    this.httpPort = await freePort();
+    this.brokerEndpoint = `tcp://127.0.0.1:${this.brokerPort}`;
+    this.baseUrl = `http://127.0.0.1:${this.httpPort}`;
+    this.env = {
+      PAYGATE_BROKER_ENDPOINT: this.brokerEndpoint,
+      PAYGATE_PG_DSN: `${baseDsn} dbname=${this.dbName}`,
+      PAYGATE_REDIS_HOST: '127.0.0.1',
+      PAYGATE_REDIS_PORT: String(redisPort),
+      PAYGATE_JWT_SECRET: this.jwtSecret,
+      PAYGATE_BROKER_DATA_DIR: path.join(this.dir, 'bus'),
+      PAYGATE_GATEWAY_PORT: String(this.httpPort),
+      PAYGATE_GATEWAY_REQUIRED_SERVICES: SERVICES.join(','),
+      PAYGATE_LOG_LEVEL: 'info',
+      ...this.extraEnv,
+    };
+    for (const name of START_ORDER) this.startProcess(name);
+    await this.waitReady();
+  }
+
+  startProcess(name) {
+    const logPath = path.join(this.logDir, `${this.prefix}-${name}.log`);
+    const log = openSync(logPath, 'w');
+    const child = spawn(this.bins[`paygate-${name}`], [], {
+      env: { ...process.env, ...this.env },
+      stdio: ['ignore', log, log],
+    });
+    closeSync(log);
+    const proc = { name, child, logPath, exited: false, code: null, signal: null };
+    proc.done = new Promise((resolve) => {
+      child.on('exit', (code, signal) => {
+        Object.assign(proc, { exited: true, code, signal });
+        resolve();
+      });
+      child.on('error', (err) => {
+        Object.assign(proc, { exited: true, code: -1, error: err });
+        resolve();
+      });
+    });
+    this.procs.set(name, proc);
+    return proc;
+  }
+
+  logTail(name, lines = 20) {
+    const proc = this.procs.get(name);
+    try {
+      return readFileSync(proc.logPath, 'utf8').trimEnd().split('\n').slice(-lines).join('\n');
+    } catch {
+      return '(no log)';
+    }
+  }
+
+  // Waits until GET /readyz answers 200; throws with the log of a process
+  // that died, or after READY_TIMEOUT_MS.
+  async waitReady() {
+    const until = Date.now() + READY_TIMEOUT_MS;
+    for (;;) {
+      for (const proc of this.procs.values()) {
+        if (proc.exited) {
+          throw new Error(
+            `${proc.name} exited during start-up (code ${proc.code}, signal ${proc.signal}):\n` +
+              this.logTail(proc.name),
+          );
+        }
+      }
+      try {
+        const r = await fetch(`${this.baseUrl}/readyz`, { signal: AbortSignal.timeout(2000) });
+        await r.arrayBuffer();
+        if (r.status === 200) return;
+      } catch {
+        // not listening yet
+      }
+      if (Date.now() > until) throw new Error(`not ready after ${READY_TIMEOUT_MS} ms`);
+      await sleep(200);
+    }
+  }
+
+  // SIGTERM, then SIGKILL after STOP_GRACE_MS. Returns a note when the
+  // process did not end cleanly (exit status 0), else null.
+  async stopProcess(name) {
+    const proc = this.procs.get(name);
+    if (!proc || proc.exited) return null;
+    proc.child.kill('SIGTERM');
+    const timer = setTimeout(() => proc.child.kill('SIGKILL'), STOP_GRACE_MS);
+    await proc.done;
+    clearTimeout(timer);
+    return proc.code === 0 ? null : `${name} ended with code ${proc.code} signal ${proc.signal}`;
+  }
+
+  async stop() {
+    const notes = [];
+    for (const name of [...START_ORDER].reverse()) {
+      const note = await this.stopProcess(name);
+      if (note) notes.push(note);
+    }
+    if (this.dbName) {
+      try {
+        psql(this.baseDsn, `DROP DATABASE IF EXISTS "${this.dbName}" WITH (FORCE)`);
+      } catch (err) {
+        notes.push(`could not drop ${this.dbName}: ${err.message}`);
+      }
+    }
+    if (this.dir) rmSync(this.dir, { recursive: true, force: true });
+    return notes;
+  }
+
+  // Kills everything at once (a signal arrived): no waiting.
+  killAll() {
+    for (const proc of this.procs.values()) {
+      if (!proc.exited) proc.child.kill('SIGKILL');
+    }
+  }
+}
