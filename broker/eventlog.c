@@ -960,6 +960,10 @@ int eventlog_append(eventlog_t *self, const char *event_id, const char *key, con
         return -1;
     if (self->failed)
         return -1;
+    if (self->end_offset >= UINT64_MAX - 1) {
+        log_error("eventlog %s: offsets exhausted; refusing to append", self->config.dir);
+        return -1; /* the next offset would not fit (and end_offset would wrap) */
+    }
 
     uint64_t total = record_header_bytes + event_id_len + key_len + payload_len;
     segment_t *active = active_segment(self);

@@ -584,9 +584,17 @@ static bool decode_enum_name(decoder_t *d, const ProtobufCFieldDescriptor *field
     const ProtobufCEnumValue *value = NULL;
     if (memchr(name, '\0', len) == NULL)
         value = protobuf_c_enum_descriptor_get_value_by_name(desc, name);
-    if (value == NULL)
-        return decoder_fail(d, "\"%s\": unknown value \"%.*s\" for enum %s", d->path,
-                            len < 64 ? (int)len : 64, name, desc->name);
+    if (value == NULL) {
+        /* Quote the value only as printable ASCII (it came from the
+         * client, and the message must stay valid UTF-8 in the JSON). */
+        char shown[65];
+        size_t n = 0;
+        for (; n < len && n + 1 < sizeof shown; n++)
+            shown[n] = name[n] >= ' ' && name[n] < 127 && name[n] != '"' ? name[n] : '?';
+        shown[n] = '\0';
+        return decoder_fail(d, "\"%s\": unknown value \"%s\" for enum %s", d->path, shown,
+                            desc->name);
+    }
     *out = value->value;
     return true;
 }

@@ -184,6 +184,39 @@ static const char *wire_check_fields(const Paygate__V1__Header *header, bool has
     return NULL;
 }
 
+/* Frees and forgets the unknown fields of 'message' and of every message
+ * inside it. The broker re-encodes what it forwards, and protobuf-c keeps
+ * some unknown fields (a field number 0 in a two-byte tag) that it then
+ * writes in a form no decoder accepts: a peer could make the broker send
+ * frames its workers must refuse. Nothing here needs unknown fields. */
+static void wire_strip_unknown(ProtobufCMessage *message)
+{
+    for (unsigned i = 0; i < message->n_unknown_fields; i++)
+        free(message->unknown_fields[i].data);
+    free(message->unknown_fields);
+    message->unknown_fields = NULL;
+    message->n_unknown_fields = 0;
+    const ProtobufCMessageDescriptor *desc = message->descriptor;
+    for (unsigned f = 0; f < desc->n_fields; f++) {
+        const ProtobufCFieldDescriptor *field = &desc->fields[f];
+        if (field->type != PROTOBUF_C_TYPE_MESSAGE)
+            continue;
+        char *member = (char *)message + field->offset;
+        if (field->label == PROTOBUF_C_LABEL_REPEATED) {
+            size_t count = *(size_t *)((char *)message + field->quantifier_offset);
+            ProtobufCMessage **items = *(ProtobufCMessage ***)member;
+            for (size_t k = 0; k < count; k++) {
+                if (items[k] != NULL)
+                    wire_strip_unknown(items[k]);
+            }
+        } else {
+            ProtobufCMessage *sub = *(ProtobufCMessage **)member;
+            if (sub != NULL)
+                wire_strip_unknown(sub);
+        }
+    }
+}
+
 wire_error_t wire_decode(const uint8_t *sig, size_t sig_len, const uint8_t *hdr, size_t hdr_len,
                          bool has_body, Paygate__V1__Header **out, const char **detail)
 {
@@ -202,6 +235,7 @@ wire_error_t wire_decode(const uint8_t *sig, size_t sig_len, const uint8_t *hdr,
         *detail = wire_error_text(WIRE_ERR_HEADER);
         return WIRE_ERR_HEADER;
     }
+    wire_strip_unknown(&header->base);
     switch (header->command) {
     case PAYGATE__V1__COMMAND__READY:
     case PAYGATE__V1__COMMAND__HEARTBEAT:
