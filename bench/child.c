@@ -86,6 +86,10 @@ int child_start(child_t *self, const char *name, const char *path, const char *c
         if (getppid() != parent)
             _exit(127);
         dup2(STDERR_FILENO, STDOUT_FILENO);
+        /* A SIGTERM between fork and exec must stop the child, not run
+         * the benchmark's own handler inherited from the parent. */
+        signal(SIGTERM, SIG_DFL);
+        signal(SIGINT, SIG_DFL);
         execve(path, (char *const *)argv, (char *const *)envp);
         static const char failed[] = "bench: execve of a child failed\n";
         ssize_t ignored = write(STDERR_FILENO, failed, sizeof failed - 1);

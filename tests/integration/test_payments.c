@@ -157,7 +157,7 @@ static const char *json_text(const json_t *object, const char *key)
     const char *value = json_string_value(json_object_get(object, key));
     if (value == NULL)
         fail_msg("no string \"%s\" in the response", key);
-    return value;
+    return value != NULL ? value : ""; /* fail_msg does not return; the compiler cannot tell */
 }
 
 /* Integer member 'key' of 'object'; fails when missing or not an integer. */
