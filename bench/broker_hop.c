@@ -58,6 +58,7 @@
 #include "child.h"
 #include "config/config.h"
 #include "echo_load.h"
+#include "machine.h"
 #include "log/log.h"
 #include "rpc/rpc.h"
 
@@ -170,43 +171,13 @@ static bool bench_config_read(bench_config_t *c)
 
 /* ---- the processes ------------------------------------------------------ */
 
-/* Picks 'count' distinct free TCP ports on 127.0.0.1 into 'ports' (the
- * kernel's choice for port 0, all held open at once so that they differ).
- * Another program could take one before our child binds it; the child
- * then fails to start and says so. Returns 0 or -1. */
-static int bench_pick_ports(uint16_t *ports, size_t count)
-{
-    int fds[8];
-    size_t opened = 0;
-    int rc = 0;
-    for (; opened < count && opened < sizeof fds / sizeof fds[0]; opened++) {
-        struct sockaddr_in addr = {.sin_family = AF_INET,
-                                   .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-        socklen_t len = sizeof addr;
-        fds[opened] = socket(AF_INET, SOCK_STREAM, 0);
-        if (fds[opened] < 0 || bind(fds[opened], (struct sockaddr *)&addr, sizeof addr) != 0 ||
-            getsockname(fds[opened], (struct sockaddr *)&addr, &len) != 0) {
-            fprintf(stderr, "bench: cannot pick a free port: %s\n", strerror(errno));
-            rc = -1;
-            opened++;
-            break;
-        }
-        ports[opened] = ntohs(addr.sin_port);
-    }
-    for (size_t i = 0; i < opened; i++) {
-        if (fds[i] >= 0)
-            close(fds[i]);
-    }
-    return rc == 0 && opened == count ? 0 : -1;
-}
-
 /* Starts the five processes on free ports. Returns 0, or -1 after saying
  * why (whatever started is stopped by bench_stop_children). */
 static int bench_start_children(bench_t *self)
 {
     const bench_config_t *c = &self->config;
     uint16_t ports[4];
-    if (bench_pick_ports(ports, 4) != 0)
+    if (machine_pick_ports(ports, 4) != 0)
         return -1;
     char direct[bench_endpoint_bytes], broker_env[bench_endpoint_bytes + 32];
     snprintf(direct, sizeof direct, "tcp://127.0.0.1:%u", ports[0]);
@@ -351,63 +322,25 @@ static child_t *bench_role_child(bench_t *self, bench_mode_t mode, bench_role_t 
     return index >= 0 ? &self->children[index] : NULL;
 }
 
-/* CPU microseconds used so far by this process (the client and its
- * ZeroMQ I/O thread); -1 when unknown. */
-static int64_t bench_self_cpu_us(void)
-{
-    struct rusage usage;
-    if (getrusage(RUSAGE_SELF, &usage) != 0)
-        return -1;
-    return (int64_t)usage.ru_utime.tv_sec * 1000000 + usage.ru_utime.tv_usec +
-           (int64_t)usage.ru_stime.tv_sec * 1000000 + usage.ru_stime.tv_usec;
-}
-
 /* CPU microseconds used so far by 'role' in 'mode' (-1: none or unknown). */
 static int64_t bench_role_cpu_us(bench_t *self, bench_mode_t mode, bench_role_t role)
 {
     if (role == ROLE_CLIENT)
-        return bench_self_cpu_us();
+        return machine_self_cpu_us();
     child_t *child = bench_role_child(self, mode, role);
     return child != NULL ? child_cpu_us(child) : -1;
-}
-
-/* CPU microseconds the whole machine has spent busy (not idle, not
- * waiting for I/O), from /proc/stat; -1 when it cannot be read. */
-static int64_t bench_machine_busy_us(void)
-{
-    FILE *f = fopen("/proc/stat", "r");
-    if (f == NULL)
-        return -1;
-    unsigned long long user = 0, nice = 0, system = 0, idle = 0, iowait = 0, irq = 0, softirq = 0,
-                       steal = 0;
-    int fields = fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &user, &nice, &system,
-                        &idle, &iowait, &irq, &softirq, &steal);
-    fclose(f);
-    long ticks_per_s = sysconf(_SC_CLK_TCK);
-    if (fields != 8 || ticks_per_s <= 0)
-        return -1;
-    unsigned long long busy = user + nice + system + irq + softirq + steal;
-    return (int64_t)(busy * 1000000ULL / (unsigned long long)ticks_per_s);
 }
 
 /* CPU microseconds used so far by this process and all its children
  * (busy or idle ones); -1 when one cannot be read. */
 static int64_t bench_ours_cpu_us(bench_t *self)
 {
-    int64_t total = bench_self_cpu_us();
+    int64_t total = machine_self_cpu_us();
     for (int i = 0; i < child_count && total >= 0; i++) {
         int64_t used = child_cpu_us(&self->children[i]);
         total = used >= 0 ? total + used : -1;
     }
     return total;
-}
-
-/* Nanoseconds on the monotonic clock. */
-static int64_t bench_now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
 /* Runs one measurement of 'mode' with 'in_flight' calls into 'run',
@@ -419,13 +352,13 @@ static int bench_run_once(bench_t *self, bench_mode_t mode, unsigned in_flight, 
     int64_t cpu_before[role_count];
     for (int r = 0; r < role_count; r++)
         cpu_before[r] = bench_role_cpu_us(self, mode, (bench_role_t)r);
-    int64_t busy_before = bench_machine_busy_us(), ours_before = bench_ours_cpu_us(self);
-    int64_t start_ns = bench_now_ns();
+    int64_t busy_before = machine_busy_us(), ours_before = bench_ours_cpu_us(self);
+    int64_t start_ns = machine_now_ns();
     if (echo_load_run(self->load[mode], in_flight, (int)c->warmup_ms, (int)c->seconds * 1000,
                       &run->load) != 0)
         return -1;
-    int64_t wall_us = (bench_now_ns() - start_ns) / 1000;
-    int64_t busy_after = bench_machine_busy_us(), ours_after = bench_ours_cpu_us(self);
+    int64_t wall_us = (machine_now_ns() - start_ns) / 1000;
+    int64_t busy_after = machine_busy_us(), ours_after = bench_ours_cpu_us(self);
     for (int r = 0; r < role_count; r++) {
         int64_t after = bench_role_cpu_us(self, mode, (bench_role_t)r);
         bool known = cpu_before[r] >= 0 && after >= 0 && run->load.calls > 0;
@@ -676,25 +609,6 @@ static void bench_report_settings(const bench_t *self, FILE *out)
             (long long)c->warmup_ms, sysconf(_SC_NPROCESSORS_ONLN));
 }
 
-/* The CPU model from /proc/cpuinfo into 'out' ("unknown" if not found). */
-static void bench_cpu_model(char *out, size_t size)
-{
-    snprintf(out, size, "unknown");
-    FILE *f = fopen("/proc/cpuinfo", "r");
-    if (f == NULL)
-        return;
-    char line[256];
-    while (fgets(line, sizeof line, f) != NULL) {
-        char *colon = strchr(line, ':');
-        if (strncmp(line, "model name", 10) == 0 && colon != NULL) {
-            snprintf(out, size, "%s", colon + 2);
-            out[strcspn(out, "\n")] = '\0';
-            break;
-        }
-    }
-    fclose(f);
-}
-
 /* Writes the Markdown report to <results_dir>/broker_hop.md. Returns 0
  * or -1 after saying why. */
 static int bench_write_markdown(const bench_t *self)
@@ -714,7 +628,7 @@ static int bench_write_markdown(const bench_t *self)
     char when[64], cpu[128];
     time_t now = time(NULL);
     strftime(when, sizeof when, "%Y-%m-%d %H:%M UTC", gmtime(&now));
-    bench_cpu_model(cpu, sizeof cpu);
+    machine_cpu_model(cpu, sizeof cpu);
     struct utsname system;
     if (uname(&system) != 0)
         snprintf(system.release, sizeof system.release, "unknown");
