@@ -106,28 +106,54 @@ free_port() {
 "$psql_bin" -X -q -v ON_ERROR_STOP=1 -d "$PAYGATE_TEST_PG_DSN" \
     -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db" ||
     die "cannot create database $db on $PAYGATE_TEST_PG_DSN"
-broker_port="$(free_port)"
-export PAYGATE_BROKER_ENDPOINT="tcp://127.0.0.1:$broker_port"
 export PAYGATE_PG_DSN="$PAYGATE_TEST_PG_DSN dbname=$db"
 export PAYGATE_REDIS_HOST=127.0.0.1
 export PAYGATE_REDIS_PORT="$PAYGATE_TEST_REDIS_PORT"
 export PAYGATE_JWT_SECRET="cli-test-secret-0123456789abcdefghijklmnopqrst"
 export PAYGATE_BROKER_DATA_DIR="$work/bus"
 
-for name in broker "${services[@]}"; do
+# paygatectl talks to $PAYGATE_BROKER_ENDPOINT; calls get time (sanitizers).
+ctl() { "$ctl" --timeout 10000 "$@"; }
+
+# The broker first, on a free port; another test may take that port between
+# our pick and the bind, so a broker that cannot bind is started again on a
+# new one (a few times at most).
+for attempt in 1 2 3 4 5; do
+    broker_port="$(free_port)"
+    export PAYGATE_BROKER_ENDPOINT="tcp://127.0.0.1:$broker_port"
+    "${bin[broker]}" >"$log_dir/cli-broker.log" 2>&1 </dev/null &
+    pid[broker]=$!
+    started=0
+    for _ in $(seq 50); do
+        kill -0 "${pid[broker]}" 2>/dev/null || break
+        if "$ctl" --timeout 500 services >/dev/null 2>&1; then
+            started=1
+            break
+        fi
+        sleep 0.1
+    done
+    ((started)) && break
+    kill "${pid[broker]}" 2>/dev/null || true
+    wait "${pid[broker]}" 2>/dev/null || true
+    echo "broker did not start on port $broker_port (attempt $attempt): $(tail -1 "$log_dir/cli-broker.log")"
+done
+((started)) || die "the broker did not start (logs in $log_dir)"
+
+for name in "${services[@]}"; do
     "${bin[$name]}" >"$log_dir/cli-$name.log" 2>&1 </dev/null &
     pid[$name]=$!
 done
 
-# paygatectl talks to $PAYGATE_BROKER_ENDPOINT; calls get time (sanitizers).
-ctl() { "$ctl" --timeout 10000 "$@"; }
-
+# Ready when every service is registered; bounded by the clock, not by a
+# number of tries (each try may wait for the broker).
 ready=0
-for _ in $(seq 300); do
+deadline=$((SECONDS + 60))
+while ((SECONDS < deadline)); do
     ready=1
+    kill -0 "${pid[broker]}" 2>/dev/null || die "the broker exited: $(tail -5 "$log_dir/cli-broker.log")"
     for name in "${services[@]}"; do
         kill -0 "${pid[$name]}" 2>/dev/null || die "$name exited at start-up: $(tail -5 "$log_dir/cli-$name.log")"
-        ctl services --json "$name" 2>/dev/null | grep -q '"instance_id"' || ready=0
+        "$ctl" --timeout 1000 services --json "$name" 2>/dev/null | grep -q '"instance_id"' || ready=0
     done
     ((ready)) && break
     sleep 0.2
