@@ -356,9 +356,12 @@ int broker_run(broker_t *self)
         int64_t bus_next = bus_tick(self->bus, now);
         if (bus_next < next)
             next = bus_next;
-        zmq_pollitem_t item = {.socket = self->socket, .events = ZMQ_POLLIN};
+        zmq_pollitem_t items[2] = {
+            {.socket = self->socket, .events = ZMQ_POLLIN},
+            {.fd = bus_sync_fd(self->bus), .events = ZMQ_POLLIN},
+        };
         long timeout = (long)(next - now);
-        int ready = zmq_poll(&item, 1, timeout < 0 ? 0 : timeout);
+        int ready = zmq_poll(items, items[1].fd >= 0 ? 2 : 1, timeout < 0 ? 0 : timeout);
         if (ready < 0) {
             if (errno == EINTR)
                 continue;
@@ -381,12 +384,14 @@ int broker_run(broker_t *self)
                 broker_reject(self, &msg, rc, detail);
             wire_message_clear(&msg);
         }
-        /* Group commit: one fsync per topic for the whole batch, then the
-         * publishes' answers and the deliveries they made possible. */
+        /* Group commit: the sync thread fsyncs each topic once for
+         * everything appended while its previous fsync ran; the loop goes
+         * on routing meanwhile, and answers the publishes (and makes the
+         * deliveries) once their events are durable. */
         bus_flush(self->bus, clock_now_ms());
     }
     log_info("broker: stopping; answering waiting requests");
-    bus_flush(self->bus, clock_now_ms());
+    bus_flush_all(self->bus, clock_now_ms());
     registry_shutdown(self->registry, "broker is shutting down");
     broker_drain(self);
     return 0;

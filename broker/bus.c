@@ -32,6 +32,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sys/eventfd.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -125,6 +128,12 @@ struct topic {
     list_node_t all_link;
 };
 
+/* One topic's share of a sync batch. */
+typedef struct {
+    topic_t *topic;
+    eventlog_sync_job_t job;
+} sync_item_t;
+
 typedef struct {
     uint8_t identity[wire_identity_bytes_max];
     size_t identity_len;
@@ -148,6 +157,22 @@ struct bus {
     pending_ack_t *acks;
     size_t ack_count;
     size_t ack_capacity;
+    /* The sync thread: the loop hands it a batch of fsyncs (one item per
+     * dirty topic) and goes on routing; the thread signals 'sync_event_fd'
+     * when the batch is done. Fields under 'sync_mutex': sync_requested,
+     * sync_done, sync_stop. The items belong to the thread while
+     * 'sync_in_flight' and the batch is not done. */
+    pthread_t sync_thread;
+    bool sync_thread_started;
+    pthread_mutex_t sync_mutex;
+    pthread_cond_t sync_cond;
+    bool sync_requested;
+    bool sync_done;
+    bool sync_stop;
+    bool sync_in_flight; /* the loop's view: a batch was handed over and not yet applied */
+    int sync_event_fd;
+    sync_item_t *sync_items; /* topics_max + its dead-letter topics */
+    size_t sync_count;
     int64_t next_housekeeping_at;
     int64_t next_offsets_flush_at;
     int64_t next_retention_at;
@@ -447,6 +472,77 @@ static bool bus_load(bus_t *self)
     return true;
 }
 
+/* ---- the sync thread ------------------------------------------------------ */
+
+/* The sync thread's body: waits for a batch, runs its fsyncs (touching
+ * only the jobs' own descriptors, never a topic or a log), marks it done
+ * and wakes the loop through the eventfd. Ends on sync_stop. */
+static void *bus_sync_main(void *arg)
+{
+    bus_t *self = arg;
+    pthread_mutex_lock(&self->sync_mutex);
+    for (;;) {
+        while (!self->sync_requested && !self->sync_stop)
+            pthread_cond_wait(&self->sync_cond, &self->sync_mutex);
+        if (!self->sync_requested)
+            break; /* stopping, and nothing was handed over */
+        size_t count = self->sync_count;
+        pthread_mutex_unlock(&self->sync_mutex);
+        for (size_t i = 0; i < count; i++)
+            eventlog_sync_run(&self->sync_items[i].job);
+        pthread_mutex_lock(&self->sync_mutex);
+        self->sync_requested = false;
+        self->sync_done = true;
+        uint64_t one = 1;
+        if (write(self->sync_event_fd, &one, sizeof one) != (ssize_t)sizeof one)
+            log_warn("bus: waking the loop after a sync: %s", strerror(errno));
+    }
+    pthread_mutex_unlock(&self->sync_mutex);
+    return NULL;
+}
+
+/* Starts the sync thread. Returns false (after logging why) on failure. */
+static bool bus_sync_start(bus_t *self)
+{
+    self->sync_items = calloc(self->config.topics_max, sizeof *self->sync_items);
+    self->sync_event_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (self->sync_items == NULL || self->sync_event_fd < 0) {
+        log_error("bus: cannot set up the sync thread: %s", strerror(errno));
+        return false;
+    }
+    pthread_mutex_init(&self->sync_mutex, NULL);
+    pthread_cond_init(&self->sync_cond, NULL);
+    int rc = pthread_create(&self->sync_thread, NULL, bus_sync_main, self);
+    if (rc != 0) {
+        log_error("bus: cannot start the sync thread: %s", strerror(rc));
+        pthread_mutex_destroy(&self->sync_mutex);
+        pthread_cond_destroy(&self->sync_cond);
+        return false;
+    }
+    self->sync_thread_started = true;
+    return true;
+}
+
+/* Stops and joins the sync thread after its current batch, if any. */
+static void bus_sync_stop(bus_t *self)
+{
+    if (self->sync_thread_started) {
+        pthread_mutex_lock(&self->sync_mutex);
+        self->sync_stop = true;
+        pthread_cond_signal(&self->sync_cond);
+        pthread_mutex_unlock(&self->sync_mutex);
+        pthread_join(self->sync_thread, NULL);
+        pthread_mutex_destroy(&self->sync_mutex);
+        pthread_cond_destroy(&self->sync_cond);
+        self->sync_thread_started = false;
+    }
+    if (self->sync_event_fd >= 0)
+        close(self->sync_event_fd);
+    self->sync_event_fd = -1;
+    free(self->sync_items);
+    self->sync_items = NULL;
+}
+
 /* ---- life cycle ----------------------------------------------------------- */
 
 bus_t *bus_new(const bus_config_t *config, const bus_sink_t *sink)
@@ -457,6 +553,7 @@ bus_t *bus_new(const bus_config_t *config, const bus_sink_t *sink)
     self->config = *config;
     self->sink = *sink;
     self->lock_fd = -1;
+    self->sync_event_fd = -1;
     list_init(&self->topics);
     list_init(&self->peers);
     self->peers_by_identity = zhashx_new();
@@ -493,6 +590,10 @@ bus_t *bus_new(const bus_config_t *config, const bus_sink_t *sink)
         bus_destroy(&self);
         return NULL;
     }
+    if (!bus_sync_start(self)) {
+        bus_destroy(&self);
+        return NULL;
+    }
     log_info("bus: data in %s, %u topics", self->data_dir, self->topic_count);
     return self;
 }
@@ -504,6 +605,7 @@ void bus_destroy(bus_t **self_p)
     bus_t *self = *self_p;
     if (self == NULL)
         return;
+    bus_sync_stop(self); /* before any topic (whose logs its jobs came from) goes */
     while (!list_empty(&self->peers))
         peer_free(self, list_entry(list_front(&self->peers), peer_t, all_link));
     while (!list_empty(&self->topics))
@@ -1019,28 +1121,84 @@ static void group_timers(bus_t *self, group_t *g, int64_t now)
         group_pump(self, g, now);
 }
 
-void bus_flush(bus_t *self, int64_t now)
+/* Applies the sync thread's finished batch, if there is one: the synced
+ * records become durable (or their topics fail). Returns true when a
+ * batch was applied. */
+static bool bus_sync_collect(bus_t *self)
 {
-    if (!bus_enabled(self))
+    if (!self->sync_in_flight)
+        return false;
+    pthread_mutex_lock(&self->sync_mutex);
+    bool done = self->sync_done;
+    self->sync_done = false;
+    pthread_mutex_unlock(&self->sync_mutex);
+    if (!done)
+        return false;
+    uint64_t count;
+    if (read(self->sync_event_fd, &count, sizeof count) < 0 && errno != EAGAIN)
+        log_warn("bus: reading the sync eventfd: %s", strerror(errno));
+    for (size_t i = 0; i < self->sync_count; i++) {
+        topic_t *t = self->sync_items[i].topic;
+        if (eventlog_sync_end(t->log, &self->sync_items[i].job) != 0) {
+            log_error("bus: fsync of topic %s failed; refusing its publishes", t->name);
+            t->sync_failed = true;
+            continue;
+        }
+        t->durable_end = eventlog_durable_end_offset(t->log);
+    }
+    self->sync_count = 0;
+    self->sync_in_flight = false;
+    return true;
+}
+
+/* Hands every topic appended to since the last batch to the sync thread,
+ * unless a batch is still running (its successor then waits for it, and
+ * gathers everything appended meanwhile: group commit). */
+static void bus_sync_dispatch(bus_t *self)
+{
+    if (self->sync_in_flight)
         return;
+    size_t count = 0;
     for (list_node_t *n = self->topics.next; n != &self->topics; n = n->next) {
         topic_t *t = list_entry(n, topic_t, all_link);
         if (!t->dirty)
             continue;
         t->dirty = false;
-        if (eventlog_sync(t->log) != 0) {
-            log_error("bus: fsync of topic %s failed; refusing its publishes", t->name);
+        assert(count < self->config.topics_max);
+        sync_item_t *item = &self->sync_items[count];
+        item->topic = t;
+        if (eventlog_sync_begin(t->log, &item->job) != 0) {
+            log_error("bus: cannot sync topic %s; refusing its publishes", t->name);
             t->sync_failed = true;
             continue;
         }
-        t->durable_end = eventlog_end_offset(t->log);
+        count++;
     }
+    if (count == 0)
+        return;
+    pthread_mutex_lock(&self->sync_mutex);
+    self->sync_count = count;
+    self->sync_requested = true;
+    pthread_cond_signal(&self->sync_cond);
+    pthread_mutex_unlock(&self->sync_mutex);
+    self->sync_in_flight = true;
+}
+
+/* Answers the publishes whose events are durable now (or can never be),
+ * keeping the others, in order, for a later batch. */
+static void bus_answer_publishes(bus_t *self)
+{
+    size_t kept = 0;
     for (size_t i = 0; i < self->ack_count; i++) {
         pending_ack_t *a = &self->acks[i];
-        if (a->topic->sync_failed || a->offset >= a->topic->durable_end) {
+        if (a->topic->sync_failed) {
             bus_reply_status(self, a->identity, a->identity_len, a->correlation,
                              PAYGATE__V1__CODE__UNAVAILABLE, "storage_error",
                              "the broker could not store the event durably");
+            continue;
+        }
+        if (a->offset >= a->topic->durable_end) {
+            self->acks[kept++] = *a; /* not durable yet: its sync is pending */
             continue;
         }
         Paygate__V1__PublishAck body_msg = PAYGATE__V1__PUBLISH_ACK__INIT;
@@ -1055,11 +1213,43 @@ void bus_flush(bus_t *self, int64_t now)
         self->sink.send(self->sink.ctx, a->identity, a->identity_len, &header, &body);
         zmq_msg_close(&body);
     }
-    self->ack_count = 0;
+    self->ack_count = kept;
+}
+
+int bus_sync_fd(const bus_t *self)
+{
+    return self->sync_event_fd;
+}
+
+void bus_flush(bus_t *self, int64_t now)
+{
+    if (!bus_enabled(self))
+        return;
+    bool synced = bus_sync_collect(self);
+    bus_sync_dispatch(self);
+    /* A duplicate of a durable event is answered at once. */
+    if (self->ack_count > 0)
+        bus_answer_publishes(self);
+    if (!synced)
+        return; /* nothing new is durable: nothing more to deliver */
     for (list_node_t *n = self->topics.next; n != &self->topics; n = n->next) {
         topic_t *t = list_entry(n, topic_t, all_link);
         for (list_node_t *m = t->groups.next; m != &t->groups; m = m->next)
             group_pump(self, list_entry(m, group_t, topic_link), now);
+    }
+}
+
+void bus_flush_all(bus_t *self, int64_t now)
+{
+    if (!bus_enabled(self))
+        return;
+    for (;;) {
+        bus_flush(self, now);
+        if (!self->sync_in_flight)
+            break;
+        struct pollfd pfd = {.fd = self->sync_event_fd, .events = POLLIN};
+        if (poll(&pfd, 1, 1000) < 0 && errno != EINTR)
+            break;
     }
 }
 

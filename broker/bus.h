@@ -100,9 +100,20 @@ void bus_nack(bus_t *self, const uint8_t *identity, size_t identity_len,
 bool bus_peer_heartbeat(bus_t *self, const uint8_t *identity, size_t identity_len, int64_t now);
 bool bus_peer_disconnect(bus_t *self, const uint8_t *identity, size_t identity_len, int64_t now);
 
-/* After a batch of messages: fsync the topics written to, answer their
- * publishes, and deliver what became durable. */
+/* After a batch of messages, and whenever bus_sync_fd is readable: takes
+ * the sync thread's finished fsyncs (answering the publishes and making
+ * the deliveries they made durable), and hands the topics written to
+ * since to the sync thread. Never waits for a disk. */
 void bus_flush(bus_t *self, int64_t now);
+
+/* bus_flush until nothing is left to sync or to answer (waits for the
+ * disk): for shutdown. */
+void bus_flush_all(bus_t *self, int64_t now);
+
+/* A descriptor that becomes readable when the sync thread finished a
+ * batch (poll it with the broker's socket and call bus_flush), or -1 when
+ * the bus is disabled. */
+int bus_sync_fd(const bus_t *self);
 
 /* Timers: redelivery, consumer expiry and heartbeats, offset persistence,
  * retention. Returns the time of the next timer. */

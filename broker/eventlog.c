@@ -261,6 +261,7 @@ struct eventlog {
     uint64_t active_durable_bytes; /* bytes of the active segment known durable */
     uint64_t bytes_total;          /* sum of the segments' bytes */
     bool dir_dirty;                /* a segment was created since the last dir fsync */
+    uint64_t dir_changes;          /* segments created so far, for sync jobs */
     bool failed;                   /* a write or fsync failed: appends refused */
     uint64_t clock;                /* counts uses, for the LRU caches */
     size_t indexed_count;          /* older (non-active) segments holding an index */
@@ -780,6 +781,7 @@ static int segment_create(eventlog_t *self)
     self->active_fd = fd;
     self->active_durable_bytes = 0;
     self->dir_dirty = true;
+    self->dir_changes++;
     /* Without memory for an index, seeks scan from the segment start (and
      * try again to index): not an error. */
     (void)index_acquire(self, self->segment_count - 1);
@@ -1019,24 +1021,97 @@ int eventlog_append(eventlog_t *self, const char *event_id, const char *key, con
     return 0;
 }
 
-int eventlog_sync(eventlog_t *self)
+int eventlog_sync_begin(eventlog_t *self, eventlog_sync_job_t *job)
 {
-    assert(self != NULL);
+    assert(self != NULL && job != NULL);
+    *job = (eventlog_sync_job_t){.data_fd = -1, .dir_fd = -1};
     if (self->failed)
         return -1;
     segment_t *active = active_segment(self);
-    if (active->bytes != self->active_durable_bytes && fdatasync(self->active_fd) != 0) {
+    job->segment_base = active->base;
+    job->active_bytes = active->bytes;
+    job->end_offset = self->end_offset;
+    if (active->bytes != self->active_durable_bytes) {
+        job->data_fd = fcntl(self->active_fd, F_DUPFD_CLOEXEC, 0);
+        if (job->data_fd < 0) {
+            eventlog_fail(self, "dup of the active segment");
+            return -1;
+        }
+    }
+    if (self->dir_dirty) {
+        job->dir_fd_used = true;
+        job->dir_fd = fcntl(self->dir_fd, F_DUPFD_CLOEXEC, 0);
+        if (job->dir_fd < 0) {
+            if (job->data_fd >= 0)
+                close(job->data_fd);
+            job->data_fd = -1;
+            eventlog_fail(self, "dup of the directory");
+            return -1;
+        }
+        /* dir_dirty stays set until the job ends: a roll-over meanwhile
+         * must still sync the directory itself before it calls its closed
+         * segment durable. */
+        job->dir_changes = self->dir_changes;
+    }
+    return 0;
+}
+
+int eventlog_sync_run(eventlog_sync_job_t *job)
+{
+    int rc = 0;
+    int saved = 0;
+    if (job->data_fd >= 0) {
+        if (fdatasync(job->data_fd) != 0) {
+            rc = -1;
+            saved = errno;
+        }
+        close(job->data_fd);
+        job->data_fd = -1;
+    }
+    if (job->dir_fd >= 0) {
+        if (rc == 0 && fsync(job->dir_fd) != 0) {
+            rc = -1;
+            saved = errno;
+        }
+        close(job->dir_fd);
+        job->dir_fd = -1;
+    }
+    job->rc = rc;
+    job->error = saved;
+    errno = saved;
+    return rc;
+}
+
+int eventlog_sync_end(eventlog_t *self, const eventlog_sync_job_t *job)
+{
+    assert(self != NULL && job != NULL);
+    if (self->failed)
+        return -1;
+    if (job->rc != 0) {
+        errno = job->error;
         eventlog_fail(self, "fdatasync");
         return -1;
     }
-    if (self->dir_dirty && fsync(self->dir_fd) != 0) {
-        eventlog_fail(self, "fsync of the directory");
-        return -1;
-    }
-    self->dir_dirty = false;
-    self->active_durable_bytes = active->bytes;
-    self->durable_end_offset = self->end_offset;
+    if (job->dir_fd_used && self->dir_changes == job->dir_changes)
+        self->dir_dirty = false; /* no segment was created since the job began */
+    segment_t *active = active_segment(self);
+    /* After a roll-over the old segment was synced whole by the roll, and
+     * the new one's durable bytes start from 0: the job says nothing of it. */
+    if (active->base == job->segment_base && job->active_bytes > self->active_durable_bytes)
+        self->active_durable_bytes = job->active_bytes;
+    if (job->end_offset > self->durable_end_offset)
+        self->durable_end_offset = job->end_offset;
     return 0;
+}
+
+int eventlog_sync(eventlog_t *self)
+{
+    assert(self != NULL);
+    eventlog_sync_job_t job;
+    if (eventlog_sync_begin(self, &job) != 0)
+        return -1;
+    eventlog_sync_run(&job);
+    return eventlog_sync_end(self, &job);
 }
 
 /* ---- offsets, seek and read ------------------------------------------------- */

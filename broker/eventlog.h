@@ -97,6 +97,43 @@ int eventlog_append(eventlog_t *self, const char *event_id, const char *key, con
  * reopened (which keeps what really reached the disk). */
 int eventlog_sync(eventlog_t *self);
 
+/* eventlog_sync in three steps, so that the slow part (the fdatasync) can
+ * run on another thread while the log keeps taking appends:
+ *
+ *   eventlog_sync_begin   on the log's thread: notes what is to become
+ *                         durable and dup()s the descriptors to sync;
+ *   eventlog_sync_run     on any thread: fdatasync/fsync, closes the dups;
+ *   eventlog_sync_end     on the log's thread: marks the noted records
+ *                         durable (or fails the log when the run failed).
+ *
+ * Records appended after the begin are not covered (they wait for the
+ * next sync). A roll-over between begin and end is fine: it syncs the
+ * closed segment itself. Only one job per log may be in flight. */
+typedef struct {
+    int data_fd;           /* dup of the active segment's fd, -1: nothing to sync */
+    int dir_fd;            /* dup of the directory's fd, -1: no dir sync needed */
+    bool dir_fd_used;      /* the job syncs the directory */
+    uint64_t dir_changes;  /* segments created when it began */
+    uint64_t segment_base; /* the active segment when the job began */
+    uint64_t active_bytes; /* its bytes covered by the job */
+    uint64_t end_offset;   /* records before it are durable once the job succeeds */
+    int rc;                /* eventlog_sync_run's result */
+    int error;             /* its errno when rc is -1 */
+} eventlog_sync_job_t;
+
+/* Fills 'job'. Returns 0, or -1 when the log has failed (or a dup failed;
+ * the log is then failed). */
+int eventlog_sync_begin(eventlog_t *self, eventlog_sync_job_t *job);
+
+/* Runs 'job''s fsyncs and closes its descriptors; sets and returns job->rc
+ * (0 or -1 with errno). Touches no eventlog_t: safe on any thread. */
+int eventlog_sync_run(eventlog_sync_job_t *job);
+
+/* Applies a finished 'job' to the log: on success its records become
+ * durable (served to readers); on failure the log is failed. Returns
+ * job->rc. */
+int eventlog_sync_end(eventlog_t *self, const eventlog_sync_job_t *job);
+
 /* The offset of the oldest retained record, and one past the newest. */
 uint64_t eventlog_start_offset(const eventlog_t *self);
 uint64_t eventlog_end_offset(const eventlog_t *self);

@@ -848,6 +848,71 @@ static void test_retention_by_age(void **state)
     eventlog_close(&log);
 }
 
+/* A sync in three steps covers exactly what was appended before its
+ * begin: records appended while it runs stay unserved until the next
+ * sync, and a roll-over in between makes the closed segment durable by
+ * itself without the job claiming bytes of the new one. */
+static void test_sync_job_covers_what_came_before_it(void **state)
+{
+    fixture_t *f = *state;
+    eventlog_t *log = open_log(f->dir, four_records_bytes, 0, 0);
+    append_fixed(log, 2);
+    eventlog_sync_job_t job;
+    assert_int_equal(eventlog_sync_begin(log, &job), 0);
+    assert_true(job.data_fd >= 0);
+    assert_int_equal(job.end_offset, 2);
+    append_fixed(log, 1); /* after the begin: not covered */
+    assert_int_equal(eventlog_sync_run(&job), 0);
+    assert_int_equal(job.data_fd, -1);
+    assert_int_equal(eventlog_durable_end_offset(log), 0); /* not applied yet */
+    assert_int_equal(eventlog_sync_end(log, &job), 0);
+    assert_int_equal(eventlog_durable_end_offset(log), 2);
+    expect_records(log, 0, 2);
+    eventlog_position_t pos;
+    eventlog_entry_t e;
+    assert_int_equal(eventlog_seek(log, 2, &pos), 0);
+    assert_int_equal(eventlog_read(log, pos, &e), 0); /* offset 2 is not durable yet */
+
+    /* a job begun before a roll-over, ended after it */
+    assert_int_equal(eventlog_sync_begin(log, &job), 0);
+    assert_int_equal(job.end_offset, 3);
+    append_fixed(log, 3); /* offsets 3..5: 3 fills segment 0, 4 rolls to segment 4 */
+    assert_true(file_exists(segment_path(f, 4)));
+    assert_int_equal(eventlog_durable_end_offset(log), 4); /* the roll synced segment 0 */
+    assert_int_equal(eventlog_sync_run(&job), 0);
+    assert_int_equal(eventlog_sync_end(log, &job), 0);
+    assert_int_equal(eventlog_durable_end_offset(log), 4); /* never goes back */
+    assert_int_equal(eventlog_seek(log, 4, &pos), 0);
+    assert_int_equal(eventlog_read(log, pos, &e), 0); /* the new segment's bytes are not durable */
+    assert_int_equal(eventlog_sync(log), 0);
+    expect_records(log, 0, 6);
+    eventlog_close(&log);
+}
+
+/* A job whose fsync failed fails the log: nothing it covered is served
+ * and appends are refused until the log is reopened. */
+static void test_failed_sync_job_fails_the_log(void **state)
+{
+    fixture_t *f = *state;
+    eventlog_t *log = open_log(f->dir, 0, 0, 0);
+    append_fixed(log, 2);
+    eventlog_sync_job_t job;
+    assert_int_equal(eventlog_sync_begin(log, &job), 0);
+    assert_int_equal(eventlog_sync_run(&job), 0);
+    job.rc = -1;   /* as if the fdatasync had failed */
+    job.error = 5; /* EIO */
+    assert_int_equal(eventlog_sync_end(log, &job), -1);
+    assert_int_equal(eventlog_durable_end_offset(log), 0);
+    uint64_t offset = 0;
+    assert_int_equal(eventlog_append(log, "e", "", "x", 1, 1, &offset), -1);
+    assert_int_equal(eventlog_sync(log), -1);
+    assert_int_equal(eventlog_sync_begin(log, &job), -1);
+    eventlog_close(&log);
+    log = open_log(f->dir, 0, 0, 0); /* reopening keeps what reached the disk */
+    assert_int_equal(eventlog_end_offset(log), 2);
+    eventlog_close(&log);
+}
+
 int main(void)
 {
     log_init("test_eventlog"); /* PAYGATE_LOG_LEVEL=error under ctest */
@@ -869,6 +934,8 @@ int main(void)
         DIR_TEST(test_directory_created_and_other_files_ignored),
         DIR_TEST(test_retention_by_size),
         DIR_TEST(test_retention_by_age),
+        DIR_TEST(test_sync_job_covers_what_came_before_it),
+        DIR_TEST(test_failed_sync_job_fails_the_log),
 #undef DIR_TEST
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
