@@ -118,7 +118,8 @@ class Client:
         'response_cls' gives INTERNAL. 'user_id' (default: the client's)
         is the acting user; 'request_id' the tracing id (default: a new
         one). Never raises for a failed call: switch on status.code and
-        status.reason."""
+        status.reason. Raises ValueError for a 'deadline_ms' that is not
+        an integer from 1 to DEADLINE_MS_MAX (a bug in the caller)."""
         status, body = self.call_raw(service, method, request.SerializeToString(), deadline_ms,
                                      user_id=user_id, request_id=request_id)
         if status.code != Code.OK:
@@ -174,7 +175,10 @@ class Client:
                     Code.DEADLINE_EXCEEDED,
                     f"no reply from broker {self.endpoint} within "
                     f"{deadline_ms + CLIENT_MARGIN_MS} ms"), b""
-            frames = self._socket.recv_multipart(flags=zmq.NOBLOCK)
+            try:
+                frames = self._socket.recv_multipart(flags=zmq.NOBLOCK)
+            except zmq.Again:
+                continue
             header = self._decode_reply(frames)
             if header is None or header.correlation_id != correlation_id:
                 continue
