@@ -1,9 +1,15 @@
 /*
  * gateway: the request life cycle. See gateway.h.
  *
- *   head arrives -> route match (404/405), size check (413)
- *   body chunks  -> buffered up to body_bytes_max (413 beyond)
- *   complete     -> token check (401) -> JSON parse (400 invalid_json)
+ *   head arrives -> client address; rate limits per address, and for
+ *                   register and login per address (429 when spent)
+ *                -> route match (404/405), size check (413)
+ *   body chunks  -> buffered up to body_bytes_max (413 beyond); a body
+ *                   still arriving timeout_s after its head: connection
+ *                   closed
+ *   complete     -> token check (401) -> rate limits per user, and for
+ *                   payments per user (429) -> JSON parse (400 invalid_json)
+ *                -> login: rate limit per email (429)
  *                -> transcode into the request message (400, naming the
  *                   field) -> path, query and Idempotency-Key fields
  *                -> RPC through the broker with deadline, request id and
@@ -34,6 +40,7 @@
 #include "http_status.h"
 #include "json/transcode.h"
 #include "log/log.h"
+#include "ratelimit.h"
 #include "routes.h"
 #include "rpc/rpc.h"
 #include "sse.h"
@@ -45,6 +52,9 @@ enum {
     idempotency_key_bytes_max = 255,
     readiness_deadline_ms = 1000,
     arena_block_bytes = 16 * 1024,
+    client_address_bytes_max = INET6_ADDRSTRLEN, /* text form, with its NUL */
+    forwarded_for_bytes_max = 1024,              /* X-Forwarded-For read; longer: socket address */
+    login_email_key_bytes_max = 254,             /* as the user service's email limit */
 };
 
 struct gateway {
@@ -52,7 +62,8 @@ struct gateway {
     struct MHD_Daemon *daemon;
     void *zmq_ctx;
     pthread_key_t client_key;
-    sse_t *streams; /* GET /v1/notifications/stream (sse.c) */
+    sse_t *streams;      /* GET /v1/notifications/stream (sse.c) */
+    ratelimit_t *limits; /* 429s (ratelimit.c) */
 };
 
 typedef struct {
@@ -63,7 +74,16 @@ typedef struct {
     size_t body_cap;
     bool too_large;
     int64_t started_us;
+    char client[client_address_bytes_max]; /* the client's address (text) */
+    bool limited;                          /* refused by a rate limit at the head */
+    ratelimit_class_t limited_class;
+    ratelimit_verdict_t verdict;
 } request_t;
+
+typedef struct {
+    const char *name;
+    const char *value;
+} header_t;
 
 /* ---- small helpers ---------------------------------------------------- */
 
@@ -100,11 +120,11 @@ static void request_id_for(struct MHD_Connection *connection, char out[request_i
     snprintf(out, request_id_bytes_max + 1, "req_%016" PRIx64, bits);
 }
 
-/* Sends 'body' (consumed) with 'status' and the headers every response
- * carries. */
-static enum MHD_Result respond(struct MHD_Connection *connection, unsigned status, json_t *body,
-                               const char *request_id, const char *extra_name,
-                               const char *extra_value)
+/* Sends 'body' (consumed) with 'status', the headers every response
+ * carries and the 'extra_count' headers of 'extra'. */
+static enum MHD_Result respond_with(struct MHD_Connection *connection, unsigned status,
+                                    json_t *body, const char *request_id, const header_t *extra,
+                                    size_t extra_count)
 {
     char *text = json_dumps(body, JSON_COMPACT);
     json_decref(body);
@@ -124,11 +144,20 @@ static enum MHD_Result respond(struct MHD_Connection *connection, unsigned statu
     MHD_add_response_header(response, "Referrer-Policy", "no-referrer");
     MHD_add_response_header(response, "Content-Security-Policy",
                             "default-src 'none'; frame-ancestors 'none'");
-    if (extra_name != NULL)
-        MHD_add_response_header(response, extra_name, extra_value);
+    for (size_t i = 0; i < extra_count; i++)
+        MHD_add_response_header(response, extra[i].name, extra[i].value);
     enum MHD_Result result = MHD_queue_response(connection, status, response);
     MHD_destroy_response(response);
     return result;
+}
+
+/* respond_with() with at most one extra header ('extra_name' NULL: none). */
+static enum MHD_Result respond(struct MHD_Connection *connection, unsigned status, json_t *body,
+                               const char *request_id, const char *extra_name,
+                               const char *extra_value)
+{
+    header_t extra = {extra_name, extra_value};
+    return respond_with(connection, status, body, request_id, &extra, extra_name != NULL ? 1 : 0);
 }
 
 /* Responds {"error": {"code", "message", "request_id", ...details}}. */
@@ -144,6 +173,96 @@ static enum MHD_Result respond_error(struct MHD_Connection *connection, unsigned
     json_t *body = json_object();
     json_object_set_new(body, "error", error);
     return respond(connection, status, body, request_id, extra_name, extra_value);
+}
+
+/* Responds 429 rate_limited for a refusal of 'class': Retry-After (whole
+ * seconds until a token is back) and the RateLimit-Limit/-Remaining/-Reset
+ * headers of draft-ietf-httpapi-ratelimit-headers; the error names the
+ * limit in "limit". */
+static enum MHD_Result respond_rate_limited(struct MHD_Connection *connection,
+                                            ratelimit_class_t class,
+                                            const ratelimit_verdict_t *verdict,
+                                            const char *request_id)
+{
+    char retry[24], limit[24], message[128];
+    snprintf(retry, sizeof retry, "%lld", (long long)verdict->retry_after_s);
+    snprintf(limit, sizeof limit, "%lld", (long long)verdict->limit);
+    snprintf(message, sizeof message, "too many requests (%s limit); retry after %lld s",
+             ratelimit_class_name(class), (long long)verdict->retry_after_s);
+    json_t *error = json_object();
+    json_object_set_new(error, "code", json_string("rate_limited"));
+    json_object_set_new(error, "message", json_string(message));
+    json_object_set_new(error, "request_id", json_string(request_id));
+    json_object_set_new(error, "limit", json_string(ratelimit_class_name(class)));
+    json_t *body = json_object();
+    json_object_set_new(body, "error", error);
+    const header_t extra[] = {{"Retry-After", retry},
+                              {"RateLimit-Limit", limit},
+                              {"RateLimit-Remaining", "0"},
+                              {"RateLimit-Reset", retry}};
+    return respond_with(connection, 429, body, request_id, extra, sizeof extra / sizeof extra[0]);
+}
+
+/* Takes a token of 'class' for 'key' ('key_len' bytes); on a refusal
+ * logs it and fills 'verdict'. Returns true when allowed. */
+static bool limit_take(gateway_t *self, ratelimit_class_t class, const char *key, size_t key_len,
+                       const char *request_id, ratelimit_verdict_t *verdict)
+{
+    if (ratelimit_take(self->limits, class, key, key_len, clock_now_us(), verdict))
+        return true;
+    log_info("gateway: rate limit %s refused a request (request %s, retry after %lld s)",
+             ratelimit_class_name(class), request_id != NULL ? request_id : "-",
+             (long long)verdict->retry_after_s);
+    return false;
+}
+
+/* The client's address as text into 'out': the peer of the connection,
+ * or, behind 'forwarded_hops' trusted proxies, the address the outermost
+ * of them saw (that many entries from the right of X-Forwarded-For; the
+ * peer when the header is missing, too long, too short or not an address
+ * there). Entries left of it are the client's own word and never used. */
+static void client_address(const gateway_t *self, struct MHD_Connection *connection,
+                           char out[client_address_bytes_max])
+{
+    snprintf(out, client_address_bytes_max, "unknown");
+    const union MHD_ConnectionInfo *info =
+        MHD_get_connection_info(connection, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    if (info != NULL && info->client_addr != NULL && info->client_addr->sa_family == AF_INET) {
+        const struct sockaddr_in *peer = (const struct sockaddr_in *)info->client_addr;
+        inet_ntop(AF_INET, &peer->sin_addr, out, client_address_bytes_max);
+    }
+    if (self->config.forwarded_hops == 0)
+        return;
+    const char *header =
+        MHD_lookup_connection_value(connection, MHD_HEADER_KIND, "X-Forwarded-For");
+    if (header == NULL || strlen(header) > forwarded_for_bytes_max)
+        return;
+    /* Walk the entries from the right. */
+    const char *end = header + strlen(header);
+    for (unsigned hop = 1; end > header; hop++) {
+        const char *start = end;
+        while (start > header && start[-1] != ',')
+            start--;
+        if (hop == self->config.forwarded_hops) {
+            char entry[client_address_bytes_max];
+            while (start < end && (*start == ' ' || *start == '\t'))
+                start++;
+            size_t len = (size_t)(end - start);
+            while (len > 0 && (start[len - 1] == ' ' || start[len - 1] == '\t'))
+                len--;
+            if (len == 0 || len >= sizeof entry)
+                return;
+            memcpy(entry, start, len);
+            entry[len] = '\0';
+            unsigned char bytes[sizeof(struct in6_addr)];
+            if (inet_pton(AF_INET, entry, bytes) == 1)
+                inet_ntop(AF_INET, bytes, out, client_address_bytes_max);
+            else if (inet_pton(AF_INET6, entry, bytes) == 1)
+                inet_ntop(AF_INET6, bytes, out, client_address_bytes_max);
+            return;
+        }
+        end = start > header ? start - 1 : header;
+    }
 }
 
 /* ---- probes ------------------------------------------------------------ */
@@ -265,6 +384,25 @@ static enum MHD_Result call_route(gateway_t *self, struct MHD_Connection *connec
     }
     if (body == NULL)
         body = json_object();
+
+    /* Credential stuffing spreads over addresses; one account's guesses
+     * are bounded per email, whoever sends them. */
+    const char *email = json_string_value(json_object_get(body, "email"));
+    if (route->limit == ROUTE_LIMIT_LOGIN && email != NULL) {
+        char key[login_email_key_bytes_max + 1];
+        while (*email == ' ' || *email == '\t')
+            email++;
+        size_t len = 0;
+        for (; email[len] != '\0' && len < login_email_key_bytes_max; len++)
+            key[len] = (char)tolower((unsigned char)email[len]);
+        while (len > 0 && (key[len - 1] == ' ' || key[len - 1] == '\t'))
+            len--;
+        ratelimit_verdict_t verdict;
+        if (!limit_take(self, RATELIMIT_LOGIN_EMAIL, key, len, request_id, &verdict)) {
+            json_decref(body);
+            return respond_rate_limited(connection, RATELIMIT_LOGIN_EMAIL, &verdict, request_id);
+        }
+    }
 
     /* Fields bound to the path or a header may not come from the body. */
     transcode_error_t error;
@@ -411,6 +549,12 @@ static enum MHD_Result finish(gateway_t *self, struct MHD_Connection *connection
         return respond(connection, 200, json_pack("{s:s}", "status", "ok"), request_id, NULL, NULL);
     if (strcmp(url, "/readyz") == 0 && strcmp(method, "GET") == 0)
         return readiness(self, connection, request_id);
+    if (req->limited) {
+        log_info("gateway: rate limit %s refused %s (request %s, retry after %lld s)",
+                 ratelimit_class_name(req->limited_class), req->client, request_id,
+                 (long long)req->verdict.retry_after_s);
+        return respond_rate_limited(connection, req->limited_class, &req->verdict, request_id);
+    }
     if (strcmp(url, SSE_STREAM_PATH) == 0) {
         char user_id[TOKEN_USER_ID_SIZE] = "";
         const char *problem = NULL;
@@ -421,6 +565,9 @@ static enum MHD_Result finish(gateway_t *self, struct MHD_Connection *connection
         if (!authenticate(self, connection, user_id, &problem))
             return respond_error(connection, 401, "unauthenticated", problem, request_id, NULL,
                                  "WWW-Authenticate", "Bearer");
+        ratelimit_verdict_t verdict;
+        if (!limit_take(self, RATELIMIT_USER, user_id, strlen(user_id), request_id, &verdict))
+            return respond_rate_limited(connection, RATELIMIT_USER, &verdict, request_id);
         return sse_stream_open(self->streams, connection, user_id, request_id);
     }
     if (static_files_wanted(&self->config, method, url))
@@ -455,6 +602,13 @@ static enum MHD_Result finish(gateway_t *self, struct MHD_Connection *connection
         if (!authenticate(self, connection, user_id, &problem))
             return respond_error(connection, 401, "unauthenticated", problem, request_id, NULL,
                                  "WWW-Authenticate", "Bearer");
+        ratelimit_verdict_t verdict;
+        if (!limit_take(self, RATELIMIT_USER, user_id, strlen(user_id), request_id, &verdict))
+            return respond_rate_limited(connection, RATELIMIT_USER, &verdict, request_id);
+        if (route->limit == ROUTE_LIMIT_PAYMENT &&
+            !limit_take(self, RATELIMIT_PAYMENT_USER, user_id, strlen(user_id), request_id,
+                        &verdict))
+            return respond_rate_limited(connection, RATELIMIT_PAYMENT_USER, &verdict, request_id);
     }
     arena_t *arena = arena_new(arena_block_bytes);
     if (arena == NULL)
@@ -462,6 +616,30 @@ static enum MHD_Result finish(gateway_t *self, struct MHD_Connection *connection
     enum MHD_Result result = call_route(self, connection, req, request_id, user_id, arena);
     arena_destroy(&arena);
     return result;
+}
+
+/* Takes the rate-limit tokens a request owes when its head arrives: one
+ * per client address (not the probes: orchestrators poll them), and for
+ * register and login one more per address. Marks 'req' limited on a
+ * refusal (answered in finish(), after the body is skipped). */
+static void limit_head(gateway_t *self, request_t *req, const char *url)
+{
+    if (strcmp(url, "/healthz") == 0 || strcmp(url, "/readyz") == 0)
+        return;
+    size_t len = strlen(req->client);
+    ratelimit_class_t classes[2] = {RATELIMIT_ADDRESS, RATELIMIT_CLASS_COUNT};
+    if (req->matched && req->match.route->limit == ROUTE_LIMIT_REGISTER)
+        classes[1] = RATELIMIT_REGISTER_ADDRESS;
+    else if (req->matched && req->match.route->limit == ROUTE_LIMIT_LOGIN)
+        classes[1] = RATELIMIT_LOGIN_ADDRESS;
+    for (size_t i = 0; i < 2 && classes[i] != RATELIMIT_CLASS_COUNT; i++) {
+        if (!ratelimit_take(self->limits, classes[i], req->client, len, clock_now_us(),
+                            &req->verdict)) {
+            req->limited = true;
+            req->limited_class = classes[i];
+            return;
+        }
+    }
 }
 
 /* libmicrohttpd's access handler: called for the head, each body chunk,
@@ -483,13 +661,23 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *connection, 
             MHD_lookup_connection_value(connection, MHD_HEADER_KIND, "Content-Length");
         if (length != NULL && strtoull(length, NULL, 10) > self->config.body_bytes_max)
             req->too_large = true;
+        client_address(self, connection, req->client);
+        limit_head(self, req, url);
         *con_cls = req;
         return MHD_YES;
     }
     if (*upload_data_size > 0) {
         size_t chunk = *upload_data_size;
         *upload_data_size = 0;
-        if (req->too_large || req->body_len + chunk > self->config.body_bytes_max) {
+        if (clock_now_us() - req->started_us > (int64_t)self->config.timeout_s * 1000000) {
+            log_warn("gateway: %s %s from %s: the body is still arriving after %u s; "
+                     "closing the connection",
+                     method, url, req->client, self->config.timeout_s);
+            return MHD_NO; /* a slow client holds no thread and no slot for longer */
+        }
+        if (req->limited || req->too_large || req->body_len + chunk > self->config.body_bytes_max) {
+            if (req->limited)
+                return MHD_YES;    /* refused already: keep nothing */
             req->too_large = true; /* keep reading, keep nothing */
             return MHD_YES;
         }
@@ -552,10 +740,17 @@ gateway_t *gateway_new(const gateway_config_t *config)
         free(self);
         return NULL;
     }
+    self->limits = ratelimit_new(&config->rate);
+    if (self->limits == NULL) {
+        zmq_ctx_term(self->zmq_ctx);
+        free(self);
+        return NULL;
+    }
     sse_config_t streams = {config->redis_host, config->redis_port, config->streams_max,
                             config->timeout_s};
     self->streams = sse_new(&streams);
     if (self->streams == NULL) {
+        ratelimit_destroy(&self->limits);
         zmq_ctx_term(self->zmq_ctx);
         free(self);
         return NULL;
@@ -565,12 +760,14 @@ gateway_t *gateway_new(const gateway_config_t *config)
         MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG |
             MHD_ALLOW_SUSPEND_RESUME,
         config->port, NULL, NULL, on_request, self, MHD_OPTION_THREAD_POOL_SIZE, config->threads,
-        MHD_OPTION_CONNECTION_LIMIT, config->connections_max, MHD_OPTION_CONNECTION_TIMEOUT,
-        config->timeout_s, MHD_OPTION_CONNECTION_MEMORY_LIMIT, config->header_bytes_max,
-        MHD_OPTION_NOTIFY_COMPLETED, on_completed, self, MHD_OPTION_SOCK_ADDR, &addr,
-        MHD_OPTION_UNESCAPE_CALLBACK, static_files_unescape, NULL, MHD_OPTION_END);
+        MHD_OPTION_CONNECTION_LIMIT, config->connections_max, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
+        config->connections_per_address_max, MHD_OPTION_CONNECTION_TIMEOUT, config->timeout_s,
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, config->header_bytes_max, MHD_OPTION_NOTIFY_COMPLETED,
+        on_completed, self, MHD_OPTION_SOCK_ADDR, &addr, MHD_OPTION_UNESCAPE_CALLBACK,
+        static_files_unescape, NULL, MHD_OPTION_END);
     if (self->daemon == NULL) {
         sse_destroy(&self->streams);
+        ratelimit_destroy(&self->limits);
         log_error("gateway: cannot listen on %s:%u: %s", config->bind_address,
                   (unsigned)config->port, strerror(errno));
         zmq_ctx_term(self->zmq_ctx);
@@ -590,8 +787,14 @@ void gateway_destroy(gateway_t **self_p)
     sse_shutdown(self->streams);   /* no connection may stay suspended */
     MHD_stop_daemon(self->daemon); /* joins the pool threads: their clients close */
     sse_destroy(&self->streams);
+    ratelimit_destroy(&self->limits);
     pthread_key_delete(self->client_key);
     zmq_ctx_term(self->zmq_ctx);
     free(self);
     *self_p = NULL;
+}
+
+uint64_t gateway_rate_limited_total(const gateway_t *self)
+{
+    return ratelimit_rejected_total(self->limits);
 }

@@ -18,6 +18,32 @@
 
 static volatile sig_atomic_t stop_requested;
 
+/* The rate limits (ratelimit.h) and their production defaults: generous
+ * for people, tight for guessing passwords and scripted sign-ups. A
+ * *_PER_MIN of 0 turns that limit off. */
+static const struct {
+    ratelimit_class_t class;
+    const char *per_min_name;
+    const char *burst_name;
+    int64_t per_min;
+    int64_t burst;
+} rate_settings[] = {
+    {RATELIMIT_ADDRESS, "PAYGATE_GATEWAY_RATE_ADDRESS_PER_MIN",
+     "PAYGATE_GATEWAY_RATE_ADDRESS_BURST", 6000, 300},
+    {RATELIMIT_USER, "PAYGATE_GATEWAY_RATE_USER_PER_MIN", "PAYGATE_GATEWAY_RATE_USER_BURST", 1200,
+     100},
+    {RATELIMIT_REGISTER_ADDRESS, "PAYGATE_GATEWAY_RATE_REGISTER_ADDRESS_PER_MIN",
+     "PAYGATE_GATEWAY_RATE_REGISTER_ADDRESS_BURST", 10, 5},
+    {RATELIMIT_LOGIN_ADDRESS, "PAYGATE_GATEWAY_RATE_LOGIN_ADDRESS_PER_MIN",
+     "PAYGATE_GATEWAY_RATE_LOGIN_ADDRESS_BURST", 30, 10},
+    {RATELIMIT_LOGIN_EMAIL, "PAYGATE_GATEWAY_RATE_LOGIN_EMAIL_PER_MIN",
+     "PAYGATE_GATEWAY_RATE_LOGIN_EMAIL_BURST", 2, 5},
+    {RATELIMIT_PAYMENT_USER, "PAYGATE_GATEWAY_RATE_PAYMENT_USER_PER_MIN",
+     "PAYGATE_GATEWAY_RATE_PAYMENT_USER_BURST", 60, 10},
+};
+_Static_assert(sizeof rate_settings / sizeof rate_settings[0] == RATELIMIT_CLASS_COUNT,
+               "one setting per rate limit class");
+
 static void on_stop_signal(int signo)
 {
     (void)signo;
@@ -34,6 +60,7 @@ static void usage(void)
           "  PAYGATE_GATEWAY_BODY_BYTES_MAX     largest request body (65536)\n"
           "  PAYGATE_GATEWAY_HEADER_BYTES_MAX   memory for a request's head (32768)\n"
           "  PAYGATE_GATEWAY_CONNECTIONS_MAX    open connections (1024)\n"
+          "  PAYGATE_GATEWAY_CONNECTIONS_PER_ADDRESS_MAX  from one client address (128; 0: any)\n"
           "  PAYGATE_GATEWAY_TIMEOUT_S          idle or slow connection timeout (30)\n"
           "  PAYGATE_GATEWAY_DEADLINE_MS        deadline of each call to a service (5000)\n"
           "  PAYGATE_GATEWAY_REQUIRED_SERVICES  services /readyz waits for "
@@ -44,6 +71,12 @@ static void usage(void)
           "  PAYGATE_GATEWAY_STREAMS_MAX        open notification streams (256)\n"
           "  PAYGATE_GATEWAY_STATIC_DIR         the web app, served at / (unset: none)\n"
           "  PAYGATE_GATEWAY_OPENAPI_FILE       served at /openapi.yaml (unset: 404)\n"
+          "  PAYGATE_GATEWAY_RATE_<CLASS>_PER_MIN, PAYGATE_GATEWAY_RATE_<CLASS>_BURST\n"
+          "      token buckets, CLASS = ADDRESS (6000, 300), USER (1200, 100),\n"
+          "      REGISTER_ADDRESS (10, 5), LOGIN_ADDRESS (30, 10), LOGIN_EMAIL (2, 5),\n"
+          "      PAYMENT_USER (60, 10); a rate of 0 turns that limit off\n"
+          "  PAYGATE_GATEWAY_RATE_TABLE_ENTRIES buckets kept in memory (65536)\n"
+          "  PAYGATE_GATEWAY_FORWARDED_HOPS     trusted proxies adding to X-Forwarded-For (0)\n"
           "  PAYGATE_JWT_SECRET, PAYGATE_JWT_KID, PAYGATE_JWT_ISSUER, PAYGATE_JWT_AUDIENCE,\n"
           "  PAYGATE_JWT_PREVIOUS_SECRET, PAYGATE_JWT_PREVIOUS_KID   see README\n"
           "  PAYGATE_LOG_LEVEL                  debug, info, warn, error (info)\n",
@@ -59,6 +92,7 @@ int main(int argc, char **argv)
     if (!log_init("gateway"))
         return 2;
     gateway_config_t config;
+    memset(&config, 0, sizeof config);
     int64_t port, threads, body_max, header_max, connections, timeout_s, deadline_ms;
     bool ok = config_str("PAYGATE_GATEWAY_BIND", "127.0.0.1", 64, &config.bind_address);
     ok &= config_int("PAYGATE_GATEWAY_PORT", 8080, 1, 65535, &port);
@@ -66,6 +100,18 @@ int main(int argc, char **argv)
     ok &= config_int("PAYGATE_GATEWAY_BODY_BYTES_MAX", 65536, 256, 16 * 1024 * 1024, &body_max);
     ok &= config_int("PAYGATE_GATEWAY_HEADER_BYTES_MAX", 32768, 4096, 1024 * 1024, &header_max);
     ok &= config_int("PAYGATE_GATEWAY_CONNECTIONS_MAX", 1024, 1, 100000, &connections);
+    int64_t per_address, table_entries, forwarded_hops;
+    ok &= config_int("PAYGATE_GATEWAY_CONNECTIONS_PER_ADDRESS_MAX", 128, 0, 100000, &per_address);
+    for (size_t i = 0; i < sizeof rate_settings / sizeof rate_settings[0]; i++) {
+        ratelimit_rule_t *rule = &config.rate.rules[rate_settings[i].class];
+        ok &= config_int(rate_settings[i].per_min_name, rate_settings[i].per_min, 0,
+                         ratelimit_per_min_max, &rule->per_min);
+        ok &= config_int(rate_settings[i].burst_name, rate_settings[i].burst, 1,
+                         ratelimit_burst_max, &rule->burst);
+    }
+    ok &= config_int("PAYGATE_GATEWAY_RATE_TABLE_ENTRIES", 65536, ratelimit_entries_min,
+                     ratelimit_entries_max, &table_entries);
+    ok &= config_int("PAYGATE_GATEWAY_FORWARDED_HOPS", 0, 0, 8, &forwarded_hops);
     ok &= config_int("PAYGATE_GATEWAY_TIMEOUT_S", 30, 1, 3600, &timeout_s);
     ok &= config_int("PAYGATE_GATEWAY_DEADLINE_MS", 5000, 10, 60000, &deadline_ms);
     ok &= config_str("PAYGATE_GATEWAY_REQUIRED_SERVICES", "user,order,payment", 255,
@@ -98,6 +144,9 @@ int main(int argc, char **argv)
     config.body_bytes_max = (size_t)body_max;
     config.header_bytes_max = (size_t)header_max;
     config.connections_max = (unsigned)connections;
+    config.connections_per_address_max = (unsigned)per_address;
+    config.rate.entries_max = (size_t)table_entries;
+    config.forwarded_hops = (unsigned)forwarded_hops;
     config.timeout_s = (unsigned)timeout_s;
     config.deadline_ms = (uint32_t)deadline_ms;
     config.redis_port = (uint16_t)redis_port;

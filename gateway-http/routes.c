@@ -28,9 +28,9 @@ static const char *const limit_query[] = {"limit", NULL};
 // clang-format off
 const route_t routes_v1[] = {
     ROUTE("POST", "/v1/users", "user", "Register", register_request, user,
-          .success_status = 201, .has_body = true),
+          .success_status = 201, .has_body = true, .limit = ROUTE_LIMIT_REGISTER),
     ROUTE("POST", "/v1/auth/login", "user", "Login", login_request, login_reply,
-          .success_status = 200, .has_body = true),
+          .success_status = 200, .has_body = true, .limit = ROUTE_LIMIT_LOGIN),
     ROUTE("GET", "/v1/wallet", "user", "GetWallet", get_wallet_request, wallet,
           .auth = true, .success_status = 200),
     ROUTE("POST", "/v1/wallet/topups", "user", "TopUp", top_up_request, top_up,
@@ -46,7 +46,7 @@ const route_t routes_v1[] = {
           .auth = true, .success_status = 200, .has_body = true),
     ROUTE("POST", "/v1/payments", "payment", "Create", create_payment_request, payment,
           .auth = true, .success_status = 201, .has_body = true,
-          .idempotency_field = "idempotency_key"),
+          .idempotency_field = "idempotency_key", .limit = ROUTE_LIMIT_PAYMENT),
     ROUTE("GET", "/v1/payments", "payment", "List", list_payments_request, payment_list,
           .auth = true, .success_status = 200, .query_fields = page_query),
     ROUTE("GET", "/v1/payments/{id}", "payment", "Get", get_payment_request, payment,

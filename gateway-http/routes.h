@@ -20,6 +20,15 @@ enum {
     route_path_bytes_max = 512,
 };
 
+/* The stricter rate limit a route takes on top of the per-address and
+ * per-user ones (ratelimit.h). */
+typedef enum {
+    ROUTE_LIMIT_NONE = 0,
+    ROUTE_LIMIT_REGISTER, /* per address */
+    ROUTE_LIMIT_LOGIN,    /* per address and per email */
+    ROUTE_LIMIT_PAYMENT,  /* per user */
+} route_limit_t;
+
 typedef struct {
     const char *method; /* "GET", "POST" */
     const char *path;   /* "/v1/orders/{id}": {field} binds a segment to a request field */
@@ -32,6 +41,7 @@ typedef struct {
     const char *idempotency_field;   /* field set from Idempotency-Key (required), or NULL */
     const char *const *query_fields; /* NULL-ended query parameters allowed, or NULL */
     bool has_body;                   /* takes a JSON body (POST) */
+    route_limit_t limit;             /* its stricter rate limit, if any */
 } route_t;
 
 typedef struct {
