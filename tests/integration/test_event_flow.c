@@ -38,7 +38,7 @@
 static const char jwt_secret[] = "event-flow-test-secret-0123456789abcdefghijklm";
 static const char password[] = "Flow-Passw0rd-71c2";
 
-enum { procs_max = 7, env_max = 16, id_bytes = 64 };
+enum { procs_max = 7, env_max = 24, id_bytes = 64 };
 
 enum { p_broker, p_user, p_order, p_payment, p_transaction, p_notification, p_gateway };
 
@@ -89,6 +89,9 @@ static void start_process(int which, int restart)
     env[n++] = sys.env_data;
     env[n++] = sys.env_http;
     env[n++] = "PAYGATE_GATEWAY_REQUIRED_SERVICES=user,order,payment,transaction,notification";
+    static const char *const limits_off[] = {PROC_GATEWAY_RATE_LIMITS_OFF};
+    for (size_t i = 0; i < sizeof limits_off / sizeof limits_off[0]; i++)
+        env[n++] = limits_off[i];
     env[n] = NULL;
     char name[64];
     snprintf(name, sizeof name, "flow-%s%s", proc_names[which], restart ? "-again" : "");

@@ -844,8 +844,13 @@ static void fixture_start(const fixture_config_t *config)
     assert_true(proc_start(&g.broker, name, PAYGATE_BROKER_BIN, broker_env));
     for (int i = 0; i < 3; i++)
         assert_true(victim_start(&g.victims[i]));
-    const char *gateway_env[] = {g.env_endpoint,   g.env_secret,      g.env_http_port,
-                                 g.env_gw_threads, g.env_gw_deadline, NULL};
+    const char *gateway_env[] = {g.env_endpoint,
+                                 g.env_secret,
+                                 g.env_http_port,
+                                 g.env_gw_threads,
+                                 g.env_gw_deadline,
+                                 PROC_GATEWAY_RATE_LIMITS_OFF,
+                                 NULL};
     snprintf(name, sizeof name, "%s-gateway", config->prefix);
     assert_true(proc_start(&g.gateway, name, PAYGATE_GATEWAY_BIN, gateway_env));
 

@@ -451,8 +451,13 @@ static int group_setup(void **state)
     assert_true(proc_start(&g.order, "payments-order", PAYGATE_ORDER_BIN, order_env));
     const char *payment_env[] = {g.env_endpoint, g.env_dsn, payment_threads, NULL};
     assert_true(proc_start(&g.payment, "payments-payment", PAYGATE_PAYMENT_BIN, payment_env));
-    const char *gateway_env[] = {g.env_endpoint, g.env_secret, g.env_http_port,
-                                 gw_threads,     gw_deadline,  NULL};
+    const char *gateway_env[] = {g.env_endpoint,
+                                 g.env_secret,
+                                 g.env_http_port,
+                                 gw_threads,
+                                 gw_deadline,
+                                 PROC_GATEWAY_RATE_LIMITS_OFF,
+                                 NULL};
     assert_true(proc_start(&g.gateway, "payments-gateway", PAYGATE_GATEWAY_BIN, gateway_env));
 
     /* Ready when the gateway says so: broker up, user, order and payment

@@ -548,6 +548,7 @@ static int group_setup(void **state)
                                  "PAYGATE_GATEWAY_BIND=127.0.0.1",
                                  "PAYGATE_GATEWAY_REQUIRED_SERVICES=user",
                                  body_max,
+                                 PROC_GATEWAY_RATE_LIMITS_OFF,
                                  NULL};
     assert_true(proc_start(&g.gateway, "user_gateway-gateway", PAYGATE_GATEWAY_BIN, gateway_env));
     g.rpc = rpc_client_new(NULL, g.endpoint);

@@ -13,7 +13,8 @@
 // bad token; wrong password), 402 (insufficient funds), 404 (unknown ids,
 // another user's order, an unknown path), 405, 409 (email taken, key
 // reused, order not payable or cancellable, refund too large), 413, 415,
-// and, with the transaction service stopped, 503 (and /readyz 503).
+// 429 (one email's login attempts over the limit), and, with the
+// transaction service stopped, 503 (and /readyz 503).
 //
 // Every response is checked against the spec: its status is documented for
 // the operation; each documented required header is present and valid
@@ -65,6 +66,7 @@ const statusesSeen = new Set();
 let checks = 0;
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+const LOGIN_EMAIL_BURST = 3; // logins per email before 429 (the flow makes at most 2 per email)
 
 // ---- checking one response against the spec -----------------------------------
 
@@ -397,6 +399,14 @@ async function flow(system) {
   await api('GET', '/v1/nothing-here', { token: tokenA, expect: 404 });
 
   // a service down: 503 with Retry-After, and /readyz says which
+  // 429: guessing one account's password is limited per email
+  const guessed = { email: `guessed.${run}@example.com`, password: 'not-the-password' };
+  for (let i = 0; i < LOGIN_EMAIL_BURST; i++) {
+    await api('POST', '/v1/auth/login', { json: guessed, expect: 401, code: 'invalid_credentials' });
+  }
+  const limited = await api('POST', '/v1/auth/login', { json: guessed, expect: 429, code: 'rate_limited' });
+  if (limited.json?.error?.limit !== 'login_email') problems.push('429: error.limit is not login_email');
+
   const note = await system.stopProcess('transaction');
   if (note) notes.push(note);
   await api('GET', '/v1/transactions', { token: tokenA, expect: 503 });
@@ -412,7 +422,19 @@ const system = new System({
   bins,
   logDir: args['log-dir'],
   prefix: 'openapi',
-  env: { PAYGATE_GATEWAY_OPENAPI_FILE: path.resolve(args.spec) },
+  env: {
+    PAYGATE_GATEWAY_OPENAPI_FILE: path.resolve(args.spec),
+    // The flow registers and logs in more often than the production
+    // defaults allow one address; only the per-email login limit stays on
+    // (tight), so that a real 429 is checked against the spec.
+    PAYGATE_GATEWAY_RATE_ADDRESS_PER_MIN: '0',
+    PAYGATE_GATEWAY_RATE_USER_PER_MIN: '0',
+    PAYGATE_GATEWAY_RATE_REGISTER_ADDRESS_PER_MIN: '0',
+    PAYGATE_GATEWAY_RATE_LOGIN_ADDRESS_PER_MIN: '0',
+    PAYGATE_GATEWAY_RATE_PAYMENT_USER_PER_MIN: '0',
+    PAYGATE_GATEWAY_RATE_LOGIN_EMAIL_PER_MIN: '1',
+    PAYGATE_GATEWAY_RATE_LOGIN_EMAIL_BURST: String(LOGIN_EMAIL_BURST),
+  },
 });
 for (const signal of ['SIGINT', 'SIGTERM']) {
   process.on(signal, () => {

@@ -59,6 +59,22 @@ static bool wait_ready(int fd, short events, int64_t deadline_ms)
     }
 }
 
+/* This thread's source address (http_client_set_source); 0 = any. */
+static _Thread_local in_addr_t source_address;
+
+bool http_client_set_source(const char *ipv4)
+{
+    if (ipv4 == NULL) {
+        source_address = 0;
+        return true;
+    }
+    struct in_addr a;
+    if (inet_pton(AF_INET, ipv4, &a) != 1)
+        return false;
+    source_address = a.s_addr;
+    return true;
+}
+
 /* A non-blocking socket connected to 127.0.0.1:'port', or -1. */
 static int connect_loopback(http_response_t *out, int port, int64_t deadline_ms)
 {
@@ -66,6 +82,14 @@ static int connect_loopback(http_response_t *out, int port, int64_t deadline_ms)
     if (fd < 0) {
         fail(out, "socket: %s", strerror(errno));
         return -1;
+    }
+    if (source_address != 0) {
+        struct sockaddr_in from = {.sin_family = AF_INET, .sin_addr.s_addr = source_address};
+        if (bind(fd, (struct sockaddr *)&from, sizeof from) != 0) {
+            fail(out, "bind to the source address: %s", strerror(errno));
+            close(fd);
+            return -1;
+        }
     }
     struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
     addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);

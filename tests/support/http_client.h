@@ -59,6 +59,12 @@ bool http_request(http_response_t *out, int port, const char *method, const char
  * Returns false, with 'out->error' set, when no complete response came. */
 bool http_raw(http_response_t *out, int port, const void *bytes, size_t len);
 
+/* Makes this thread's later requests come from 'ipv4' (a loopback
+ * address such as "127.0.0.2", so a server sees another client address),
+ * or from any address again when NULL. Returns false when 'ipv4' is not
+ * an IPv4 address. */
+bool http_client_set_source(const char *ipv4);
+
 /* The value of header 'name' (case-insensitive) of 'response', or NULL. */
 const char *http_header(const http_response_t *response, const char *name);
 

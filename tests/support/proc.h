@@ -13,6 +13,17 @@
 
 #include "rpc/rpc.h"
 
+/* The gateway's rate limits off, as "KEY=VALUE" strings for a gateway's
+ * environment array, for tests whose subject is not the limits: they run
+ * many clients and accounts from 127.0.0.1, far beyond the production
+ * defaults. tests/integration/test_gateway_security.c tests the limits. */
+#define PROC_GATEWAY_RATE_LIMITS_OFF                                                               \
+    "PAYGATE_GATEWAY_RATE_ADDRESS_PER_MIN=0", "PAYGATE_GATEWAY_RATE_USER_PER_MIN=0",               \
+        "PAYGATE_GATEWAY_RATE_REGISTER_ADDRESS_PER_MIN=0",                                         \
+        "PAYGATE_GATEWAY_RATE_LOGIN_ADDRESS_PER_MIN=0",                                            \
+        "PAYGATE_GATEWAY_RATE_LOGIN_EMAIL_PER_MIN=0",                                              \
+        "PAYGATE_GATEWAY_RATE_PAYMENT_USER_PER_MIN=0"
+
 typedef struct {
     pid_t pid; /* 0 when not running */
     char name[64];
