@@ -28,6 +28,7 @@
 #include <jansson.h>
 #include <microhttpd.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -55,6 +56,7 @@ enum {
     client_address_bytes_max = INET6_ADDRSTRLEN, /* text form, with its NUL */
     forwarded_for_bytes_max = 1024,              /* X-Forwarded-For read; longer: socket address */
     login_email_key_bytes_max = 254,             /* as the user service's email limit */
+    refusal_log_interval_ms = 1000,              /* at most one rate-limit log line per interval */
 };
 
 struct gateway {
@@ -62,8 +64,10 @@ struct gateway {
     struct MHD_Daemon *daemon;
     void *zmq_ctx;
     pthread_key_t client_key;
-    sse_t *streams;      /* GET /v1/notifications/stream (sse.c) */
-    ratelimit_t *limits; /* 429s (ratelimit.c) */
+    sse_t *streams;                    /* GET /v1/notifications/stream (sse.c) */
+    ratelimit_t *limits;               /* 429s (ratelimit.c) */
+    _Atomic int64_t refusal_logged_ms; /* last refusal logged (log_refusal) */
+    atomic_uint_fast64_t refusals_unlogged;
 };
 
 typedef struct {
@@ -203,16 +207,34 @@ static enum MHD_Result respond_rate_limited(struct MHD_Connection *connection,
     return respond_with(connection, 429, body, request_id, extra, sizeof extra / sizeof extra[0]);
 }
 
+/* Logs a refusal by limit 'class' of a request from 'client' (an
+ * address; never an email or a token), at most once a second for the
+ * whole gateway: a flood of 429s must not become a flood of log lines.
+ * The line counts the refusals left unlogged since the last one. */
+static void log_refusal(gateway_t *self, ratelimit_class_t class, const char *client,
+                        const char *request_id, int64_t retry_after_s)
+{
+    int64_t now = clock_now_ms();
+    int64_t last = atomic_load(&self->refusal_logged_ms);
+    if (now - last < refusal_log_interval_ms ||
+        !atomic_compare_exchange_strong(&self->refusal_logged_ms, &last, now)) {
+        atomic_fetch_add(&self->refusals_unlogged, 1);
+        return;
+    }
+    uint64_t unlogged = atomic_exchange(&self->refusals_unlogged, 0);
+    log_info("gateway: rate limit %s refused a request from %s (request %s, retry after %lld s; "
+             "%" PRIu64 " more refusals since the last line)",
+             ratelimit_class_name(class), client, request_id, (long long)retry_after_s, unlogged);
+}
+
 /* Takes a token of 'class' for 'key' ('key_len' bytes); on a refusal
- * logs it and fills 'verdict'. Returns true when allowed. */
+ * logs it (log_refusal) and fills 'verdict'. Returns true when allowed. */
 static bool limit_take(gateway_t *self, ratelimit_class_t class, const char *key, size_t key_len,
-                       const char *request_id, ratelimit_verdict_t *verdict)
+                       const char *client, const char *request_id, ratelimit_verdict_t *verdict)
 {
     if (ratelimit_take(self->limits, class, key, key_len, clock_now_us(), verdict))
         return true;
-    log_info("gateway: rate limit %s refused a request (request %s, retry after %lld s)",
-             ratelimit_class_name(class), request_id != NULL ? request_id : "-",
-             (long long)verdict->retry_after_s);
+    log_refusal(self, class, client, request_id, verdict->retry_after_s);
     return false;
 }
 
@@ -398,7 +420,7 @@ static enum MHD_Result call_route(gateway_t *self, struct MHD_Connection *connec
         while (len > 0 && (key[len - 1] == ' ' || key[len - 1] == '\t'))
             len--;
         ratelimit_verdict_t verdict;
-        if (!limit_take(self, RATELIMIT_LOGIN_EMAIL, key, len, request_id, &verdict)) {
+        if (!limit_take(self, RATELIMIT_LOGIN_EMAIL, key, len, req->client, request_id, &verdict)) {
             json_decref(body);
             return respond_rate_limited(connection, RATELIMIT_LOGIN_EMAIL, &verdict, request_id);
         }
@@ -550,9 +572,7 @@ static enum MHD_Result finish(gateway_t *self, struct MHD_Connection *connection
     if (strcmp(url, "/readyz") == 0 && strcmp(method, "GET") == 0)
         return readiness(self, connection, request_id);
     if (req->limited) {
-        log_info("gateway: rate limit %s refused %s (request %s, retry after %lld s)",
-                 ratelimit_class_name(req->limited_class), req->client, request_id,
-                 (long long)req->verdict.retry_after_s);
+        log_refusal(self, req->limited_class, req->client, request_id, req->verdict.retry_after_s);
         return respond_rate_limited(connection, req->limited_class, &req->verdict, request_id);
     }
     if (strcmp(url, SSE_STREAM_PATH) == 0) {
@@ -566,7 +586,8 @@ static enum MHD_Result finish(gateway_t *self, struct MHD_Connection *connection
             return respond_error(connection, 401, "unauthenticated", problem, request_id, NULL,
                                  "WWW-Authenticate", "Bearer");
         ratelimit_verdict_t verdict;
-        if (!limit_take(self, RATELIMIT_USER, user_id, strlen(user_id), request_id, &verdict))
+        if (!limit_take(self, RATELIMIT_USER, user_id, strlen(user_id), req->client, request_id,
+                        &verdict))
             return respond_rate_limited(connection, RATELIMIT_USER, &verdict, request_id);
         return sse_stream_open(self->streams, connection, user_id, request_id);
     }
@@ -603,11 +624,12 @@ static enum MHD_Result finish(gateway_t *self, struct MHD_Connection *connection
             return respond_error(connection, 401, "unauthenticated", problem, request_id, NULL,
                                  "WWW-Authenticate", "Bearer");
         ratelimit_verdict_t verdict;
-        if (!limit_take(self, RATELIMIT_USER, user_id, strlen(user_id), request_id, &verdict))
+        if (!limit_take(self, RATELIMIT_USER, user_id, strlen(user_id), req->client, request_id,
+                        &verdict))
             return respond_rate_limited(connection, RATELIMIT_USER, &verdict, request_id);
         if (route->limit == ROUTE_LIMIT_PAYMENT &&
-            !limit_take(self, RATELIMIT_PAYMENT_USER, user_id, strlen(user_id), request_id,
-                        &verdict))
+            !limit_take(self, RATELIMIT_PAYMENT_USER, user_id, strlen(user_id), req->client,
+                        request_id, &verdict))
             return respond_rate_limited(connection, RATELIMIT_PAYMENT_USER, &verdict, request_id);
     }
     arena_t *arena = arena_new(arena_block_bytes);
@@ -725,6 +747,8 @@ gateway_t *gateway_new(const gateway_config_t *config)
     if (self == NULL)
         return NULL;
     self->config = *config;
+    atomic_init(&self->refusal_logged_ms, 0);
+    atomic_init(&self->refusals_unlogged, 0);
     self->zmq_ctx = zmq_ctx_new();
     if (self->zmq_ctx == NULL || pthread_key_create(&self->client_key, client_close) != 0) {
         free(self);
