@@ -30,7 +30,7 @@ enum {
 
 static const int64_t token_units = 60 * 1000 * 1000; /* units per token: us per minute */
 
-typedef struct {
+typedef struct {   /* 32 bytes */
     uint64_t hash; /* of (class, key); 0 = empty */
     int64_t units;
     int64_t updated_us;
