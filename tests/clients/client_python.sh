@@ -51,10 +51,6 @@ while (($#)); do
         *) die "unknown argument $1" ;;
     esac
 done
-services=(user order payment transaction notification)
-for name in broker "${services[@]}"; do
-    [[ -x "${bin[$name]:-}" ]] || die "--bin $name=PATH is required"
-done
 [[ -d "$proto_dir" && -f "$client_dir/paygate_demo.py" && -f "$checks" && -n "$gen_dir" ]] ||
     die "--proto-dir, --client-dir, --checks and --gen-dir are required"
 [[ -x "$python" ]] || die "no Debian python3 at '$python' (apt-get install python3)"
@@ -78,138 +74,18 @@ export PYTHONDONTWRITEBYTECODE=1 # no __pycache__ in the source tree
 
 # ---- the system ---------------------------------------------------------------
 
-psql_bin=psql
-[[ -n "${PAYGATE_PG_BIN:-}" && -x "$PAYGATE_PG_BIN/psql" ]] && psql_bin=$PAYGATE_PG_BIN/psql
-db="client_python_$$"
-work="$(mktemp -d /tmp/paygate-client-python-XXXXXX)"
-declare -A pid=()
-
-cleanup() {
-    local name
-    for name in notification transaction payment order user broker; do
-        [[ -n "${pid[$name]:-}" ]] && kill -TERM "${pid[$name]}" 2>/dev/null
-    done
-    for name in notification transaction payment order user broker; do
-        [[ -n "${pid[$name]:-}" ]] || continue
-        for _ in $(seq 100); do
-            kill -0 "${pid[$name]}" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "${pid[$name]}" 2>/dev/null
-        wait "${pid[$name]}" 2>/dev/null
-    done
-    "$psql_bin" -X -q -d "$PAYGATE_TEST_PG_DSN" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" \
-        >/dev/null 2>&1
-    rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-# A loopback TCP port nobody listens on (a moment ago).
-free_port() {
-    local port
-    for _ in $(seq 100); do
-        port=$((20000 + RANDOM % 40000))
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-            echo "$port"
-            return 0
-        fi
-    done
-    die "no free port"
-}
-
-"$psql_bin" -X -q -v ON_ERROR_STOP=1 -d "$PAYGATE_TEST_PG_DSN" \
-    -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db" ||
-    die "cannot create database $db on $PAYGATE_TEST_PG_DSN"
-export PAYGATE_PG_DSN="$PAYGATE_TEST_PG_DSN dbname=$db"
-export PAYGATE_REDIS_HOST=127.0.0.1
-export PAYGATE_REDIS_PORT="$PAYGATE_TEST_REDIS_PORT"
-export PAYGATE_JWT_SECRET="client-python-test-secret-0123456789abcdefgh"
-export PAYGATE_BROKER_DATA_DIR="$work/bus"
-
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=system.sh
+source "$here/system.sh"
+# shellcheck source=checks.sh
+source "$here/checks.sh"
+system_name=client-python
 ready() { "$python" "$checks" ready --endpoint "$PAYGATE_BROKER_ENDPOINT" "$@" >/dev/null 2>&1; }
-
-# The broker first, on a free port; another test may take that port between
-# our pick and the bind, so a broker that cannot bind is started again on a
-# new one (a few times at most). Ready when it answers broker.services.
-for attempt in 1 2 3 4 5; do
-    broker_port="$(free_port)"
-    export PAYGATE_BROKER_ENDPOINT="tcp://127.0.0.1:$broker_port"
-    "${bin[broker]}" >"$log_dir/client-python-broker.log" 2>&1 </dev/null &
-    pid[broker]=$!
-    started=0
-    deadline=$((SECONDS + 10))
-    while ((SECONDS < deadline)); do
-        kill -0 "${pid[broker]}" 2>/dev/null || break
-        if ready; then
-            started=1
-            break
-        fi
-        sleep 0.1
-    done
-    ((started)) && break
-    kill "${pid[broker]}" 2>/dev/null || true
-    wait "${pid[broker]}" 2>/dev/null || true
-    echo "broker did not start on port $broker_port (attempt $attempt): $(tail -1 "$log_dir/client-python-broker.log")"
-done
-((started)) || die "the broker did not start (logs in $log_dir)"
-
-for name in "${services[@]}"; do
-    "${bin[$name]}" >"$log_dir/client-python-$name.log" 2>&1 </dev/null &
-    pid[$name]=$!
-done
-
-# Ready when every service is registered; bounded by the clock.
-deadline=$((SECONDS + 60))
-until ready "${services[@]}"; do
-    kill -0 "${pid[broker]}" 2>/dev/null || die "the broker exited: $(tail -5 "$log_dir/client-python-broker.log")"
-    for name in "${services[@]}"; do
-        kill -0 "${pid[$name]}" 2>/dev/null || die "$name exited at start-up: $(tail -5 "$log_dir/client-python-$name.log")"
-    done
-    ((SECONDS < deadline)) || die "the services did not register within 60 s (logs in $log_dir)"
-    sleep 0.2
-done
-echo "system up: broker $PAYGATE_BROKER_ENDPOINT, database $db, logs in $log_dir"
+system_start
 
 # ---- the checks ---------------------------------------------------------------
 
-passed=0 failed=0
 out="$work/out" err="$work/err"
-
-ok() {
-    passed=$((passed + 1))
-    echo "ok - $1"
-}
-not_ok() {
-    failed=$((failed + 1))
-    echo "not ok - $1"
-    [[ -s "$out" ]] && sed 's/^/    stdout: /' "$out" | head -40
-    [[ -s "$err" ]] && sed 's/^/    stderr: /' "$err" | head -20
-}
-
-# run NAME WANT_RC COMMAND...: runs COMMAND (stdout in $out, stderr in $err)
-# and checks its exit code; returns 0 when it matched.
-run() {
-    local name=$1 want=$2 rc
-    shift 2
-    "$@" >"$out" 2>"$err"
-    rc=$?
-    if ((rc != want)); then
-        not_ok "$name: exit code $rc, wanted $want"
-        return 1
-    fi
-    return 0
-}
-
-# expect NAME FILE PATTERN: FILE matches the extended regex PATTERN.
-expect() {
-    if grep -Eq -- "$3" "$2"; then
-        ok "$1"
-    else
-        not_ok "$1: no match for /$3/"
-    fi
-}
 
 # Calls get time: the services run with sanitizers.
 demo() { "$python" "$client_dir/paygate_demo.py" --deadline-ms 10000 "$@"; }
@@ -251,13 +127,9 @@ demo_passes "demo after the malformed requests"
 
 # The demo fails (exit 1, naming the step and the status) when a service it
 # needs is down.
-kill -TERM "${pid[transaction]}"
-wait "${pid[transaction]}"
-unset 'pid[transaction]'
+system_stop transaction
 run "demo without the transaction service" 1 demo --wait-ms 0 &&
     expect "demo says which step failed and why" "$err" \
         '^paygate_demo: step 8 failed: transaction\.List: UNAVAILABLE no_worker'
 
-echo
-echo "$passed passed, $failed failed"
-((failed == 0))
+checks_summary
