@@ -93,8 +93,8 @@ typedef struct rpc_client rpc_client_t;
  * and remade after the broker restarts; a call made while it is down waits
  * for it within its deadline. 'zmq_ctx' may be NULL: the client then owns
  * a context of its own; otherwise the context must outlive the client.
- * Returns NULL, after logging why, when 'endpoint' is malformed or memory
- * or sockets run out; an unreachable broker is not an error here. */
+ * Returns NULL when 'endpoint' is malformed (logged) or memory or sockets
+ * run out; an unreachable broker is not an error here. */
 rpc_client_t *rpc_client_new(void *zmq_ctx, const char *endpoint);
 
 /* Closes the client (unsent requests and unread replies are dropped; its
@@ -119,7 +119,7 @@ Paygate__V1__Code rpc_client_call(rpc_client_t *self, const char *service, const
                                   rpc_status_t *status);
 
 /* Like rpc_client_call with raw bytes: 'body' of 'body_len' bytes goes out
- * as is (NULL when 'body_len' is 0); on OK, the reply body replaces the
+ * as is ('body' may be NULL when 'body_len' is 0); on OK, the reply body replaces the
  * content of 'reply_body' (an initialised zmq_msg_t the caller closes),
  * which is left as it was on failure. 'reply_body' may be NULL: the reply
  * body is discarded. */
@@ -138,9 +138,11 @@ Paygate__V1__Code rpc_client_call_raw(rpc_client_t *self, const char *service, c
  * '*offset' and '*duplicate' (each may be NULL). Returns the status code,
  * also stored in 'status' (may be NULL): OK when stored,
  * UNIMPLEMENTED/bus_disabled when the broker runs without an event bus,
- * INVALID_ARGUMENT for a bad topic or id, UNAVAILABLE or
- * DEADLINE_EXCEEDED when the broker did not answer in time. The same rule
- * as rpc_client_call: no rpc_client_send requests outstanding. */
+ * INVALID_ARGUMENT/malformed_request for a bad topic or id,
+ * UNAVAILABLE/storage_error when the broker could not write it, and
+ * UNAVAILABLE or DEADLINE_EXCEEDED when the broker did not answer in
+ * time. The same rule as rpc_client_call: no rpc_client_send requests
+ * outstanding. */
 Paygate__V1__Code rpc_client_publish(rpc_client_t *self, const char *topic, const char *event_id,
                                      const char *key, const void *payload, size_t payload_len,
                                      uint32_t deadline_ms, uint64_t *offset, bool *duplicate,

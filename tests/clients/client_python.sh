@@ -9,8 +9,8 @@
 #
 # Generates the Python protobuf modules from DIR/*.proto with protoc into
 # --gen-dir (emptied first: nothing generated is reused or committed), then
-# starts a broker with its event bus (PAYGATE_BROKER_DATA_DIR in a temporary
-# directory) and the user, order, payment, transaction and notification
+# starts (tests/clients/system.sh, shared with client_c) a broker with its
+# event bus (PAYGATE_BROKER_DATA_DIR in a temporary directory) and the user, order, payment, transaction and notification
 # services on a scratch database of their own (on the server of
 # PAYGATE_TEST_PG_DSN; Redis on PAYGATE_TEST_REDIS_PORT: ./dev test exports
 # both), and checks, all from Python (Debian's python3-zmq and

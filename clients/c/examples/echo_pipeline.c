@@ -16,6 +16,8 @@
  *
  *   echo_pipeline [--endpoint tcp://127.0.0.1:55555] [--count 8] [--method Upper]
  */
+#define _POSIX_C_SOURCE 200809L /* clock_gettime, nanosleep under -std=c17 */
+
 #include <ctype.h>
 #include <pthread.h>
 #include <stdio.h>

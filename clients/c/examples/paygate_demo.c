@@ -15,6 +15,8 @@
  *   paygate_demo [--endpoint tcp://127.0.0.1:55555] [--principal c-demo]
  *                [--deadline-ms 5000] [--wait-ms 20000]
  */
+#define _POSIX_C_SOURCE 200809L /* clock_gettime, nanosleep under -std=c17 */
+
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -366,7 +368,7 @@ static bool demo_history(demo_t *d, int64_t wait_ms, const char *topup_id, const
         }
         free_reply(list);
         list = NULL;
-        usleep(poll_ms * 1000);
+        nanosleep(&(struct timespec){.tv_nsec = poll_ms * 1000L * 1000L}, NULL);
     }
     const Paygate__V1__Transaction *top = history_find(list, "TOPUP");
     const Paygate__V1__Transaction *paid = history_find(list, "PAYMENT");
@@ -390,7 +392,8 @@ static bool demo_history(demo_t *d, int64_t wait_ms, const char *topup_id, const
         for (size_t i = 0; i < list->n_data; i++) {
             const Paygate__V1__Transaction *t = list->data[i];
             char a[rupees_bytes];
-            printf("      %s  %-8s %14s  %s\n", t->id, t->type, rupees(t->amount, a),
+            /* %16s: "₹" is three bytes, so the column is 14 wide */
+            printf("      %s  %-8s %16s  %s\n", t->id, t->type, rupees(t->amount, a),
                    t->description);
         }
     }
