@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2154 # out, err: set by the sourcing test
 # checks.sh: the client tests' way of reporting checks ("ok - ..." /
 # "not ok - ..."), sourced by client_python.sh and client_c.sh.
 #

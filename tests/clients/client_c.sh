@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck source-path=SCRIPTDIR
 # client_c.sh: the C client library's examples against a real system
 # (ctest client_c).
 #

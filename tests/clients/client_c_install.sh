@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck source-path=SCRIPTDIR
 # client_c_install.sh: the installed C client library works from outside
 # the tree (ctest client_c_install).
 #

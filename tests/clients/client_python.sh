@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck source-path=SCRIPTDIR
 # client_python.sh: the Python client example against a real system
 # (ctest client_python).
 #

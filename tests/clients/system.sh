@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2154 # log_dir, system_name: set by the sourcing test
 # system.sh: a real paygate system for the client tests, sourced by
 # client_python.sh and client_c.sh (not run on its own).
 #
