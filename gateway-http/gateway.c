@@ -16,6 +16,9 @@
  *                   caller -> reply transcoded to JSON, or the status
  *                   mapped to an HTTP error
  *
+ * Every request is counted (gateway_metrics.c) from its head to its end
+ * under its route template and final status; GET /metrics serves them.
+ *
  * Each libmicrohttpd thread owns one RPC client (created on first use,
  * closed when the thread ends), so calls need no locks.
  */
@@ -38,6 +41,7 @@
 
 #include "arena/arena.h"
 #include "clock/clock.h"
+#include "gateway_metrics.h"
 #include "http_status.h"
 #include "json/transcode.h"
 #include "log/log.h"
@@ -68,6 +72,7 @@ struct gateway {
     ratelimit_t *limits;               /* 429s (ratelimit.c) */
     _Atomic int64_t refusal_logged_ms; /* last refusal logged (log_refusal) */
     atomic_uint_fast64_t refusals_unlogged;
+    gateway_metrics_t *metrics; /* GET /metrics (gateway_metrics.c) */
 };
 
 typedef struct {
@@ -82,6 +87,8 @@ typedef struct {
     bool limited;                          /* refused by a rate limit at the head */
     ratelimit_class_t limited_class;
     ratelimit_verdict_t verdict;
+    const char *route_label; /* gateway_metrics_route_label() */
+    char method[16];         /* for the metrics; longer methods are "other" there */
 } request_t;
 
 typedef struct {
@@ -182,12 +189,13 @@ static enum MHD_Result respond_error(struct MHD_Connection *connection, unsigned
 /* Responds 429 rate_limited for a refusal of 'class': Retry-After (whole
  * seconds until a token is back) and the RateLimit-Limit/-Remaining/-Reset
  * headers of draft-ietf-httpapi-ratelimit-headers; the error names the
- * limit in "limit". */
-static enum MHD_Result respond_rate_limited(struct MHD_Connection *connection,
+ * limit in "limit". Counted in the gateway's metrics. */
+static enum MHD_Result respond_rate_limited(gateway_t *self, struct MHD_Connection *connection,
                                             ratelimit_class_t class,
                                             const ratelimit_verdict_t *verdict,
                                             const char *request_id)
 {
+    gateway_metrics_rate_limited(self->metrics);
     char retry[24], limit[24], message[128];
     snprintf(retry, sizeof retry, "%lld", (long long)verdict->retry_after_s);
     snprintf(limit, sizeof limit, "%lld", (long long)verdict->limit);
@@ -422,7 +430,8 @@ static enum MHD_Result call_route(gateway_t *self, struct MHD_Connection *connec
         ratelimit_verdict_t verdict;
         if (!limit_take(self, RATELIMIT_LOGIN_EMAIL, key, len, req->client, request_id, &verdict)) {
             json_decref(body);
-            return respond_rate_limited(connection, RATELIMIT_LOGIN_EMAIL, &verdict, request_id);
+            return respond_rate_limited(self, connection, RATELIMIT_LOGIN_EMAIL, &verdict,
+                                        request_id);
         }
     }
 
@@ -573,8 +582,11 @@ static enum MHD_Result finish(gateway_t *self, struct MHD_Connection *connection
         return readiness(self, connection, request_id);
     if (req->limited) {
         log_refusal(self, req->limited_class, req->client, request_id, req->verdict.retry_after_s);
-        return respond_rate_limited(connection, req->limited_class, &req->verdict, request_id);
+        return respond_rate_limited(self, connection, req->limited_class, &req->verdict,
+                                    request_id);
     }
+    if (strcmp(url, GATEWAY_METRICS_PATH) == 0 && strcmp(method, "GET") == 0)
+        return gateway_metrics_serve(self->metrics, connection, request_id);
     if (strcmp(url, SSE_STREAM_PATH) == 0) {
         char user_id[TOKEN_USER_ID_SIZE] = "";
         const char *problem = NULL;
@@ -588,7 +600,7 @@ static enum MHD_Result finish(gateway_t *self, struct MHD_Connection *connection
         ratelimit_verdict_t verdict;
         if (!limit_take(self, RATELIMIT_USER, user_id, strlen(user_id), req->client, request_id,
                         &verdict))
-            return respond_rate_limited(connection, RATELIMIT_USER, &verdict, request_id);
+            return respond_rate_limited(self, connection, RATELIMIT_USER, &verdict, request_id);
         return sse_stream_open(self->streams, connection, user_id, request_id);
     }
     if (static_files_wanted(&self->config, method, url))
@@ -626,11 +638,12 @@ static enum MHD_Result finish(gateway_t *self, struct MHD_Connection *connection
         ratelimit_verdict_t verdict;
         if (!limit_take(self, RATELIMIT_USER, user_id, strlen(user_id), req->client, request_id,
                         &verdict))
-            return respond_rate_limited(connection, RATELIMIT_USER, &verdict, request_id);
+            return respond_rate_limited(self, connection, RATELIMIT_USER, &verdict, request_id);
         if (route->limit == ROUTE_LIMIT_PAYMENT &&
             !limit_take(self, RATELIMIT_PAYMENT_USER, user_id, strlen(user_id), req->client,
                         request_id, &verdict))
-            return respond_rate_limited(connection, RATELIMIT_PAYMENT_USER, &verdict, request_id);
+            return respond_rate_limited(self, connection, RATELIMIT_PAYMENT_USER, &verdict,
+                                        request_id);
     }
     arena_t *arena = arena_new(arena_block_bytes);
     if (arena == NULL)
@@ -679,6 +692,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *connection, 
             return MHD_NO;
         req->started_us = clock_now_us();
         req->matched = routes_match(routes_v1, routes_v1_count, method, url, &req->match);
+        req->route_label =
+            gateway_metrics_route_label(req->matched ? req->match.route->path : NULL, url,
+                                        static_files_wanted(&self->config, method, url));
+        snprintf(req->method, sizeof req->method, "%s", method);
+        gateway_metrics_request_started(self->metrics);
         const char *length =
             MHD_lookup_connection_value(connection, MHD_HEADER_KIND, "Content-Length");
         if (length != NULL && strtoull(length, NULL, 10) > self->config.body_bytes_max)
@@ -728,12 +746,16 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *connection, 
 static void on_completed(void *cls, struct MHD_Connection *connection, void **con_cls,
                          enum MHD_RequestTerminationCode code)
 {
-    (void)cls;
-    (void)connection;
     (void)code;
+    gateway_t *self = cls;
     request_t *req = *con_cls;
     if (req == NULL)
         return;
+    const union MHD_ConnectionInfo *info =
+        MHD_get_connection_info(connection, MHD_CONNECTION_INFO_HTTP_STATUS);
+    gateway_metrics_request_finished(self->metrics, req->route_label, req->method,
+                                     info != NULL ? info->http_status : 0,
+                                     clock_now_us() - req->started_us);
     free(req->body);
     free(req);
     *con_cls = NULL;
@@ -764,8 +786,15 @@ gateway_t *gateway_new(const gateway_config_t *config)
         free(self);
         return NULL;
     }
+    self->metrics = gateway_metrics_new();
+    if (self->metrics == NULL) {
+        zmq_ctx_term(self->zmq_ctx);
+        free(self);
+        return NULL;
+    }
     self->limits = ratelimit_new(&config->rate);
     if (self->limits == NULL) {
+        gateway_metrics_destroy(&self->metrics);
         zmq_ctx_term(self->zmq_ctx);
         free(self);
         return NULL;
@@ -775,6 +804,7 @@ gateway_t *gateway_new(const gateway_config_t *config)
     self->streams = sse_new(&streams);
     if (self->streams == NULL) {
         ratelimit_destroy(&self->limits);
+        gateway_metrics_destroy(&self->metrics);
         zmq_ctx_term(self->zmq_ctx);
         free(self);
         return NULL;
@@ -792,6 +822,7 @@ gateway_t *gateway_new(const gateway_config_t *config)
     if (self->daemon == NULL) {
         sse_destroy(&self->streams);
         ratelimit_destroy(&self->limits);
+        gateway_metrics_destroy(&self->metrics);
         log_error("gateway: cannot listen on %s:%u: %s", config->bind_address,
                   (unsigned)config->port, strerror(errno));
         zmq_ctx_term(self->zmq_ctx);
@@ -812,6 +843,7 @@ void gateway_destroy(gateway_t **self_p)
     MHD_stop_daemon(self->daemon); /* joins the pool threads: their clients close */
     sse_destroy(&self->streams);
     ratelimit_destroy(&self->limits);
+    gateway_metrics_destroy(&self->metrics); /* after the threads that count */
     pthread_key_delete(self->client_key);
     zmq_ctx_term(self->zmq_ctx);
     free(self);

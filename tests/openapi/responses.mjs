@@ -24,7 +24,8 @@
 // event's data validates against the stream's x-event-data-schema. At the
 // end every operation must have had a documented 2xx response.
 //
-// GET /openapi.yaml must serve the spec file byte for byte.
+// GET /openapi.yaml must serve the spec file byte for byte; GET /metrics
+// must be the Prometheus text format (text/plain).
 import { readFileSync } from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
@@ -294,6 +295,11 @@ async function flow(system) {
     await api('GET', '/openapi.yaml', { headers: { 'If-None-Match': etag }, expect: 304 });
   } else {
     problems.push(`GET /openapi.yaml: wanted 200, got ${specResponse.status}`);
+  }
+
+  const metrics = await api('GET', '/metrics', { expect: 200 });
+  if (!/^# TYPE paygate_gateway_requests_total counter$/m.test(metrics.text)) {
+    problems.push('GET /metrics: no paygate_gateway_requests_total family');
   }
 
   // users

@@ -27,6 +27,7 @@
 
 #include <jansson.h>
 
+#include "gateway_metrics.h"
 #include "routes.h"
 #include "sse.h"
 
@@ -40,6 +41,7 @@ static const struct {
     {"GET", "/readyz", false},
     {"GET", SSE_STREAM_PATH, true},
     {"GET", "/openapi.yaml", false}, /* PAYGATE_GATEWAY_OPENAPI_FILE */
+    {"GET", GATEWAY_METRICS_PATH, false},
 };
 
 /* The JSON type the transcoder uses for a protobuf field type. */
