@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "broker_metrics.h"
 #include "clock/clock.h"
 #include "log/log.h"
 
@@ -35,7 +36,9 @@ struct broker {
     uint64_t frames_malformed;
     uint64_t commands_unknown;
     uint64_t messages_oversized;
-    zhashx_t *logged_peers; /* identity hex -> 1: peers already logged */
+    zhashx_t *logged_peers;    /* identity hex -> 1: peers already logged */
+    broker_metrics_t *metrics; /* NULL: no metrics listener */
+    int64_t metrics_next_at;   /* when the loop renders the next snapshot */
 };
 
 /* ---- the registry's sink: decisions become frames --------------------- */
@@ -130,6 +133,12 @@ broker_t *broker_new(const broker_config_t *config)
         broker_destroy(&self);
         return NULL;
     }
+    bool metrics_failed = false;
+    self->metrics = broker_metrics_start(&config->metrics, &metrics_failed);
+    if (metrics_failed) {
+        broker_destroy(&self);
+        return NULL;
+    }
     return self;
 }
 
@@ -138,6 +147,7 @@ void broker_destroy(broker_t **self_p)
     broker_t *self = *self_p;
     if (self == NULL)
         return;
+    broker_metrics_stop(&self->metrics);
     registry_destroy(&self->registry);
     bus_destroy(&self->bus);
     if (self->socket != NULL) {
@@ -217,6 +227,40 @@ static void broker_reject(broker_t *self, wire_message_t *msg, int error, const 
 
 /* ---- built-in services ------------------------------------------------ */
 
+/* Fills 'reply' as discovery answers it: services and instances (only
+ * 'filter' when set), the broker's counters and the event bus's topics.
+ * Returns false on OOM; else '*registry_memory' and '*bus_memory' are to
+ * be freed with registry_list_free and bus_list_free. */
+static bool broker_fill_list(broker_t *self, const char *filter, int64_t now,
+                             Paygate__V1__ListServicesReply *reply, void **registry_memory,
+                             void **bus_memory)
+{
+    *registry_memory = registry_list(self->registry, filter, now, reply);
+    if (*registry_memory == NULL)
+        return false;
+    reply->stats->frames_malformed = self->frames_malformed;
+    reply->stats->commands_unknown = self->commands_unknown;
+    reply->stats->messages_oversized = self->messages_oversized;
+    reply->stats->uptime_ms = (uint64_t)(now - self->started_at);
+    *bus_memory = bus_list(self->bus, reply);
+    return true;
+}
+
+/* Renders a metrics snapshot when one is due (broker_metrics.h). */
+static void broker_metrics_tick(broker_t *self, int64_t now)
+{
+    if (self->metrics == NULL || now < self->metrics_next_at)
+        return;
+    self->metrics_next_at = now + self->config.metrics_interval_ms;
+    Paygate__V1__ListServicesReply reply = PAYGATE__V1__LIST_SERVICES_REPLY__INIT;
+    void *registry_memory = NULL, *bus_memory = NULL;
+    if (!broker_fill_list(self, NULL, now, &reply, &registry_memory, &bus_memory))
+        return;
+    broker_metrics_publish(self->metrics, &reply);
+    registry_list_free(registry_memory);
+    bus_list_free(bus_memory);
+}
+
 /* broker.services/List: the live services, instances and broker stats. */
 static void broker_list_services(broker_t *self, wire_message_t *msg, int64_t now)
 {
@@ -232,19 +276,16 @@ static void broker_list_services(broker_t *self, wire_message_t *msg, int64_t no
         return;
     }
     Paygate__V1__ListServicesReply reply = PAYGATE__V1__LIST_SERVICES_REPLY__INIT;
-    void *memory = registry_list(self->registry, request->service, now, &reply);
+    void *memory = NULL, *topics_memory = NULL;
+    bool filled =
+        broker_fill_list(self, request->service, now, &reply, &memory, &topics_memory);
     paygate__v1__list_services_request__free_unpacked(request, NULL);
-    if (memory == NULL) {
+    if (!filled) {
         status.code = PAYGATE__V1__CODE__INTERNAL;
         status.message = (char *)"out of memory";
         sink_send_reply(self, msg->identity, msg->identity_len, h->correlation_id, &status, NULL);
         return;
     }
-    reply.stats->frames_malformed = self->frames_malformed;
-    reply.stats->commands_unknown = self->commands_unknown;
-    reply.stats->messages_oversized = self->messages_oversized;
-    reply.stats->uptime_ms = (uint64_t)(now - self->started_at);
-    void *topics_memory = bus_list(self->bus, &reply);
     zmq_msg_t body;
     zmq_msg_init_size(&body, paygate__v1__list_services_reply__get_packed_size(&reply));
     paygate__v1__list_services_reply__pack(&reply, zmq_msg_data(&body));
@@ -356,6 +397,9 @@ int broker_run(broker_t *self)
         int64_t bus_next = bus_tick(self->bus, now);
         if (bus_next < next)
             next = bus_next;
+        broker_metrics_tick(self, now);
+        if (self->metrics != NULL && self->metrics_next_at < next)
+            next = self->metrics_next_at;
         zmq_pollitem_t items[2] = {
             {.socket = self->socket, .events = ZMQ_POLLIN},
             {.fd = bus_sync_fd(self->bus), .events = ZMQ_POLLIN},

@@ -12,6 +12,7 @@
 #include <stddef.h>
 
 #include "bus.h"
+#include "metrics/metrics_server.h"
 #include "registry.h"
 
 typedef struct {
@@ -19,12 +20,16 @@ typedef struct {
     size_t message_bytes_max; /* larger messages are refused */
     registry_config_t registry;
     bus_config_t bus;
+    metrics_server_config_t metrics; /* port 0: no metrics listener */
+    uint32_t metrics_interval_ms;    /* how often the loop renders a snapshot */
 } broker_config_t;
 
 typedef struct broker broker_t;
 
-/* Opens the event bus's data, binds a new broker. NULL, after logging
- * why, when the data cannot be opened or the endpoint cannot be bound. */
+/* Opens the event bus's data, binds a new broker, starts its metrics
+ * listener when a port is configured (broker_metrics.h). NULL, after
+ * logging why, when the data cannot be opened or an address cannot be
+ * bound. */
 broker_t *broker_new(const broker_config_t *config);
 
 /* Serves until broker_stop(); then answers whatever is still waiting with

@@ -46,6 +46,9 @@ static void usage(void)
           "  PAYGATE_BROKER_DEDUP_WINDOW         event ids remembered per topic (10000)\n"
           "  PAYGATE_BROKER_GROUP_WINDOW         events a group holds ahead (256)\n"
           "  PAYGATE_BROKER_NACK_DELAY_MS        redelivery delay after a NACK (1000)\n"
+          "  PAYGATE_BROKER_METRICS_PORT         Prometheus /metrics port; 0/unset: none\n"
+          "  PAYGATE_BROKER_METRICS_INTERVAL_MS  how often metrics are refreshed (1000)\n"
+          "  PAYGATE_METRICS_BIND                address of the metrics port (127.0.0.1)\n"
           "  PAYGATE_LOG_LEVEL                   debug, info, warn, error (info)\n",
           stdout);
 }
@@ -107,6 +110,12 @@ static bool broker_config_read(broker_config_t *config)
     b->dedup_window = (uint32_t)w[5];
     b->group_window = (uint32_t)w[6];
     b->nack_delay_ms = (uint32_t)w[7];
+    int64_t metrics_interval_ms;
+    ok = metrics_server_config_read("PAYGATE_BROKER_METRICS_PORT", &config->metrics);
+    ok &= config_int("PAYGATE_BROKER_METRICS_INTERVAL_MS", 1000, 10, 60000, &metrics_interval_ms);
+    if (!ok)
+        return false;
+    config->metrics_interval_ms = (uint32_t)metrics_interval_ms;
     b->heartbeat_interval_ms = r->heartbeat_interval_ms;
     b->heartbeat_liveness = r->heartbeat_liveness;
     if (r->deadline_default_ms > r->deadline_max_ms) {

@@ -7,6 +7,8 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <microhttpd.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -110,11 +112,19 @@ metrics_server_t *metrics_server_start(const metrics_server_config_t *config,
         return NULL;
     self->render = render;
     self->ctx = ctx;
+    /* The listener thread inherits this mask: stop signals go to the
+     * process's own threads, whose handlers expect them. */
+    sigset_t stop_signals, previous;
+    sigemptyset(&stop_signals);
+    sigaddset(&stop_signals, SIGINT);
+    sigaddset(&stop_signals, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &stop_signals, &previous);
     self->daemon = MHD_start_daemon(
         MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL | MHD_USE_ERROR_LOG, config->port, NULL,
         NULL, on_request, self, MHD_OPTION_CONNECTION_LIMIT,
         (unsigned)metrics_server_connections_max, MHD_OPTION_CONNECTION_TIMEOUT,
         (unsigned)metrics_server_timeout_s, MHD_OPTION_SOCK_ADDR, &addr, MHD_OPTION_END);
+    pthread_sigmask(SIG_SETMASK, &previous, NULL);
     if (self->daemon == NULL) {
         log_error("metrics: cannot listen on %s:%u: %s", config->bind_address,
                   (unsigned)config->port, strerror(errno));
