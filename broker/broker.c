@@ -277,8 +277,7 @@ static void broker_list_services(broker_t *self, wire_message_t *msg, int64_t no
     }
     Paygate__V1__ListServicesReply reply = PAYGATE__V1__LIST_SERVICES_REPLY__INIT;
     void *memory = NULL, *topics_memory = NULL;
-    bool filled =
-        broker_fill_list(self, request->service, now, &reply, &memory, &topics_memory);
+    bool filled = broker_fill_list(self, request->service, now, &reply, &memory, &topics_memory);
     paygate__v1__list_services_request__free_unpacked(request, NULL);
     if (!filled) {
         status.code = PAYGATE__V1__CODE__INTERNAL;

@@ -116,7 +116,8 @@ void broker_metrics_render(const Paygate__V1__ListServicesReply *reply, metrics_
         {"paygate_broker_workers", "Registered worker instances, by service."},
         {"paygate_broker_queued_requests",
          "Requests waiting for a free worker instance, by service."},
-        {"paygate_broker_in_flight_requests", "Requests at a worker, not yet answered, by service."},
+        {"paygate_broker_in_flight_requests",
+         "Requests at a worker, not yet answered, by service."},
     };
     for (size_t f = 0; f < sizeof service_families / sizeof service_families[0]; f++) {
         metrics_text_family(text, service_families[f].name, "gauge", service_families[f].help);
@@ -166,8 +167,8 @@ void broker_metrics_render(const Paygate__V1__ListServicesReply *reply, metrics_
         const uint64_t counts[] = {st->frames_malformed, st->commands_unknown,
                                    st->messages_oversized};
         for (size_t k = 0; k < 3; k++)
-            metrics_text_sample_u64(text, "paygate_broker_bad_messages_total", kind_label,
-                                    kinds[k], 1, counts[k]);
+            metrics_text_sample_u64(text, "paygate_broker_bad_messages_total", kind_label, kinds[k],
+                                    1, counts[k]);
         metrics_text_family(text, "paygate_broker_uptime_seconds", "gauge",
                             "Seconds since the broker started.");
         metrics_text_sample_double(text, "paygate_broker_uptime_seconds", NULL, NULL, 0,

@@ -19,6 +19,7 @@
 
 #include "clock/clock.h"
 #include "log/log.h"
+#include "metrics/metrics.h"
 #include "wire/wire.h"
 
 enum {
@@ -42,6 +43,7 @@ struct events_consumer {
     int64_t backoff_ms;
     atomic_int stopping;
     uint64_t handled;
+    metrics_family_t *consumed; /* paygate_events_consumed_total, NULL: none */
 };
 
 events_consumer_t *events_consumer_new(const events_consumer_config_t *config)
@@ -57,6 +59,12 @@ events_consumer_t *events_consumer_new(const events_consumer_config_t *config)
     self->config = *config;
     snprintf(self->endpoint, sizeof self->endpoint, "%s", config->endpoint);
     snprintf(self->group, sizeof self->group, "%s", config->group);
+    const char *const consumed_labels[] = {"topic", "group", "outcome", NULL};
+    self->consumed = metrics_counter_family(
+        config->metrics, "paygate_events_consumed_total",
+        "Events delivered to this process's consumers and answered: acked (handled) or nacked "
+        "(delivered again later), by topic and group.",
+        consumed_labels);
     for (size_t i = 0; config->topics[i] != NULL; i++) {
         if (i == consumer_topics_max || !wire_topic_name_valid(config->topics[i])) {
             log_error("events: topic '%s' is invalid or one too many", config->topics[i]);
@@ -186,6 +194,8 @@ static void consumer_deliver(events_consumer_t *self, const wire_message_t *msg)
                  zmq_strerror(errno));
     if (handled)
         self->handled++;
+    const char *const values[] = {e->topic, self->group, handled ? "acked" : "nacked"};
+    metrics_counter_add(metrics_series(self->consumed, values), 1);
 }
 
 /* Handles what the broker sent. Returns false on a permanent refusal. */

@@ -49,6 +49,9 @@ typedef struct {
     bool start_at_end;              /* a new group skips history */
     events_handler_fn handler;
     void *state;
+    /* Where to count events (paygate_events_consumed_total{topic,group,
+     * outcome}); NULL: not counted. Must outlive the consumer. */
+    struct metrics *metrics;
 } events_consumer_config_t;
 
 typedef struct events_consumer events_consumer_t;

@@ -104,6 +104,18 @@ void metrics_destroy(metrics_t **self_p)
     *self_p = NULL;
 }
 
+/* True when 'a' and 'b' have the same kind, labels and buckets. */
+static bool family_same_shape(const metrics_family_t *a, const metrics_family_t *b)
+{
+    if (a->kind != b->kind || a->label_count != b->label_count || a->bound_count != b->bound_count)
+        return false;
+    for (size_t i = 0; i < a->label_count; i++) {
+        if (strcmp(a->labels[i], b->labels[i]) != 0)
+            return false;
+    }
+    return memcmp(a->bounds, b->bounds, a->bound_count * sizeof a->bounds[0]) == 0;
+}
+
 /* Registers a family of 'kind'; the public constructors check their own
  * arguments first. */
 static metrics_family_t *family_add(metrics_t *self, kind_t kind, const char *name,
@@ -142,8 +154,18 @@ static metrics_family_t *family_add(metrics_t *self, kind_t kind, const char *na
     pthread_mutex_lock(&self->lock);
     size_t count = atomic_load(&self->family_count);
     bool taken = false;
-    for (size_t i = 0; i < count; i++)
-        taken |= strcmp(self->families[i]->name, name) == 0;
+    for (size_t i = 0; i < count && !taken; i++) {
+        metrics_family_t *other = self->families[i];
+        if (strcmp(other->name, name) != 0)
+            continue;
+        if (family_same_shape(other, family)) { /* registered again: the same family */
+            pthread_mutex_unlock(&self->lock);
+            pthread_mutex_destroy(&family->lock);
+            free(family);
+            return other;
+        }
+        taken = true;
+    }
     if (taken || count == metrics_families_max) {
         pthread_mutex_unlock(&self->lock);
         log_error("metrics: cannot register %s (%s)", name,
@@ -364,8 +386,7 @@ static void text_escaped(metrics_text_t *text, const char *s, bool quote)
     }
 }
 
-void metrics_text_family(metrics_text_t *text, const char *name, const char *type,
-                         const char *help)
+void metrics_text_family(metrics_text_t *text, const char *name, const char *type, const char *help)
 {
     text_puts(text, "# HELP ");
     text_puts(text, name);
@@ -448,8 +469,7 @@ void metrics_text_sample_double(metrics_text_t *text, const char *name, const ch
 
 /* Writes histogram series 's': its buckets cumulatively, then sum and
  * count (the count is the +Inf bucket, read once, so they agree). */
-static void render_histogram(metrics_text_t *text, const metrics_family_t *f,
-                             metrics_series_t *s)
+static void render_histogram(metrics_text_t *text, const metrics_family_t *f, metrics_series_t *s)
 {
     const char *names[metrics_labels_max + 1];
     const char *values[metrics_labels_max + 1];

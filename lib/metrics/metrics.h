@@ -54,7 +54,9 @@ void metrics_destroy(metrics_t **self);
 /* Registers a counter family 'name' with 'help' and the NULL-ended label
  * names 'labels' (NULL: none). Returns the family, or NULL (after
  * logging) when the name or a label name is not a valid Prometheus name,
- * the name is taken, or a limit is reached. */
+ * the name is taken by a family of another kind, labels or buckets, or a
+ * limit is reached. Registering the same family again returns the first
+ * one (so two modules of a process may share it). */
 metrics_family_t *metrics_counter_family(metrics_t *self, const char *name, const char *help,
                                          const char *const *labels);
 

@@ -131,8 +131,7 @@ metrics_server_t *metrics_server_start(const metrics_server_config_t *config,
         free(self);
         return NULL;
     }
-    log_info("metrics: serving http://%s:%u/metrics", config->bind_address,
-             (unsigned)config->port);
+    log_info("metrics: serving http://%s:%u/metrics", config->bind_address, (unsigned)config->port);
     return self;
 }
 
@@ -149,4 +148,16 @@ void metrics_server_stop(metrics_server_t **self_p)
 void metrics_server_render_registry(void *ctx, metrics_text_t *text)
 {
     metrics_render(ctx, text);
+}
+
+bool metrics_server_start_from_env(const char *port_variable, metrics_t *metrics,
+                                   metrics_server_t **out)
+{
+    *out = NULL;
+    metrics_server_config_t config;
+    if (!metrics_server_config_read(port_variable, &config))
+        return false;
+    bool off = false;
+    *out = metrics_server_start(&config, metrics_server_render_registry, metrics, &off);
+    return *out != NULL || off;
 }

@@ -52,6 +52,14 @@ metrics_server_t *metrics_server_start(const metrics_server_config_t *config,
 /* Stops the listener thread, frees it, sets '*self' to NULL (NULL: nothing). */
 void metrics_server_stop(metrics_server_t **self);
 
+/* For a process whose metrics all live in 'metrics': reads the port from
+ * 'port_variable' and the address from PAYGATE_METRICS_BIND, and starts
+ * a listener rendering 'metrics' into '*out' (NULL when the port is 0).
+ * Returns false, after logging, on a bad setting or when it cannot
+ * listen. */
+bool metrics_server_start_from_env(const char *port_variable, metrics_t *metrics,
+                                   metrics_server_t **out);
+
 /* Renders 'ctx' (a metrics_t) as metrics_render does: the callback for a
  * process whose metrics all live in one metrics_t. */
 void metrics_server_render_registry(void *ctx, metrics_text_t *text);

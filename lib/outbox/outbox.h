@@ -24,7 +24,8 @@
 #include <protobuf-c/protobuf-c.h>
 
 enum {
-    outbox_batch_max = 64, /* rows per relay pass */
+    outbox_batch_max = 64,             /* rows per relay pass */
+    outbox_backlog_interval_ms = 1000, /* how often the relay counts unsent rows */
     outbox_payload_bytes_max = 64 * 1024,
 };
 
@@ -43,6 +44,11 @@ typedef struct {
     const char *broker_endpoint;
     uint32_t interval_ms; /* pause when there is nothing to send */
     uint32_t publish_deadline_ms;
+    /* Where to count (paygate_outbox_published_total{outbox} and, counted
+     * by the relay every outbox_backlog_interval_ms, the gauge
+     * paygate_outbox_backlog_events{outbox}: rows not yet relayed; the
+     * label is the schema); NULL: not counted. Must outlive the relay. */
+    struct metrics *metrics;
 } outbox_relay_config_t;
 
 /* Starts the relay thread. NULL, after logging why, on failure. */

@@ -20,6 +20,7 @@
 
 #include "clock/clock.h"
 #include "log/log.h"
+#include "metrics/metrics.h"
 #include "pg/pg.h"
 #include "rpc/rpc.h"
 #include "wire/wire.h"
@@ -34,7 +35,9 @@ struct outbox_relay {
     pthread_t thread;
     atomic_int stopping;
     uint64_t published;
-    Paygate__V1__Code last_failure; /* OK after a success */
+    Paygate__V1__Code last_failure;     /* OK after a success */
+    metrics_series_t *published_metric; /* NULL: no metrics */
+    metrics_series_t *backlog_metric;
 };
 
 static const char pick_sql[] =
@@ -99,6 +102,17 @@ static uint8_t *hex_decode(const char *hex, size_t *len)
     return out;
 }
 
+/* Sets the backlog gauge to the number of unsent rows (kept as it was
+ * when the count fails). */
+static void relay_count_backlog(outbox_relay_t *self, pg_conn_t *pg)
+{
+    PGresult *rows = NULL;
+    if (pg_exec_prepared(pg, "outbox_backlog", backlog_sql, 0, NULL, &rows) != PG_OK)
+        return;
+    metrics_gauge_set(self->backlog_metric, strtoll(PQgetvalue(rows, 0, 0), NULL, 10));
+    PQclear(rows);
+}
+
 /* One pass; returns rows published, or -1 when it could not work. */
 static int relay_pass(outbox_relay_t *self, pg_conn_t *pg, rpc_client_t *rpc)
 {
@@ -142,8 +156,10 @@ static int relay_pass(outbox_relay_t *self, pg_conn_t *pg, rpc_client_t *rpc)
     PQclear(rows);
     if (pg_commit(pg) != PG_OK)
         return -1;
-    if (published > 0)
+    if (published > 0) {
         self->published += (uint64_t)published;
+        metrics_counter_add(self->published_metric, (uint64_t)published);
+    }
     return published;
 }
 
@@ -159,8 +175,13 @@ static void *relay_main(void *arg)
         return NULL;
     }
     int64_t next_cleanup = clock_now_ms() + cleanup_interval_ms;
+    int64_t next_backlog = 0;
     while (!atomic_load(&self->stopping)) {
         int published = relay_pass(self, pg, rpc);
+        if (self->backlog_metric != NULL && clock_now_ms() >= next_backlog) {
+            relay_count_backlog(self, pg);
+            next_backlog = clock_now_ms() + outbox_backlog_interval_ms;
+        }
         if (clock_now_ms() >= next_cleanup) {
             pg_exec_prepared(pg, "outbox_cleanup", cleanup_sql, 0, NULL, NULL);
             next_cleanup = clock_now_ms() + cleanup_interval_ms;
@@ -191,6 +212,21 @@ outbox_relay_t *outbox_relay_start(const outbox_relay_config_t *config)
         self->config.interval_ms = 50;
     if (self->config.publish_deadline_ms == 0)
         self->config.publish_deadline_ms = 2000;
+    if (config->metrics != NULL) {
+        const char *const labels[] = {"outbox", NULL};
+        const char *const values[] = {self->schema};
+        self->published_metric =
+            metrics_series(metrics_counter_family(
+                               config->metrics, "paygate_outbox_published_total",
+                               "Outbox rows published to the event bus and marked sent.", labels),
+                           values);
+        self->backlog_metric = metrics_series(
+            metrics_gauge_family(config->metrics, "paygate_outbox_backlog_events",
+                                 "Outbox rows not yet relayed to the event bus (counted every "
+                                 "second by the relay).",
+                                 labels),
+            values);
+    }
     if (pthread_create(&self->thread, NULL, relay_main, self) != 0) {
         free(self);
         return NULL;

@@ -219,6 +219,10 @@ typedef struct {
      * NULL. */
     void (*thread_fini)(void *thread_state);
     void *app; /* passed to thread_init */
+    /* Where to count requests (paygate_rpc_handled_total{service,method,
+     * code}, paygate_rpc_handle_duration_seconds{service,method}); NULL:
+     * not counted. Must outlive the server. */
+    struct metrics *metrics;
 } rpc_server_config_t;
 
 typedef struct rpc_server rpc_server_t;

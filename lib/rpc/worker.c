@@ -30,6 +30,7 @@
 #include "arena/arena.h"
 #include "clock/clock.h"
 #include "log/log.h"
+#include "metrics/metrics.h"
 #include "rpc.h"
 #include "wire/wire.h"
 
@@ -51,7 +52,13 @@ struct rpc_server {
     atomic_int stopping;
     atomic_int failed;
     worker_thread_t *workers;
+    metrics_family_t *handled;  /* paygate_rpc_handled_total, NULL: no metrics */
+    metrics_family_t *duration; /* paygate_rpc_handle_duration_seconds */
 };
+
+/* Handling time buckets, in seconds: 0.5 ms to 5 s. */
+static const double handle_bounds_s[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+                                         0.05,   0.1,   0.25,   0.5,   1,    5};
 
 struct worker_thread {
     rpc_server_t *server;
@@ -120,6 +127,20 @@ rpc_server_t *rpc_server_new(const rpc_server_config_t *config)
         c->drain_timeout_ms = 5000;
     if (c->message_bytes_max == 0)
         c->message_bytes_max = 1024 * 1024;
+    if (c->metrics != NULL) {
+        const char *const handled_labels[] = {"service", "method", "code", NULL};
+        const char *const duration_labels[] = {"service", "method", NULL};
+        self->handled = metrics_counter_family(
+            c->metrics, "paygate_rpc_handled_total",
+            "Requests answered by this process's worker instances, by service, method (unknown: "
+            "not one of the service's) and status code.",
+            handled_labels);
+        self->duration = metrics_histogram_family(
+            c->metrics, "paygate_rpc_handle_duration_seconds",
+            "Time from a request's arrival at a worker instance to its reply, by service and "
+            "method.",
+            duration_labels, handle_bounds_s, sizeof handle_bounds_s / sizeof handle_bounds_s[0]);
+    }
     if (config->instance != NULL && *config->instance != '\0') {
         snprintf(self->instance_prefix, sizeof self->instance_prefix, "%s", config->instance);
     } else {
@@ -330,8 +351,12 @@ static void worker_reply_failure(worker_thread_t *self, const Paygate__V1__Heade
     worker_reply(self, request, &status, NULL);
 }
 
-/* Runs the handler for one REQUEST and sends its REPLY. */
-static void worker_serve(worker_thread_t *self, wire_message_t *msg, int64_t received_at)
+/* Runs the handler for one REQUEST and sends its REPLY. Returns the
+ * status code of the reply and sets '*method_name' to the method's name
+ * from the table ("unknown" when it has no such method, so that callers
+ * cannot grow the metrics' label values). */
+static Paygate__V1__Code worker_serve_call(worker_thread_t *self, wire_message_t *msg,
+                                           int64_t received_at, const char **method_name)
 {
     const rpc_server_config_t *c = &self->server->config;
     const Paygate__V1__Header *header = msg->header;
@@ -342,11 +367,12 @@ static void worker_serve(worker_thread_t *self, wire_message_t *msg, int64_t rec
             break;
         }
     }
+    *method_name = method != NULL ? method->name : "unknown";
     char text[256];
     if (method == NULL) {
         snprintf(text, sizeof text, "service %s has no method %s", c->service, header->method);
         worker_reply_failure(self, header, PAYGATE__V1__CODE__UNIMPLEMENTED, text);
-        return;
+        return PAYGATE__V1__CODE__UNIMPLEMENTED;
     }
     uint32_t deadline_ms = header->meta && header->meta->deadline_ms
                                ? header->meta->deadline_ms
@@ -356,7 +382,7 @@ static void worker_serve(worker_thread_t *self, wire_message_t *msg, int64_t rec
     if (clock_now_ms() >= ctx.deadline_at) {
         worker_reply_failure(self, header, PAYGATE__V1__CODE__DEADLINE_EXCEEDED,
                              "deadline passed before the worker started the request");
-        return;
+        return PAYGATE__V1__CODE__DEADLINE_EXCEEDED;
     }
     ProtobufCAllocator allocator = arena_protobuf_allocator(self->arena);
     const uint8_t *data = msg->has_body ? zmq_msg_data(&msg->body) : (const uint8_t *)"";
@@ -368,7 +394,7 @@ static void worker_serve(worker_thread_t *self, wire_message_t *msg, int64_t rec
         snprintf(text, sizeof text, "request body is not a valid %s", method->request_desc->name);
         worker_reply_failure(self, header, PAYGATE__V1__CODE__INVALID_ARGUMENT, text);
         arena_reset(self->arena);
-        return;
+        return PAYGATE__V1__CODE__INVALID_ARGUMENT;
     }
     protobuf_c_message_init(method->reply_desc, reply);
     Paygate__V1__Code code = method->handler(&ctx, request, reply, self->state);
@@ -386,6 +412,24 @@ static void worker_serve(worker_thread_t *self, wire_message_t *msg, int64_t rec
     }
     self->served++;
     arena_reset(self->arena);
+    return code;
+}
+
+/* Serves one REQUEST and counts it (paygate_rpc_* when the server has
+ * metrics). */
+static void worker_serve(worker_thread_t *self, wire_message_t *msg, int64_t received_at)
+{
+    int64_t started_us = clock_now_us();
+    const char *method = NULL;
+    Paygate__V1__Code code = worker_serve_call(self, msg, received_at, &method);
+    rpc_server_t *server = self->server;
+    if (server->handled == NULL)
+        return;
+    const char *const handled_values[] = {server->service, method, wire_code_name(code)};
+    metrics_counter_add(metrics_series(server->handled, handled_values), 1);
+    const char *const duration_values[] = {server->service, method};
+    metrics_histogram_observe(metrics_series(server->duration, duration_values),
+                              (double)(clock_now_us() - started_us) / 1e6);
 }
 
 /* Handles one message from the broker. Returns false when the broker

@@ -15,6 +15,7 @@
 
 #include "config/config.h"
 #include "log/log.h"
+#include "metrics/metrics_server.h"
 #include "notification.pb-c.h"
 #include "notification_service.h"
 #include "notify.h"
@@ -75,6 +76,8 @@ static void usage(void)
           "  PAYGATE_REDIS_PORT            Redis port (6379)\n"
           "  PAYGATE_NOTIFICATION_THREADS  worker instances in this process (2)\n"
           "  PAYGATE_INSTANCE_ID           instance id prefix (notification-<host>-<pid>)\n"
+          "  PAYGATE_METRICS_PORT          Prometheus /metrics port; 0/unset: none\n"
+          "  PAYGATE_METRICS_BIND          address of the metrics port (127.0.0.1)\n"
           "  PAYGATE_LOG_LEVEL             debug, info, warn, error (info)\n",
           stdout);
 }
@@ -98,6 +101,11 @@ int main(int argc, char **argv)
     if (!ok)
         return 2;
     app.redis_port = (uint16_t)redis_port;
+    metrics_t *metrics = metrics_new();
+    metrics_server_t *metrics_server = NULL;
+    if (metrics == NULL ||
+        !metrics_server_start_from_env("PAYGATE_METRICS_PORT", metrics, &metrics_server))
+        return 1;
 
     /* The notifier first: events flow even before List is served. */
     char consumer_id[128];
@@ -108,6 +116,7 @@ int main(int argc, char **argv)
         .redis_host = app.redis_host,
         .redis_port = app.redis_port,
         .consumer_id = instance != NULL ? consumer_id : NULL,
+        .metrics = metrics,
     };
     notifier_t *notifier = notifier_new(&notifier_config);
     pthread_t notifier_thread;
@@ -129,6 +138,7 @@ int main(int argc, char **argv)
         .thread_init = notification_thread_init,
         .thread_fini = notification_thread_fini,
         .app = &app,
+        .metrics = metrics,
     };
     rpc_server_t *server = rpc_server_new(&server_config);
     int rc = -1;
@@ -140,6 +150,8 @@ int main(int argc, char **argv)
     notifier_stop(notifier);
     pthread_join(notifier_thread, NULL);
     notifier_destroy(&notifier);
+    metrics_server_stop(&metrics_server);
+    metrics_destroy(&metrics);
     log_info("notification: stopped");
     return rc == 0 ? 0 : 1;
 }

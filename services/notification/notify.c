@@ -56,6 +56,7 @@ static const char *const notify_topics[] = {"payments", "wallet", NULL};
 struct notifier {
     char broker_endpoint[256];
     char consumer_id[128];
+    struct metrics *metrics;
     store_t *store; /* used by the notifier's thread only */
     pthread_mutex_t mutex;
     events_consumer_t *consumer; /* the running one, under 'mutex' */
@@ -69,6 +70,7 @@ notifier_t *notifier_new(const notifier_config_t *config)
     if (self == NULL)
         return NULL;
     snprintf(self->broker_endpoint, sizeof self->broker_endpoint, "%s", config->broker_endpoint);
+    self->metrics = config->metrics;
     if (config->consumer_id != NULL)
         snprintf(self->consumer_id, sizeof self->consumer_id, "%s", config->consumer_id);
     self->store = store_new(config->redis_host, config->redis_port, notify_redis_timeout_ms);
@@ -195,6 +197,7 @@ static int notify_consume(notifier_t *self)
         .start_at_end = false, /* a new group notifies the retained history once */
         .handler = notify_handle,
         .state = self,
+        .metrics = self->metrics,
     };
     pthread_mutex_lock(&self->mutex);
     if (!atomic_load(&self->stopping))

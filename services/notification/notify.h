@@ -19,6 +19,7 @@ typedef struct {
     const char *redis_host;
     uint16_t redis_port;
     const char *consumer_id; /* NULL: "notification-<host>-<pid>" */
+    struct metrics *metrics; /* counts consumed events (lib/events); may be NULL */
 } notifier_config_t;
 
 typedef struct notifier notifier_t;

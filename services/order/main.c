@@ -12,6 +12,7 @@
 
 #include "service/service.h"
 #include "log/log.h"
+#include "metrics/metrics_server.h"
 #include "order.pb-c.h"
 #include "order_service.h"
 #include "pg/pg.h"
@@ -72,6 +73,8 @@ static void usage(void)
           "  PAYGATE_ORDER_THREADS       worker instances in this process (2)\n"
           "  PAYGATE_ORDER_MAX_IN_FLIGHT requests an instance may hold (4)\n"
           "  PAYGATE_INSTANCE_ID         instance id prefix (order-<host>-<pid>)\n"
+          "  PAYGATE_METRICS_PORT         Prometheus /metrics port; 0/unset: none\n"
+          "  PAYGATE_METRICS_BIND         address of the metrics port (127.0.0.1)\n"
           "  PAYGATE_LOG_LEVEL           debug, info, warn, error (info)\n",
           stdout);
 }
@@ -90,6 +93,11 @@ int main(int argc, char **argv)
         return 2;
     if (!service_migrate(config.pg_dsn, "orders", order_migrations, order_migrations_count))
         return 1;
+    metrics_t *metrics = metrics_new();
+    metrics_server_t *metrics_server = NULL;
+    if (metrics == NULL ||
+        !metrics_server_start_from_env("PAYGATE_METRICS_PORT", metrics, &metrics_server))
+        return 1;
 
     order_app_t app = {.pg_dsn = config.pg_dsn};
     rpc_server_config_t server_config = {
@@ -103,6 +111,7 @@ int main(int argc, char **argv)
         .thread_init = order_thread_init,
         .thread_fini = order_thread_fini,
         .app = &app,
+        .metrics = metrics,
     };
     rpc_server_t *server = rpc_server_new(&server_config);
     if (server == NULL)
@@ -110,6 +119,8 @@ int main(int argc, char **argv)
     rpc_server_stop_on_signals(server);
     int rc = rpc_server_run(server);
     rpc_server_destroy(&server);
+    metrics_server_stop(&metrics_server);
+    metrics_destroy(&metrics);
     log_info("order: stopped");
     return rc == 0 ? 0 : 1;
 }

@@ -18,6 +18,7 @@
 #include "clock/clock.h"
 #include "config/config.h"
 #include "log/log.h"
+#include "metrics/metrics_server.h"
 #include "service/service.h"
 #include "outbox/outbox.h"
 #include "payment.pb-c.h"
@@ -40,6 +41,7 @@ typedef struct {
     const char *broker_endpoint;
     void *zmq_ctx; /* for the threads' RPC clients */
     payment_settings_t settings;
+    payment_metrics_t metrics;
     atomic_int stopping;
 } payment_app_t;
 
@@ -50,6 +52,7 @@ static payment_env_t *payment_env_new(payment_app_t *app)
     if (env == NULL)
         return NULL;
     env->settings = &app->settings;
+    env->metrics = &app->metrics;
     env->pg = pg_conn_new(app->pg_dsn, "payments");
     env->rpc = rpc_client_new(app->zmq_ctx, app->broker_endpoint);
     if (env->pg == NULL || env->rpc == NULL) {
@@ -110,6 +113,8 @@ static void usage(void)
           "  PAYGATE_PAYMENT_CLOCK_SKEW_MS         margin before taking over an expired lease "
           "(1000)\n"
           "  PAYGATE_INSTANCE_ID                   instance id prefix (payment-<host>-<pid>)\n"
+          "  PAYGATE_METRICS_PORT                  Prometheus /metrics port; 0/unset: none\n"
+          "  PAYGATE_METRICS_BIND                  address of the metrics port (127.0.0.1)\n"
           "  PAYGATE_LOG_LEVEL                     debug, info, warn, error (info)\n",
           stdout);
 }
@@ -143,6 +148,12 @@ int main(int argc, char **argv)
 
     if (!service_migrate(app.pg_dsn, "payments", payment_migrations, payment_migrations_count))
         return 1;
+    metrics_t *metrics = metrics_new();
+    metrics_server_t *metrics_server = NULL;
+    if (metrics == NULL ||
+        !metrics_server_start_from_env("PAYGATE_METRICS_PORT", metrics, &metrics_server))
+        return 1;
+    payment_metrics_init(&app.metrics, metrics);
 
     app.zmq_ctx = zmq_ctx_new();
     pthread_t recovery;
@@ -150,8 +161,10 @@ int main(int argc, char **argv)
         log_error("payment: cannot start the recovery loop");
         return 1;
     }
-    outbox_relay_config_t relay_config = {
-        .pg_dsn = app.pg_dsn, .schema = "payments", .broker_endpoint = app.broker_endpoint};
+    outbox_relay_config_t relay_config = {.pg_dsn = app.pg_dsn,
+                                          .schema = "payments",
+                                          .broker_endpoint = app.broker_endpoint,
+                                          .metrics = metrics};
     outbox_relay_t *relay = outbox_relay_start(&relay_config);
     if (relay == NULL) {
         log_error("payment: cannot start the outbox relay");
@@ -168,6 +181,7 @@ int main(int argc, char **argv)
         .thread_init = payment_thread_init,
         .thread_fini = payment_env_destroy,
         .app = &app,
+        .metrics = metrics,
     };
     rpc_server_t *server = rpc_server_new(&server_config);
     int rc = -1;
@@ -179,6 +193,8 @@ int main(int argc, char **argv)
     atomic_store(&app.stopping, 1);
     pthread_join(recovery, NULL);
     outbox_relay_stop(&relay);
+    metrics_server_stop(&metrics_server);
+    metrics_destroy(&metrics);
     zmq_ctx_term(app.zmq_ctx);
     log_info("payment: stopped");
     return rc == 0 ? 0 : 1;

@@ -8,6 +8,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "metrics/metrics.h"
 #include "pg/pg.h"
 #include "rpc/rpc.h"
 
@@ -30,12 +31,31 @@ typedef struct {
     uint32_t clock_skew_ms; /* assumed bound on clock skew between databases */
 } payment_settings_t;
 
+/* The payment service's own counters (series of the process's metrics;
+ * NULL series count nothing):
+ *   paygate_payment_payments_total{outcome}   succeeded, failed: sagas
+ *       finished by this process (each payment once, by its finisher)
+ *   paygate_payment_refunds_total{outcome}    succeeded
+ *   paygate_payment_recoveries_total{kind}    payment, refund: stuck
+ *       sagas the recovery loop took over */
+typedef struct {
+    metrics_series_t *payments_succeeded;
+    metrics_series_t *payments_failed;
+    metrics_series_t *refunds_succeeded;
+    metrics_series_t *recovered_payments;
+    metrics_series_t *recovered_refunds;
+} payment_metrics_t;
+
+/* Registers the series above in 'metrics'. */
+void payment_metrics_init(payment_metrics_t *out, metrics_t *metrics);
+
 /* What a thread needs to drive sagas: its database connection and its
  * RPC client (both owned by the thread). */
 typedef struct {
     pg_conn_t *pg;
     rpc_client_t *rpc;
     const payment_settings_t *settings;
+    const payment_metrics_t *metrics;
 } payment_env_t;
 
 /* A payment as the saga sees it. */

@@ -61,6 +61,7 @@ int recovery_pass(payment_env_t *env)
         log_info("recovery: resuming payment %s at %s (attempt %s)", p.id, p.step,
                  PQgetvalue(rows, 0, 5));
         PQclear(rows);
+        metrics_counter_add(env->metrics->recovered_payments, 1);
         saga_drive(env, &p, "recovery");
         driven++;
     }
@@ -68,6 +69,7 @@ int recovery_pass(payment_env_t *env)
         PG_OK) {
         for (int i = 0; i < PQntuples(rows); i++) {
             log_info("recovery: resuming refund %s", PQgetvalue(rows, i, 0));
+            metrics_counter_add(env->metrics->recovered_refunds, 1);
             refund_drive(env, PQgetvalue(rows, i, 0), PQgetvalue(rows, i, 1),
                          strtoll(PQgetvalue(rows, i, 2), NULL, 10), "recovery");
             driven++;
@@ -75,4 +77,24 @@ int recovery_pass(payment_env_t *env)
         PQclear(rows);
     }
     return driven;
+}
+
+void payment_metrics_init(payment_metrics_t *out, metrics_t *metrics)
+{
+    const char *const outcome[] = {"outcome", NULL};
+    const char *const kind[] = {"kind", NULL};
+    metrics_family_t *payments = metrics_counter_family(
+        metrics, "paygate_payment_payments_total",
+        "Payments this process finished, by outcome (succeeded, failed).", outcome);
+    metrics_family_t *refunds =
+        metrics_counter_family(metrics, "paygate_payment_refunds_total",
+                               "Refunds this process finished, by outcome.", outcome);
+    metrics_family_t *recoveries = metrics_counter_family(
+        metrics, "paygate_payment_recoveries_total",
+        "Stuck payments and refunds the recovery loop took over, by kind.", kind);
+    out->payments_succeeded = metrics_series(payments, (const char *const[]){"succeeded"});
+    out->payments_failed = metrics_series(payments, (const char *const[]){"failed"});
+    out->refunds_succeeded = metrics_series(refunds, (const char *const[]){"succeeded"});
+    out->recovered_payments = metrics_series(recoveries, (const char *const[]){"payment"});
+    out->recovered_refunds = metrics_series(recoveries, (const char *const[]){"refund"});
 }

@@ -129,6 +129,7 @@ bool refund_drive(payment_env_t *env, const char *refund_id, const char *user_id
     free(payload);
     if (result != PG_OK)
         return false;
+    metrics_counter_add(env->metrics->refunds_succeeded, 1);
     log_info("refund %s: %" PRId64 " paise credited to %s", refund_id, amount, user_id);
     return true;
 }

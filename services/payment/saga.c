@@ -147,6 +147,8 @@ static saga_outcome_t saga_finish(payment_env_t *env, const saga_payment_t *p, b
                  p->lease_token);
         return SAGA_PENDING;
     }
+    metrics_counter_add(
+        succeeded ? env->metrics->payments_succeeded : env->metrics->payments_failed, 1);
     log_info("saga %s: %s%s%s (order %s, %" PRId64 " paise)", p->id,
              succeeded ? "SUCCEEDED" : "FAILED", succeeded ? "" : " ", failure_code, p->order_id,
              p->amount);

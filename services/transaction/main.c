@@ -24,6 +24,7 @@
 #include "config/config.h"
 #include "events/consumer.h"
 #include "log/log.h"
+#include "metrics/metrics_server.h"
 #include "service/service.h"
 #include "transaction.pb-c.h"
 #include "transaction_migrations.h"
@@ -97,6 +98,8 @@ static void usage(void)
           "  PAYGATE_TRANSACTION_MAX_IN_FLIGHT  requests an instance may hold (4)\n"
           "  PAYGATE_INSTANCE_ID                instance id prefix (transaction-<host>-<pid>);\n"
           "                                     the recorder's consumer id is <prefix>-recorder\n"
+          "  PAYGATE_METRICS_PORT                Prometheus /metrics port; 0/unset: none\n"
+          "  PAYGATE_METRICS_BIND                address of the metrics port (127.0.0.1)\n"
           "  PAYGATE_LOG_LEVEL                  debug, info, warn, error (info)\n",
           stdout);
 }
@@ -120,6 +123,11 @@ int main(int argc, char **argv)
                          transaction_migrations_count)) {
         return 1;
     }
+    metrics_t *metrics = metrics_new();
+    metrics_server_t *metrics_server = NULL;
+    if (metrics == NULL ||
+        !metrics_server_start_from_env("PAYGATE_METRICS_PORT", metrics, &metrics_server))
+        return 1;
 
     transaction_app_t app = {.pg_dsn = pg_dsn};
     rpc_server_config_t server_config = {
@@ -133,6 +141,7 @@ int main(int argc, char **argv)
         .thread_init = transaction_thread_init,
         .thread_fini = transaction_thread_fini,
         .app = &app,
+        .metrics = metrics,
     };
     app.server = rpc_server_new(&server_config);
     if (app.server == NULL)
@@ -156,6 +165,7 @@ int main(int argc, char **argv)
         .start_at_end = false,
         .handler = recorder_on_event,
         .state = recorder,
+        .metrics = metrics,
     };
     app.consumer = recorder != NULL ? events_consumer_new(&consumer_config) : NULL;
     pthread_t recorder_thread;
@@ -173,6 +183,8 @@ int main(int argc, char **argv)
     events_consumer_destroy(&app.consumer);
     recorder_destroy(&recorder);
     rpc_server_destroy(&app.server);
+    metrics_server_stop(&metrics_server);
+    metrics_destroy(&metrics);
     bool failed = rc != 0 || atomic_load(&app.recorder_failed);
     log_info("transaction: stopped%s", failed ? " after a failure" : "");
     return failed ? 1 : 0;

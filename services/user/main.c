@@ -13,6 +13,7 @@
 
 #include "config/config.h"
 #include "log/log.h"
+#include "metrics/metrics_server.h"
 #include "service/service.h"
 #include "outbox/outbox.h"
 #include "pg/pg.h"
@@ -78,6 +79,8 @@ static void usage(void)
           "  PAYGATE_JWT_SECRET         HS256 key, at least 32 bytes (required)\n"
           "  PAYGATE_JWT_KID, PAYGATE_JWT_ISSUER, PAYGATE_JWT_AUDIENCE, PAYGATE_JWT_TTL_S,\n"
           "  PAYGATE_JWT_PREVIOUS_SECRET, PAYGATE_JWT_PREVIOUS_KID   see README\n"
+          "  PAYGATE_METRICS_PORT        Prometheus /metrics port; 0/unset: none\n"
+          "  PAYGATE_METRICS_BIND        address of the metrics port (127.0.0.1)\n"
           "  PAYGATE_LOG_LEVEL          debug, info, warn, error (info)\n",
           stdout);
 }
@@ -104,8 +107,15 @@ int main(int argc, char **argv)
         return 1;
     }
 
+    metrics_t *metrics = metrics_new();
+    metrics_server_t *metrics_server = NULL;
+    if (metrics == NULL ||
+        !metrics_server_start_from_env("PAYGATE_METRICS_PORT", metrics, &metrics_server)) {
+        token_keyring_destroy(&keys);
+        return 1;
+    }
     outbox_relay_config_t relay_config = {
-        .pg_dsn = pg_dsn, .schema = "users", .broker_endpoint = endpoint};
+        .pg_dsn = pg_dsn, .schema = "users", .broker_endpoint = endpoint, .metrics = metrics};
     outbox_relay_t *relay = outbox_relay_start(&relay_config);
     if (relay == NULL) {
         token_keyring_destroy(&keys);
@@ -123,6 +133,7 @@ int main(int argc, char **argv)
         .thread_init = user_thread_init,
         .thread_fini = user_thread_fini,
         .app = &app,
+        .metrics = metrics,
     };
     rpc_server_t *server = rpc_server_new(&server_config);
     if (server == NULL) {
@@ -134,6 +145,8 @@ int main(int argc, char **argv)
     int rc = rpc_server_run(server);
     rpc_server_destroy(&server);
     outbox_relay_stop(&relay);
+    metrics_server_stop(&metrics_server);
+    metrics_destroy(&metrics);
     token_keyring_destroy(&keys);
     log_info("user: stopped");
     return rc == 0 ? 0 : 1;

@@ -37,9 +37,7 @@ static const struct {
     const char *path;
     bool auth;
 } builtin_routes[] = {
-    {"GET", "/healthz", false},
-    {"GET", "/readyz", false},
-    {"GET", SSE_STREAM_PATH, true},
+    {"GET", "/healthz", false},           {"GET", "/readyz", false}, {"GET", SSE_STREAM_PATH, true},
     {"GET", "/openapi.yaml", false}, /* PAYGATE_GATEWAY_OPENAPI_FILE */
     {"GET", GATEWAY_METRICS_PATH, false},
 };

@@ -32,8 +32,8 @@ static void test_counter_with_escaped_labels(void **state)
     (void)state;
     metrics_t *m = metrics_new();
     const char *const labels[] = {"route", "status", NULL};
-    metrics_family_t *f = metrics_counter_family(
-        m, "paygate_test_requests_total", "Requests\nby \"route\" and C:\\ path", labels);
+    metrics_family_t *f = metrics_counter_family(m, "paygate_test_requests_total",
+                                                 "Requests\nby \"route\" and C:\\ path", labels);
     assert_non_null(f);
     const char *const a[] = {"/v1/orders/{id}", "200"};
     const char *const b[] = {"say \"hi\"\\now\nthen", "404"};
@@ -42,12 +42,12 @@ static void test_counter_with_escaped_labels(void **state)
     metrics_counter_add(metrics_series(f, a), 3); /* the same series again */
     assert_int_equal(metrics_series_value(metrics_series(f, a)), 5);
     metrics_text_t text = render(m);
-    assert_string_equal(text.data,
-                        "# HELP paygate_test_requests_total Requests\\nby \"route\" and C:\\\\ path\n"
-                        "# TYPE paygate_test_requests_total counter\n"
-                        "paygate_test_requests_total{route=\"/v1/orders/{id}\",status=\"200\"} 5\n"
-                        "paygate_test_requests_total{route=\"say \\\"hi\\\"\\\\now\\nthen\","
-                        "status=\"404\"} 1\n");
+    assert_string_equal(
+        text.data, "# HELP paygate_test_requests_total Requests\\nby \"route\" and C:\\\\ path\n"
+                   "# TYPE paygate_test_requests_total counter\n"
+                   "paygate_test_requests_total{route=\"/v1/orders/{id}\",status=\"200\"} 5\n"
+                   "paygate_test_requests_total{route=\"say \\\"hi\\\"\\\\now\\nthen\","
+                   "status=\"404\"} 1\n");
     metrics_text_free(&text);
     metrics_destroy(&m);
     assert_null(m);
@@ -77,8 +77,8 @@ static void test_histogram_cumulative_buckets(void **state)
     metrics_t *m = metrics_new();
     const double bounds[] = {0.005, 0.1, 1, 2.5};
     const char *const labels[] = {"route", NULL};
-    metrics_family_t *f = metrics_histogram_family(m, "paygate_test_duration_seconds",
-                                                   "Latency.", labels, bounds, 4);
+    metrics_family_t *f =
+        metrics_histogram_family(m, "paygate_test_duration_seconds", "Latency.", labels, bounds, 4);
     assert_non_null(f);
     const char *const route[] = {"/x"};
     metrics_series_t *s = metrics_series(f, route);
@@ -89,16 +89,16 @@ static void test_histogram_cumulative_buckets(void **state)
     metrics_histogram_observe(s, NAN);   /* ignored */
     assert_int_equal(metrics_series_value(s), 4);
     metrics_text_t text = render(m);
-    assert_string_equal(
-        text.data, "# HELP paygate_test_duration_seconds Latency.\n"
-                   "# TYPE paygate_test_duration_seconds histogram\n"
-                   "paygate_test_duration_seconds_bucket{route=\"/x\",le=\"0.005\"} 2\n"
-                   "paygate_test_duration_seconds_bucket{route=\"/x\",le=\"0.1\"} 2\n"
-                   "paygate_test_duration_seconds_bucket{route=\"/x\",le=\"1\"} 3\n"
-                   "paygate_test_duration_seconds_bucket{route=\"/x\",le=\"2.5\"} 3\n"
-                   "paygate_test_duration_seconds_bucket{route=\"/x\",le=\"+Inf\"} 4\n"
-                   "paygate_test_duration_seconds_sum{route=\"/x\"} 3.5060000000000002\n"
-                   "paygate_test_duration_seconds_count{route=\"/x\"} 4\n");
+    assert_string_equal(text.data,
+                        "# HELP paygate_test_duration_seconds Latency.\n"
+                        "# TYPE paygate_test_duration_seconds histogram\n"
+                        "paygate_test_duration_seconds_bucket{route=\"/x\",le=\"0.005\"} 2\n"
+                        "paygate_test_duration_seconds_bucket{route=\"/x\",le=\"0.1\"} 2\n"
+                        "paygate_test_duration_seconds_bucket{route=\"/x\",le=\"1\"} 3\n"
+                        "paygate_test_duration_seconds_bucket{route=\"/x\",le=\"2.5\"} 3\n"
+                        "paygate_test_duration_seconds_bucket{route=\"/x\",le=\"+Inf\"} 4\n"
+                        "paygate_test_duration_seconds_sum{route=\"/x\"} 3.5060000000000002\n"
+                        "paygate_test_duration_seconds_count{route=\"/x\"} 4\n");
     metrics_text_free(&text);
     metrics_destroy(&m);
 }
@@ -128,16 +128,21 @@ static void test_names_and_limits(void **state)
     const char *const reserved[] = {"__name", NULL};
     const char *const five[] = {"a", "b", "c", "d", "e", NULL};
     const double bounds[] = {1, 1};
+    const char *const labels_one[] = {"a", NULL};
     assert_null(metrics_counter_family(m, "9starts_with_digit", "x", NULL));
     assert_null(metrics_counter_family(m, "has-dash", "x", NULL));
     assert_null(metrics_counter_family(m, "", "x", NULL));
     assert_null(metrics_counter_family(m, "paygate_ok", "x", reserved));
     assert_null(metrics_counter_family(m, "paygate_ok", "x", five));
     assert_null(metrics_histogram_family(m, "paygate_h", "x", bad_label, (double[]){1}, 1));
-    assert_null(metrics_histogram_family(m, "paygate_h", "x", NULL, bounds, 2)); /* not increasing */
+    assert_null(
+        metrics_histogram_family(m, "paygate_h", "x", NULL, bounds, 2)); /* not increasing */
     assert_null(metrics_histogram_family(m, "paygate_h", "x", NULL, bounds, 0));
-    assert_non_null(metrics_counter_family(m, "paygate_ok", "x", NULL));
-    assert_null(metrics_counter_family(m, "paygate_ok", "again", NULL)); /* taken */
+    metrics_family_t *ok = metrics_counter_family(m, "paygate_ok", "x", NULL);
+    assert_non_null(ok);
+    assert_ptr_equal(metrics_counter_family(m, "paygate_ok", "again", NULL), ok); /* shared */
+    assert_null(metrics_gauge_family(m, "paygate_ok", "x", NULL));         /* taken by a counter */
+    assert_null(metrics_counter_family(m, "paygate_ok", "x", labels_one)); /* other labels */
 
     const char *const labels[] = {"id", NULL};
     metrics_family_t *f = metrics_counter_family(m, "paygate_many_total", "x", labels);
