@@ -188,14 +188,16 @@ static void consumer_deliver(events_consumer_t *self, const wire_message_t *msg)
      * counted towards its dead-letter limit) */
     header.command = handled ? PAYGATE__V1__COMMAND__ACK : PAYGATE__V1__COMMAND__NACK;
     header.event = &ack_event;
+    /* counted before the answer leaves: whoever sees the broker's lag
+     * fall also sees the count */
+    const char *const values[] = {e->topic, self->group, handled ? "acked" : "nacked"};
+    metrics_counter_add(metrics_series(self->consumed, values), 1);
     if (consumer_send(self, &header) != 0)
         log_warn("events %s: %s of %s offset %llu not sent: %s", self->consumer_id,
                  handled ? "ACK" : "NACK", e->topic, (unsigned long long)e->offset,
                  zmq_strerror(errno));
     if (handled)
         self->handled++;
-    const char *const values[] = {e->topic, self->group, handled ? "acked" : "nacked"};
-    metrics_counter_add(metrics_series(self->consumed, values), 1);
 }
 
 /* Handles what the broker sent. Returns false on a permanent refusal. */

@@ -73,6 +73,8 @@ struct worker_thread {
     int64_t last_send_at;
     int64_t backoff_ms;
     uint64_t served;
+    const char *serving_method; /* the request being served, for worker_count */
+    int64_t serving_started_us;
 };
 
 struct rpc_ctx {
@@ -327,10 +329,27 @@ static void worker_disconnect_socket(worker_thread_t *self)
     }
 }
 
+/* Counts the request being answered with 'code' (paygate_rpc_* when the
+ * server has metrics). Before the reply leaves, so that whoever saw the
+ * reply also sees the count. */
+static void worker_count(worker_thread_t *self, Paygate__V1__Code code)
+{
+    rpc_server_t *server = self->server;
+    if (server->handled == NULL)
+        return;
+    const char *const handled_values[] = {server->service, self->serving_method,
+                                          wire_code_name(code)};
+    metrics_counter_add(metrics_series(server->handled, handled_values), 1);
+    const char *const duration_values[] = {server->service, self->serving_method};
+    metrics_histogram_observe(metrics_series(server->duration, duration_values),
+                              (double)(clock_now_us() - self->serving_started_us) / 1e6);
+}
+
 /* Sends the REPLY for 'header' with 'status' (NULL: OK) and 'body'. */
 static void worker_reply(worker_thread_t *self, const Paygate__V1__Header *request,
                          Paygate__V1__Status *status, zmq_msg_t *body)
 {
+    worker_count(self, status != NULL ? status->code : PAYGATE__V1__CODE__OK);
     Paygate__V1__Header header = PAYGATE__V1__HEADER__INIT;
     header.command = PAYGATE__V1__COMMAND__REPLY;
     header.correlation_id = request->correlation_id;
@@ -351,12 +370,8 @@ static void worker_reply_failure(worker_thread_t *self, const Paygate__V1__Heade
     worker_reply(self, request, &status, NULL);
 }
 
-/* Runs the handler for one REQUEST and sends its REPLY. Returns the
- * status code of the reply and sets '*method_name' to the method's name
- * from the table ("unknown" when it has no such method, so that callers
- * cannot grow the metrics' label values). */
-static Paygate__V1__Code worker_serve_call(worker_thread_t *self, wire_message_t *msg,
-                                           int64_t received_at, const char **method_name)
+/* Runs the handler for one REQUEST and sends its REPLY. */
+static void worker_serve(worker_thread_t *self, wire_message_t *msg, int64_t received_at)
 {
     const rpc_server_config_t *c = &self->server->config;
     const Paygate__V1__Header *header = msg->header;
@@ -367,12 +382,15 @@ static Paygate__V1__Code worker_serve_call(worker_thread_t *self, wire_message_t
             break;
         }
     }
-    *method_name = method != NULL ? method->name : "unknown";
+    /* for worker_count: the table's name, "unknown" for any other, so
+     * that callers cannot grow the metrics' label values */
+    self->serving_method = method != NULL ? method->name : "unknown";
+    self->serving_started_us = clock_now_us();
     char text[256];
     if (method == NULL) {
         snprintf(text, sizeof text, "service %s has no method %s", c->service, header->method);
         worker_reply_failure(self, header, PAYGATE__V1__CODE__UNIMPLEMENTED, text);
-        return PAYGATE__V1__CODE__UNIMPLEMENTED;
+        return;
     }
     uint32_t deadline_ms = header->meta && header->meta->deadline_ms
                                ? header->meta->deadline_ms
@@ -382,7 +400,7 @@ static Paygate__V1__Code worker_serve_call(worker_thread_t *self, wire_message_t
     if (clock_now_ms() >= ctx.deadline_at) {
         worker_reply_failure(self, header, PAYGATE__V1__CODE__DEADLINE_EXCEEDED,
                              "deadline passed before the worker started the request");
-        return PAYGATE__V1__CODE__DEADLINE_EXCEEDED;
+        return;
     }
     ProtobufCAllocator allocator = arena_protobuf_allocator(self->arena);
     const uint8_t *data = msg->has_body ? zmq_msg_data(&msg->body) : (const uint8_t *)"";
@@ -394,7 +412,7 @@ static Paygate__V1__Code worker_serve_call(worker_thread_t *self, wire_message_t
         snprintf(text, sizeof text, "request body is not a valid %s", method->request_desc->name);
         worker_reply_failure(self, header, PAYGATE__V1__CODE__INVALID_ARGUMENT, text);
         arena_reset(self->arena);
-        return PAYGATE__V1__CODE__INVALID_ARGUMENT;
+        return;
     }
     protobuf_c_message_init(method->reply_desc, reply);
     Paygate__V1__Code code = method->handler(&ctx, request, reply, self->state);
@@ -412,24 +430,6 @@ static Paygate__V1__Code worker_serve_call(worker_thread_t *self, wire_message_t
     }
     self->served++;
     arena_reset(self->arena);
-    return code;
-}
-
-/* Serves one REQUEST and counts it (paygate_rpc_* when the server has
- * metrics). */
-static void worker_serve(worker_thread_t *self, wire_message_t *msg, int64_t received_at)
-{
-    int64_t started_us = clock_now_us();
-    const char *method = NULL;
-    Paygate__V1__Code code = worker_serve_call(self, msg, received_at, &method);
-    rpc_server_t *server = self->server;
-    if (server->handled == NULL)
-        return;
-    const char *const handled_values[] = {server->service, method, wire_code_name(code)};
-    metrics_counter_add(metrics_series(server->handled, handled_values), 1);
-    const char *const duration_values[] = {server->service, method};
-    metrics_histogram_observe(metrics_series(server->duration, duration_values),
-                              (double)(clock_now_us() - started_us) / 1e6);
 }
 
 /* Handles one message from the broker. Returns false when the broker

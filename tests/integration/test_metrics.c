@@ -1,0 +1,555 @@
+/*
+ * Metrics of the whole system, scraped during a real run: the gateway
+ * (GET /metrics on its port), the broker (PAYGATE_BROKER_METRICS_PORT)
+ * and every service (PAYGATE_METRICS_PORT), all as processes, with
+ * PostgreSQL (a scratch database) and Redis.
+ *
+ * Every endpoint is scraped, then a known amount of traffic is driven:
+ * register, login, a top-up, two orders, a payment that succeeds, one
+ * refused for insufficient funds, and a request for an unknown path.
+ * After the consumers caught up (the broker's lag back to 0), every
+ * endpoint is scraped again and the counters must have moved exactly as
+ * that traffic says: the gateway's requests by route template and status,
+ * the payment service's payments by outcome, RPCs handled by method and
+ * code in user, order and payment, events published by the outboxes,
+ * appended by the broker and consumed by transaction and notification,
+ * and the broker's routed requests equal to the requests all services
+ * handled.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <jansson.h>
+
+#include "clock/clock.h"
+#include "http_client.h"
+#include "proc.h"
+#include "scratch_db.h"
+
+static const char jwt_secret[] = "metrics-test-secret-0123456789abcdefghijklmnop";
+static const char password[] = "Metrics-Passw0rd-5d1e";
+
+enum { procs_max = 7, env_max = 20, id_bytes = 64, catch_up_ms = 30000 };
+
+enum { p_broker, p_user, p_order, p_payment, p_transaction, p_notification, p_gateway };
+
+static const char *const proc_names[procs_max] = {
+    "broker", "user", "order", "payment", "transaction", "notification", "gateway"};
+static const char *const proc_bins[procs_max] = {
+    PAYGATE_BROKER_BIN,      PAYGATE_USER_BIN,         PAYGATE_ORDER_BIN,  PAYGATE_PAYMENT_BIN,
+    PAYGATE_TRANSACTION_BIN, PAYGATE_NOTIFICATION_BIN, PAYGATE_GATEWAY_BIN};
+
+static struct {
+    proc_t procs[procs_max];
+    int metrics_ports[procs_max]; /* the gateway's is its HTTP port */
+    char env_metrics[procs_max][64];
+    char data_dir[128];
+    int http_port;
+    char env_endpoint[96];
+    char env_pg[640];
+    char base_dsn[512];
+    char db_name[64];
+    char env_data[160];
+    char env_http[64];
+    char env_redis[64];
+    char env_jwt[128];
+} sys;
+
+/* One scrape of every process: the text of each /metrics. */
+typedef struct {
+    char *text[procs_max];
+} scrape_t;
+
+/* ---- the system ----------------------------------------------------------- */
+
+static void start_process(int which)
+{
+    const char *env[env_max];
+    size_t n = 0;
+    env[n++] = sys.env_endpoint;
+    env[n++] = sys.env_pg;
+    env[n++] = sys.env_redis;
+    env[n++] = "PAYGATE_REDIS_HOST=127.0.0.1";
+    env[n++] = sys.env_jwt;
+    env[n++] = sys.env_data;
+    env[n++] = sys.env_http;
+    env[n++] = "PAYGATE_GATEWAY_REQUIRED_SERVICES=user,order,payment,transaction,notification";
+    env[n++] = "PAYGATE_BROKER_METRICS_INTERVAL_MS=100";
+    if (which != p_gateway)
+        env[n++] = sys.env_metrics[which];
+    env[n] = NULL;
+    char name[64];
+    snprintf(name, sizeof name, "metrics-%s", proc_names[which]);
+    assert_true(proc_start(&sys.procs[which], name, proc_bins[which], env));
+}
+
+/* Waits until GET /readyz answers 200. */
+static void wait_ready(void)
+{
+    int64_t until = clock_now_ms() + 30000;
+    for (;;) {
+        http_response_t r;
+        bool ok = http_request(&r, sys.http_port, "GET", "/readyz", NULL, NULL);
+        int status = r.status;
+        http_response_free(&r);
+        if (ok && status == 200)
+            return;
+        if (clock_now_ms() > until)
+            fail_msg("the gateway was not ready within 30 s");
+        sleep_ms(100);
+    }
+}
+
+static int group_setup(void **state)
+{
+    (void)state;
+    const char *dsn = getenv("PAYGATE_TEST_PG_DSN");
+    const char *redis = getenv("PAYGATE_TEST_REDIS_PORT");
+    if (dsn == NULL || *dsn == '\0' || redis == NULL || *redis == '\0') {
+        fprintf(stderr, "PAYGATE_TEST_PG_DSN and PAYGATE_TEST_REDIS_PORT must be set: run the "
+                        "suite with ./dev test\n");
+        return -1;
+    }
+    int broker_port = free_tcp_port();
+    sys.http_port = free_tcp_port();
+    for (int i = 0; i < procs_max; i++) {
+        sys.metrics_ports[i] = i == p_gateway ? sys.http_port : free_tcp_port();
+        snprintf(sys.env_metrics[i], sizeof sys.env_metrics[i], "%s=%d",
+                 i == p_broker ? "PAYGATE_BROKER_METRICS_PORT" : "PAYGATE_METRICS_PORT",
+                 sys.metrics_ports[i]);
+    }
+    snprintf(sys.data_dir, sizeof sys.data_dir, "/tmp/paygate-metrics-XXXXXX");
+    if (mkdtemp(sys.data_dir) == NULL)
+        return -1;
+    snprintf(sys.env_endpoint, sizeof sys.env_endpoint,
+             "PAYGATE_BROKER_ENDPOINT=tcp://127.0.0.1:%d", broker_port);
+    /* A database of our own: our services' outboxes must be ours alone. */
+    char own_dsn[600];
+    snprintf(sys.base_dsn, sizeof sys.base_dsn, "%s", dsn);
+    snprintf(sys.db_name, sizeof sys.db_name, "metrics_%d", (int)getpid());
+    if (!scratch_db_create(dsn, sys.db_name, own_dsn, sizeof own_dsn))
+        return -1;
+    snprintf(sys.env_pg, sizeof sys.env_pg, "PAYGATE_PG_DSN=%s", own_dsn);
+    snprintf(sys.env_data, sizeof sys.env_data, "PAYGATE_BROKER_DATA_DIR=%s/bus", sys.data_dir);
+    snprintf(sys.env_http, sizeof sys.env_http, "PAYGATE_GATEWAY_PORT=%d", sys.http_port);
+    snprintf(sys.env_redis, sizeof sys.env_redis, "PAYGATE_REDIS_PORT=%s", redis);
+    snprintf(sys.env_jwt, sizeof sys.env_jwt, "PAYGATE_JWT_SECRET=%s", jwt_secret);
+    for (int i = 0; i < procs_max; i++)
+        start_process(i);
+    wait_ready();
+    return 0;
+}
+
+static int group_teardown(void **state)
+{
+    (void)state;
+    for (int i = procs_max - 1; i >= 0; i--) {
+        if (sys.procs[i].pid > 0 && !proc_stop(&sys.procs[i], 10000))
+            fprintf(stderr, "%s did not stop cleanly (status %d)\n", proc_names[i],
+                    sys.procs[i].exit_status);
+    }
+    scratch_db_drop(sys.base_dsn, sys.db_name);
+    char command[256];
+    snprintf(command, sizeof command, "rm -rf '%s'", sys.data_dir);
+    if (system(command) != 0)
+        fprintf(stderr, "could not remove %s\n", sys.data_dir);
+    return 0;
+}
+
+/* ---- scraping ------------------------------------------------------------- */
+
+/* GET /metrics of process 'which': must be 200 in the text format. Returns
+ * the text (malloc'd, starting with a newline so that every sample line
+ * is preceded by one). */
+static char *scrape_one(int which)
+{
+    http_response_t r;
+    if (!http_request(&r, sys.metrics_ports[which], "GET", "/metrics", NULL, NULL))
+        fail_msg("GET /metrics of %s: %s", proc_names[which], r.error);
+    if (r.status != 200)
+        fail_msg("GET /metrics of %s: status %d", proc_names[which], r.status);
+    const char *type = http_header(&r, "Content-Type");
+    if (type == NULL || strncmp(type, "text/plain; version=0.0.4", 25) != 0)
+        fail_msg("GET /metrics of %s: Content-Type %s", proc_names[which], type ? type : "none");
+    size_t len = r.body_len;
+    char *text = malloc(len + 2);
+    assert_non_null(text);
+    text[0] = '\n';
+    memcpy(text + 1, r.body ? r.body : "", len);
+    text[len + 1] = '\0';
+    http_response_free(&r);
+    return text;
+}
+
+static void scrape_all(scrape_t *s)
+{
+    for (int i = 0; i < procs_max; i++)
+        s->text[i] = scrape_one(i);
+}
+
+static void scrape_free(scrape_t *s)
+{
+    for (int i = 0; i < procs_max; i++) {
+        free(s->text[i]);
+        s->text[i] = NULL;
+    }
+}
+
+/* The value of the sample 'key' (the metric name and its labels exactly
+ * as rendered, e.g. name{a="x"}) in 'text'; '*found' says whether there
+ * is such a line. */
+static double sample(const char *text, const char *key, bool *found)
+{
+    char needle[512];
+    snprintf(needle, sizeof needle, "\n%s ", key);
+    const char *at = strstr(text, needle);
+    *found = at != NULL;
+    return at != NULL ? strtod(at + strlen(needle), NULL) : 0;
+}
+
+/* The value of 'key' in process 'which' of 's', which must be present. */
+static double must(const scrape_t *s, int which, const char *key)
+{
+    bool found;
+    double value = sample(s->text[which], key, &found);
+    if (!found)
+        fail_msg("%s /metrics has no sample %s", proc_names[which], key);
+    return value;
+}
+
+/* The value of 'key', 0 when absent (a series not counted yet). */
+static double maybe(const scrape_t *s, int which, const char *key)
+{
+    bool found;
+    return sample(s->text[which], key, &found);
+}
+
+/* Asserts that 'key' of process 'which' moved by exactly 'delta' from
+ * 'before' to 'after' (absent before counts as 0). */
+static void assert_delta(const scrape_t *before, const scrape_t *after, int which, const char *key,
+                         double delta)
+{
+    double was = maybe(before, which, key), now = must(after, which, key);
+    if (now - was != delta)
+        fail_msg("%s %s: %.0f -> %.0f, a change of %.0f, wanted %.0f", proc_names[which], key, was,
+                 now, now - was, delta);
+}
+
+/* The sum of every sample of family 'name' in process 'which' whose
+ * label text contains 'labels_part' (NULL: every sample). */
+static double family_sum(const scrape_t *s, int which, const char *name, const char *labels_part)
+{
+    double sum = 0;
+    char needle[160];
+    snprintf(needle, sizeof needle, "\n%s{", name);
+    for (const char *at = strstr(s->text[which], needle); at != NULL; at = strstr(at + 1, needle)) {
+        const char *end = strchr(at + 1, '\n');
+        const char *close = strstr(at, "} ");
+        if (close == NULL || (end != NULL && close > end))
+            continue;
+        size_t labels_len = (size_t)(close - at);
+        char labels[512];
+        snprintf(labels, sizeof labels, "%.*s", (int)labels_len, at);
+        if (labels_part == NULL || strstr(labels, labels_part) != NULL)
+            sum += strtod(close + 2, NULL);
+    }
+    return sum;
+}
+
+/* ---- the API -------------------------------------------------------------- */
+
+static int api(http_response_t *r, const char *auth, const char *method, const char *path,
+               const char *key, const char *body)
+{
+    char key_header[128];
+    const char *headers[4];
+    size_t n = 0;
+    if (auth != NULL)
+        headers[n++] = auth;
+    if (body != NULL)
+        headers[n++] = "Content-Type: application/json";
+    if (key != NULL) {
+        snprintf(key_header, sizeof key_header, "Idempotency-Key: %s", key);
+        headers[n++] = key_header;
+    }
+    headers[n] = NULL;
+    if (!http_request(r, sys.http_port, method, path, headers, body))
+        fail_msg("%s %s: %s", method, path, r->error);
+    return r->status;
+}
+
+static void string_field(const http_response_t *r, const char *name, char *out, size_t size)
+{
+    const char *value = json_string_value(json_object_get(r->json, name));
+    if (value == NULL)
+        fail_msg("response has no string \"%s\": %s", name, r->body ? r->body : "");
+    snprintf(out, size, "%s", value);
+}
+
+/* The traffic whose effect the test checks: 8 requests to the gateway. */
+static void drive_traffic(void)
+{
+    char body[256], auth[1200], token[1100], order_paid[id_bytes], order_unpaid[id_bytes];
+    http_response_t r;
+    snprintf(body, sizeof body,
+             "{\"email\":\"m-%d@metrics.example\",\"password\":\"%s\",\"name\":\"Meera\"}",
+             (int)getpid(), password);
+    assert_int_equal(api(&r, NULL, "POST", "/v1/users", NULL, body), 201);
+    http_response_free(&r);
+    snprintf(body, sizeof body, "{\"email\":\"m-%d@metrics.example\",\"password\":\"%s\"}",
+             (int)getpid(), password);
+    assert_int_equal(api(&r, NULL, "POST", "/v1/auth/login", NULL, body), 200);
+    string_field(&r, "access_token", token, sizeof token);
+    http_response_free(&r);
+    snprintf(auth, sizeof auth, "Authorization: Bearer %s", token);
+
+    assert_int_equal(api(&r, auth, "POST", "/v1/wallet/topups", "top-1", "{\"amount\":100000}"),
+                     201);
+    http_response_free(&r);
+    assert_int_equal(api(&r, auth, "POST", "/v1/orders", NULL, "{\"amount\":60000}"), 201);
+    string_field(&r, "id", order_paid, sizeof order_paid);
+    http_response_free(&r);
+    assert_int_equal(api(&r, auth, "POST", "/v1/orders", NULL, "{\"amount\":500000}"), 201);
+    string_field(&r, "id", order_unpaid, sizeof order_unpaid);
+    http_response_free(&r);
+
+    snprintf(body, sizeof body, "{\"order_id\":\"%s\"}", order_paid);
+    assert_int_equal(api(&r, auth, "POST", "/v1/payments", "pay-1", body), 201);
+    http_response_free(&r);
+    snprintf(body, sizeof body, "{\"order_id\":\"%s\"}", order_unpaid);
+    assert_int_equal(api(&r, auth, "POST", "/v1/payments", "pay-2", body), 402);
+    const char *code = json_string_value(json_object_get(json_object_get(r.json, "error"), "code"));
+    assert_non_null(code);
+    assert_string_equal(code, "insufficient_funds");
+    http_response_free(&r);
+
+    assert_int_equal(api(&r, auth, "GET", "/v1/no-such-thing", NULL, NULL), 404);
+    http_response_free(&r);
+}
+
+/* True when 's' shows the bus caught up: the events the traffic made
+ * (2 on "payments", 1 on "wallet") appended and consumed by both groups,
+ * no lag, published by the outboxes, which are empty. */
+static bool caught_up(const scrape_t *before, const scrape_t *s)
+{
+    static const char *const groups[] = {"transaction", "notification"};
+    static const char *const topics[] = {"payments", "wallet"};
+    static const double events[] = {2, 1};
+    for (size_t t = 0; t < 2; t++) {
+        char key[256];
+        snprintf(key, sizeof key, "paygate_broker_events_appended_total{topic=\"%s\"}", topics[t]);
+        if (maybe(s, p_broker, key) - maybe(before, p_broker, key) != events[t])
+            return false;
+        for (size_t g = 0; g < 2; g++) {
+            snprintf(key, sizeof key,
+                     "paygate_broker_consumer_lag_events{topic=\"%s\",group=\"%s\"}", topics[t],
+                     groups[g]);
+            bool found;
+            if (sample(s->text[p_broker], key, &found) != 0 || !found)
+                return false;
+            int which = g == 0 ? p_transaction : p_notification;
+            snprintf(key, sizeof key,
+                     "paygate_events_consumed_total{topic=\"%s\",group=\"%s\",outcome=\"acked\"}",
+                     topics[t], groups[g]);
+            if (maybe(s, which, key) - maybe(before, which, key) != events[t])
+                return false;
+        }
+    }
+    /* the relays count a row after its commit, a moment after the broker
+     * appended it */
+    const char *payments = "paygate_outbox_published_total{outbox=\"payments\"}";
+    const char *users = "paygate_outbox_published_total{outbox=\"users\"}";
+    return maybe(s, p_payment, payments) - maybe(before, p_payment, payments) >= 2 &&
+           maybe(s, p_user, users) - maybe(before, p_user, users) >= 1 &&
+           maybe(s, p_payment, "paygate_outbox_backlog_events{outbox=\"payments\"}") == 0 &&
+           maybe(s, p_user, "paygate_outbox_backlog_events{outbox=\"users\"}") == 0;
+}
+
+/* ---- the test ----------------------------------------------------------------- */
+
+static void test_counters_move_as_the_traffic_says(void **state)
+{
+    (void)state;
+    /* the consumer groups exist (both consumers subscribed) before we start */
+    int64_t until = clock_now_ms() + catch_up_ms;
+    scrape_t before;
+    for (;;) {
+        scrape_all(&before);
+        bool found_t, found_n;
+        sample(before.text[p_broker],
+               "paygate_broker_consumers{topic=\"payments\",group=\"transaction\"}", &found_t);
+        sample(before.text[p_broker],
+               "paygate_broker_consumers{topic=\"payments\",group=\"notification\"}", &found_n);
+        if (found_t && found_n)
+            break;
+        if (clock_now_ms() > until)
+            fail_msg("the consumer groups never appeared in the broker's metrics");
+        scrape_free(&before);
+        sleep_ms(100);
+    }
+
+    drive_traffic();
+
+    scrape_t after;
+    until = clock_now_ms() + catch_up_ms;
+    for (;;) {
+        scrape_all(&after);
+        if (caught_up(&before, &after))
+            break;
+        if (clock_now_ms() > until) {
+            fprintf(stderr, "---- broker metrics at the timeout:%s\n", after.text[p_broker]);
+            fail_msg("the bus did not catch up within %d ms (see the broker's metrics above)",
+                     (int)catch_up_ms);
+        }
+        scrape_free(&after);
+        sleep_ms(100);
+    }
+
+    /* gateway: by route template, method and status */
+    assert_delta(&before, &after, p_gateway,
+                 "paygate_gateway_requests_total{route=\"/v1/users\",method=\"POST\",status="
+                 "\"201\"}",
+                 1);
+    assert_delta(&before, &after, p_gateway,
+                 "paygate_gateway_requests_total{route=\"/v1/auth/login\",method=\"POST\","
+                 "status=\"200\"}",
+                 1);
+    assert_delta(&before, &after, p_gateway,
+                 "paygate_gateway_requests_total{route=\"/v1/wallet/topups\",method=\"POST\","
+                 "status=\"201\"}",
+                 1);
+    assert_delta(&before, &after, p_gateway,
+                 "paygate_gateway_requests_total{route=\"/v1/orders\",method=\"POST\",status="
+                 "\"201\"}",
+                 2);
+    assert_delta(&before, &after, p_gateway,
+                 "paygate_gateway_requests_total{route=\"/v1/payments\",method=\"POST\","
+                 "status=\"201\"}",
+                 1);
+    assert_delta(&before, &after, p_gateway,
+                 "paygate_gateway_requests_total{route=\"/v1/payments\",method=\"POST\","
+                 "status=\"402\"}",
+                 1);
+    assert_delta(&before, &after, p_gateway,
+                 "paygate_gateway_requests_total{route=\"unmatched\",method=\"GET\",status="
+                 "\"404\"}",
+                 1);
+    /* the raw path never becomes a label */
+    assert_null(strstr(after.text[p_gateway], "no-such-thing"));
+    assert_delta(&before, &after, p_gateway,
+                 "paygate_gateway_request_duration_seconds_count{route=\"/v1/payments\","
+                 "method=\"POST\"}",
+                 2);
+    assert_delta(&before, &after, p_gateway,
+                 "paygate_gateway_request_duration_seconds_bucket{route=\"/v1/payments\","
+                 "method=\"POST\",le=\"+Inf\"}",
+                 2);
+    /* every request but the scrapes (which count under /metrics) is
+     * accounted for: the 8 of the traffic */
+    double all_before =
+        family_sum(&before, p_gateway, "paygate_gateway_requests_total", NULL) -
+        family_sum(&before, p_gateway, "paygate_gateway_requests_total", "route=\"/metrics\"");
+    double all_after =
+        family_sum(&after, p_gateway, "paygate_gateway_requests_total", NULL) -
+        family_sum(&after, p_gateway, "paygate_gateway_requests_total", "route=\"/metrics\"");
+    assert_true(all_after - all_before == 8);
+    /* the scrape itself is the one request in flight */
+    assert_true(must(&after, p_gateway, "paygate_gateway_in_flight_requests") == 1);
+    assert_true(must(&after, p_gateway, "paygate_gateway_rate_limited_total") == 0);
+
+    /* payment: one succeeded, one failed; its RPCs by code */
+    assert_delta(&before, &after, p_payment,
+                 "paygate_payment_payments_total{outcome=\"succeeded\"}", 1);
+    assert_delta(&before, &after, p_payment, "paygate_payment_payments_total{outcome=\"failed\"}",
+                 1);
+    assert_delta(&before, &after, p_payment, "paygate_payment_refunds_total{outcome=\"succeeded\"}",
+                 0);
+    assert_delta(&before, &after, p_payment,
+                 "paygate_rpc_handled_total{service=\"payment\",method=\"Create\",code=\"OK\"}", 1);
+    assert_delta(&before, &after, p_payment,
+                 "paygate_rpc_handled_total{service=\"payment\",method=\"Create\",code=\"FAILED_"
+                 "PRECONDITION\"}",
+                 1);
+    assert_delta(&before, &after, p_payment, "paygate_outbox_published_total{outbox=\"payments\"}",
+                 2);
+
+    /* user: register, login, top-up from the gateway; two debits from the
+     * payment saga, one refused */
+    assert_delta(&before, &after, p_user,
+                 "paygate_rpc_handled_total{service=\"user\",method=\"Register\",code=\"OK\"}", 1);
+    assert_delta(&before, &after, p_user,
+                 "paygate_rpc_handled_total{service=\"user\",method=\"Login\",code=\"OK\"}", 1);
+    assert_delta(&before, &after, p_user,
+                 "paygate_rpc_handled_total{service=\"user\",method=\"TopUp\",code=\"OK\"}", 1);
+    assert_delta(&before, &after, p_user,
+                 "paygate_rpc_handled_total{service=\"user\",method=\"Debit\",code=\"OK\"}", 1);
+    assert_delta(&before, &after, p_user,
+                 "paygate_rpc_handled_total{service=\"user\",method=\"Debit\",code=\"FAILED_"
+                 "PRECONDITION\"}",
+                 1);
+    assert_delta(&before, &after, p_user, "paygate_outbox_published_total{outbox=\"users\"}", 1);
+
+    /* order: two creates, one order completed */
+    assert_delta(&before, &after, p_order,
+                 "paygate_rpc_handled_total{service=\"order\",method=\"Create\",code=\"OK\"}", 2);
+    assert_delta(&before, &after, p_order,
+                 "paygate_rpc_handled_total{service=\"order\",method=\"MarkPaid\",code=\"OK\"}", 1);
+
+    /* broker: every request it routed was handled by a service, and the
+     * gateway's 7 service calls are among them */
+    double handled = 0;
+    for (int i = p_user; i <= p_notification; i++)
+        handled += family_sum(&after, i, "paygate_rpc_handled_total", NULL) -
+                   family_sum(&before, i, "paygate_rpc_handled_total", NULL);
+    double routed = must(&after, p_broker, "paygate_broker_requests_routed_total") -
+                    must(&before, p_broker, "paygate_broker_requests_routed_total");
+    fprintf(stderr, "broker routed %.0f requests, the services handled %.0f\n", routed, handled);
+    assert_true(routed >= 7);
+    assert_true(routed == handled);
+    assert_delta(&before, &after, p_broker, "paygate_broker_requests_expired_total", 0);
+    assert_delta(&before, &after, p_broker,
+                 "paygate_broker_requests_failed_total{reason=\"unavailable\"}", 0);
+    static const char *const services[] = {"user", "order", "payment", "transaction",
+                                           "notification"};
+    for (size_t i = 0; i < 5; i++) {
+        char key[128];
+        snprintf(key, sizeof key, "paygate_broker_workers{service=\"%s\"}", services[i]);
+        assert_true(must(&after, p_broker, key) == 2); /* PAYGATE_<NAME>_THREADS default */
+        snprintf(key, sizeof key, "paygate_broker_queued_requests{service=\"%s\"}", services[i]);
+        assert_true(must(&after, p_broker, key) == 0);
+    }
+    /* (events appended, consumed and lag 0 were checked by caught_up) */
+
+    scrape_free(&before);
+    scrape_free(&after);
+}
+
+/* The listeners of the broker and the services answer only GET /metrics. */
+static void test_listener_paths(void **state)
+{
+    (void)state;
+    http_response_t r;
+    assert_true(http_request(&r, sys.metrics_ports[p_order], "GET", "/", NULL, NULL));
+    assert_int_equal(r.status, 404);
+    http_response_free(&r);
+    assert_true(http_request(&r, sys.metrics_ports[p_broker], "POST", "/metrics", NULL, "x"));
+    assert_int_equal(r.status, 405);
+    assert_non_null(http_header(&r, "Allow"));
+    http_response_free(&r);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_counters_move_as_the_traffic_says),
+        cmocka_unit_test(test_listener_paths),
+    };
+    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}
