@@ -13,14 +13,15 @@
 // or an input spliced into another variable; required ones are set; host
 // names are Services (Compose services) with matching ports; the gateway's
 // probe port is the port it listens on; the broker's data dir is on a
-// persistent volume. And for real: hosts are mapped to 127.0.0.1, ports to
+// persistent volume; a pod annotated for Prometheus declares the port it
+// names and its process serves metrics there, on every interface. And for real: hosts are mapped to 127.0.0.1, ports to
 // free ones (PostgreSQL and Redis to the test servers of ./dev test, a
 // database of its own), Secrets the operator creates to test values; the
 // broker, the services and the gateway are started in that order; each
 // one's startup, readiness and liveness probes must pass as written (exec
 // probes run as commands with the container's environment, HTTP probes GET
 // the path on the port); a probe for an instance that does not exist must
-// fail; Compose's two payment instances must both be in discovery; and on
+// fail; every metrics port answers GET /metrics; Compose's two payment instances must both be in discovery; and on
 // SIGTERM each process must exit 0 within its termination grace period
 // (minus a preStop sleep). A renamed flag or variable, a wrong probe path
 // or port, a missing variable: the test fails and says which.
@@ -242,6 +243,7 @@ function kubernetesContainers(file) {
                 preStop,
                 graceS: w.podSpec.terminationGracePeriodSeconds ?? 30,
                 listenPorts: (c.ports ?? []).map((p) => p.containerPort),
+                podAnnotations: w.obj.kind === "Pod" ? w.obj.metadata?.annotations ?? {} : w.obj.spec?.template?.metadata?.annotations ?? {},
                 persistentPaths,
                 // host:port a client may dial: Services of the render.
                 resolveHost: (host, port) => {
@@ -384,6 +386,17 @@ function staticChecks(system, c) {
             }
         }
     }
+    // Metrics (Kubernetes): a scraped pod serves them on a declared port,
+    // on every interface, and its prometheus.io/port annotation names it.
+    const metricsVar = metricsPortVariable(c);
+    if (system !== "compose" && c.podAnnotations?.["prometheus.io/scrape"] === "true") {
+        const annotated = Number(c.podAnnotations["prometheus.io/port"]);
+        check(c.listenPorts.includes(annotated), `${where}: prometheus.io/port ${annotated} is not a declared container port (${c.listenPorts})`);
+        if (binary !== "paygate-gateway") {
+            check(metricsVar !== null && Number(c.env.get(metricsVar)) === annotated, `${where}: prometheus.io/port ${annotated}, but ${metricsVar ?? "no metrics port variable"} is ${metricsVar ? c.env.get(metricsVar) : "unset"}`);
+            check(c.env.get("PAYGATE_METRICS_BIND") === "0.0.0.0", `${where}: PAYGATE_METRICS_BIND must be 0.0.0.0 for Prometheus to reach the metrics port`);
+        }
+    }
     if (binary === "paygate-broker") {
         const dir = c.env.get("PAYGATE_BROKER_DATA_DIR");
         check(dir !== undefined && c.persistentPaths.includes(dir), `${where}: PAYGATE_BROKER_DATA_DIR ${dir} is not on a persistent volume (${c.persistentPaths})`);
@@ -392,6 +405,13 @@ function staticChecks(system, c) {
         check(p !== null && p.kind !== "unsupported", `${where}: ${kind} probe missing or not runnable here (${p?.detail ?? "none"})`);
     if (c.preStop) check(spawnSync("sh", ["-c", `command -v ${c.preStop[0]}`]).status === 0, `${where}: preStop ${c.preStop[0]} not found`);
     return true;
+}
+
+// The variable that sets container 'c''s metrics port, when it sets one.
+function metricsPortVariable(c) {
+    for (const name of ["PAYGATE_BROKER_METRICS_PORT", "PAYGATE_METRICS_PORT"])
+        if (c.env.has(name) && c.env.get(name) !== "0") return name;
+    return null;
 }
 
 // The container's environment for this machine: hosts to loopback, ports
@@ -413,6 +433,9 @@ function mappedEnv(c, ports, system) {
     if (env.has("PAYGATE_REDIS_PORT")) env.set("PAYGATE_REDIS_PORT", String(redisPort));
     if (env.has("PAYGATE_GATEWAY_BIND")) env.set("PAYGATE_GATEWAY_BIND", "127.0.0.1");
     if (env.has("PAYGATE_GATEWAY_PORT")) env.set("PAYGATE_GATEWAY_PORT", String(ports.gateway));
+    const metricsVar = metricsPortVariable(c);
+    if (metricsVar !== null) env.set(metricsVar, String(ports.metrics.get(c.id)));
+    if (env.has("PAYGATE_METRICS_BIND")) env.set("PAYGATE_METRICS_BIND", "127.0.0.1");
     // What the image gives every process, and the sanitizers' settings.
     env.set("PATH", `${binDir}:/usr/bin:/bin`);
     env.set("HOME", "/nonexistent");
@@ -443,7 +466,8 @@ async function runSystem(system, containers) {
     for (const b of ["paygate-broker", "paygate-gateway", "paygate-user", "paygate-order", "paygate-payment", "paygate-transaction", "paygate-notification"])
         check(byBinary(b).length > 0, `${system}: no container runs ${b}`);
     if (byBinary("paygate-broker").length !== 1) return;
-    const ports = { broker: await freePort(), gateway: await freePort() };
+    const ports = { broker: await freePort(), gateway: await freePort(), metrics: new Map() };
+    for (const c of runnable) if (metricsPortVariable(c) !== null) ports.metrics.set(c.id, await freePort());
     mkdirSync(path.join(scratch, system), { recursive: true });
     const started = [];
     const launch = (c) => {
@@ -477,6 +501,14 @@ async function runSystem(system, containers) {
                 const r = await runProbe(p, e.env, (p.timeoutS ?? 1) * 1000);
                 check(r.ok, `${system} ${e.c.id}: ${kind} probe fails while it runs: ${r.detail}`);
             }
+        // Every metrics port set answers GET /metrics (the gateway's is its
+        // HTTP port).
+        for (const e of started) {
+            const port = ports.metrics.get(e.c.id) ?? (binaryOf(e.c) === "paygate-gateway" ? ports.gateway : null);
+            if (port === null) continue;
+            const r = await runProbe({ kind: "http", path: "/metrics", port }, e.env, 5000);
+            check(r.ok, `${system} ${e.c.id}: metrics: ${r.detail}`);
+        }
         // Not vacuous: the same probe for an instance that is not there fails.
         const worker = workers.find((e) => e.env.has("PAYGATE_INSTANCE_ID"));
         if (check(worker !== undefined, `${system}: no worker sets PAYGATE_INSTANCE_ID`)) {

@@ -364,9 +364,18 @@ async function checkSet(name, file, readme) {
             problems.push(`${w.name}: not covered by Ingress and Egress policies`);
             continue;
         }
-        // From outside: a rule with no "from", or an ipBlock/namespace peer.
+        // From outside: a rule with no "from", or an ipBlock/namespace peer;
+        // except Prometheus scraping: a rule only for the pod's annotated
+        // metrics port whose every peer is a pod labelled
+        // paygate.io/metrics-scraper=true (in whatever namespace).
+        const metricsPort = Number(w.obj.spec?.template?.metadata?.annotations?.["prometheus.io/port"]);
+        const scrapeOnly = (r) =>
+            (r.ports ?? []).length > 0 &&
+            r.ports.every((x) => Number(x.port) === metricsPort) &&
+            (r.from ?? []).length > 0 &&
+            r.from.every((f) => !f.ipBlock && f.podSelector?.matchLabels?.["paygate.io/metrics-scraper"] === "true");
         const open = inPolicies.some((p) =>
-            (p.spec.ingress ?? []).some((r) => !r.from || r.from.length === 0 || r.from.some((f) => f.ipBlock || f.namespaceSelector)),
+            (p.spec.ingress ?? []).some((r) => !scrapeOnly(r) && (!r.from || r.from.length === 0 || r.from.some((f) => f.ipBlock || f.namespaceSelector))),
         );
         if (open && w.name !== "paygate-gateway") problems.push(`${w.name}: reachable from outside the namespace; only the gateway may be`);
         if (w.name === "paygate-gateway" && !open) problems.push("paygate-gateway: not reachable from outside");
