@@ -119,8 +119,8 @@ static bool broker_config_read(broker_config_t *config)
     b->heartbeat_interval_ms = r->heartbeat_interval_ms;
     b->heartbeat_liveness = r->heartbeat_liveness;
     if (r->deadline_default_ms > r->deadline_max_ms) {
-        fprintf(stderr, "config: PAYGATE_BROKER_DEADLINE_DEFAULT_MS is over "
-                        "PAYGATE_BROKER_DEADLINE_MAX_MS\n");
+        log_error("config: PAYGATE_BROKER_DEADLINE_DEFAULT_MS is over "
+                  "PAYGATE_BROKER_DEADLINE_MAX_MS");
         return false;
     }
     return true;

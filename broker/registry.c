@@ -226,13 +226,37 @@ static void pending_free(registry_t *self, pending_t *p)
     self->free_slots[self->free_count++] = p->slot;
 }
 
-/* Answers the client of 'p' with a broker status (once). */
+/* The request id of 'p' ("" when it came without one). */
+static const char *pending_request_id(const pending_t *p)
+{
+    const Paygate__V1__CallMeta *meta = p->header != NULL ? p->header->meta : NULL;
+    return meta != NULL && meta->request_id != NULL ? meta->request_id : "";
+}
+
+/* Answers the client of 'p' with a broker status (once), and logs it with
+ * the request's id: these are the broker's own verdicts on a request
+ * (deadline, worker lost, no worker, queue full), which a reader of the
+ * gateway's and services' logs otherwise cannot see. A full queue is
+ * logged at debug: under overload it would flood the log. */
 static void pending_answer(registry_t *self, pending_t *p, Paygate__V1__Code code,
                            const char *reason, const char *message)
 {
     if (p->answered)
         return;
     p->answered = true;
+    log_level_t level = code == PAYGATE__V1__CODE__RESOURCE_EXHAUSTED ? LOG_LEVEL_DEBUG
+                                                                      : LOG_LEVEL_INFO;
+    if (log_enabled(level) && p->header != NULL) {
+        log_set_request_id(pending_request_id(p));
+        log_write_fields(level,
+                         LOG_FIELDS(LOG_STR("service", p->header->service),
+                                    LOG_STR("method", p->header->method),
+                                    LOG_STR("status", wire_code_name(code)),
+                                    LOG_STR("reason", reason)),
+                         "registry: answered %s.%s itself: %s", p->header->service,
+                         p->header->method, message);
+        log_set_request_id(NULL);
+    }
     Paygate__V1__Status status = PAYGATE__V1__STATUS__INIT;
     status.code = code;
     status.reason = (char *)reason;
@@ -737,8 +761,10 @@ static void pending_timer(registry_t *self, pending_t *p, int64_t now)
             return;
         }
         /* The worker never answered: give its slot back. */
+        log_set_request_id(pending_request_id(p));
         log_warn("registry: %s held a request %u ms past its deadline; slot released",
                  w->instance_id, self->config.orphan_timeout_ms);
+        log_set_request_id(NULL);
         w->in_flight--;
         service_t *s = w->service;
         pending_free(self, p);

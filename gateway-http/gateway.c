@@ -31,6 +31,7 @@
 #include <jansson.h>
 #include <microhttpd.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -75,6 +76,8 @@ struct gateway {
     gateway_metrics_t *metrics; /* GET /metrics (gateway_metrics.c) */
 };
 
+enum { access_path_bytes_max = 255 };
+
 typedef struct {
     route_match_t match;
     bool matched;
@@ -87,8 +90,11 @@ typedef struct {
     bool limited;                          /* refused by a rate limit at the head */
     ratelimit_class_t limited_class;
     ratelimit_verdict_t verdict;
-    const char *route_label; /* gateway_metrics_route_label() */
+    const char *route_label; /* gateway_metrics_route_label(); also the access log's route */
     char method[16];         /* for the metrics; longer methods are "other" there */
+    /* for the access log line (access_log) */
+    char path[access_path_bytes_max + 1];
+    char request_id[request_id_bytes_max + 1];
 } request_t;
 
 typedef struct {
@@ -691,6 +697,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *connection, 
         if (req == NULL)
             return MHD_NO;
         req->started_us = clock_now_us();
+        snprintf(req->path, sizeof req->path, "%s", url);
         req->matched = routes_match(routes_v1, routes_v1_count, method, url, &req->match);
         req->route_label =
             gateway_metrics_route_label(req->matched ? req->match.route->path : NULL, url,
@@ -737,25 +744,64 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *connection, 
         req->body_len += chunk;
         return MHD_YES;
     }
-    char request_id[request_id_bytes_max + 1];
-    request_id_for(connection, request_id);
-    return finish(self, connection, req, url, method, request_id);
+    request_id_for(connection, req->request_id);
+    /* Every line written while answering carries the request id. */
+    log_set_request_id(req->request_id);
+    enum MHD_Result result = finish(self, connection, req, url, method, req->request_id);
+    log_set_request_id(NULL);
+    return result;
+}
+
+/* Logs one line per request at info level when libmicrohttpd is done with
+ * it (so a notification stream's duration is its lifetime): method,
+ * route (the template, as the metrics label it), path, client address,
+ * 'status' (0: no response was sent), duration_ms and whether the
+ * response went out completely. Never the query, a header or a body:
+ * those may hold tokens, passwords or keys. */
+static void access_log(const request_t *req, unsigned status, int64_t duration_us,
+                       enum MHD_RequestTerminationCode code)
+{
+    if (!log_enabled(LOG_LEVEL_INFO))
+        return;
+    log_set_request_id(req->request_id);
+    log_write_fields(LOG_LEVEL_INFO,
+                     LOG_FIELDS(LOG_STR("method", req->method), LOG_STR("route", req->route_label),
+                                LOG_STR("path", req->path), LOG_STR("client", req->client),
+                                LOG_INT("status", status),
+                                LOG_DOUBLE("duration_ms", (double)duration_us / 1000.0),
+                                LOG_BOOL("completed", code == MHD_REQUEST_TERMINATED_COMPLETED_OK)),
+                     "http %s %s %u", req->method, req->path, status);
+    log_set_request_id(NULL);
+}
+
+/* libmicrohttpd's own messages (MHD_USE_ERROR_LOG) as log lines, so that
+ * stderr holds nothing but log lines. */
+static void mhd_log(void *cls, const char *fmt, va_list args)
+{
+    (void)cls;
+    char text[512];
+    vsnprintf(text, sizeof text, fmt, args);
+    size_t len = strlen(text);
+    while (len > 0 && (text[len - 1] == '\n' || text[len - 1] == '\r'))
+        text[--len] = '\0';
+    log_warn("libmicrohttpd: %s", text);
 }
 
 /* Frees a request's state when libmicrohttpd is done with it. */
 static void on_completed(void *cls, struct MHD_Connection *connection, void **con_cls,
                          enum MHD_RequestTerminationCode code)
 {
-    (void)code;
     gateway_t *self = cls;
     request_t *req = *con_cls;
     if (req == NULL)
         return;
     const union MHD_ConnectionInfo *info =
         MHD_get_connection_info(connection, MHD_CONNECTION_INFO_HTTP_STATUS);
-    gateway_metrics_request_finished(self->metrics, req->route_label, req->method,
-                                     info != NULL ? info->http_status : 0,
-                                     clock_now_us() - req->started_us);
+    unsigned status = info != NULL ? info->http_status : 0;
+    int64_t duration_us = clock_now_us() - req->started_us;
+    gateway_metrics_request_finished(self->metrics, req->route_label, req->method, status,
+                                     duration_us);
+    access_log(req, status, duration_us, code);
     free(req->body);
     free(req);
     *con_cls = NULL;
@@ -813,8 +859,9 @@ gateway_t *gateway_new(const gateway_config_t *config)
     self->daemon = MHD_start_daemon(
         MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG |
             MHD_ALLOW_SUSPEND_RESUME,
-        config->port, NULL, NULL, on_request, self, MHD_OPTION_THREAD_POOL_SIZE, config->threads,
-        MHD_OPTION_CONNECTION_LIMIT, config->connections_max, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
+        config->port, NULL, NULL, on_request, self, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
+        MHD_OPTION_THREAD_POOL_SIZE, config->threads, MHD_OPTION_CONNECTION_LIMIT,
+        config->connections_max, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
         config->connections_per_address_max, MHD_OPTION_CONNECTION_TIMEOUT, config->timeout_s,
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, config->header_bytes_max, MHD_OPTION_NOTIFY_COMPLETED,
         on_completed, self, MHD_OPTION_SOCK_ADDR, &addr, MHD_OPTION_UNESCAPE_CALLBACK,

@@ -99,9 +99,13 @@ int rpc_client_send(rpc_client_t *self, const char *service, const char *method,
     if (opts == NULL)
         opts = &defaults;
     uint32_t deadline_ms = opts->deadline_ms ? opts->deadline_ms : rpc_deadline_default_ms;
+    /* The request id: the caller's, else the one this thread is handling
+     * (a service calling another on behalf of a request), else new. */
     char generated[32];
     const char *request_id = opts->request_id;
-    if (request_id == NULL || *request_id == '\0') {
+    if (request_id == NULL || *request_id == '\0')
+        request_id = log_request_id();
+    if (*request_id == '\0') {
         client_request_id(generated);
         request_id = generated;
     }

@@ -19,6 +19,13 @@
  * (no_worker, deadline_exceeded, ...), or the client's when the broker does
  * not answer. This module never aborts the process on bad input from the
  * network. It writes its few warnings to stderr through lib/log.
+ *
+ * Request ids follow a request by themselves: while a worker serves a
+ * call, the call's request id is its thread's log context (lib/log), so
+ * every line the handler writes carries it, and every call the handler
+ * makes through a client without an explicit id forwards it. Each worker
+ * thread logs as its own instance id; at debug level it writes one line
+ * per call served (service, method, status, reason, duration_ms).
  */
 #ifndef PAYGATE_RPC_H
 #define PAYGATE_RPC_H
@@ -65,8 +72,11 @@ typedef struct {
 typedef struct {
     uint32_t deadline_ms;   /* 0: rpc_deadline_default_ms; the broker refuses
                                more than PAYGATE_BROKER_DEADLINE_MAX_MS */
-    const char *request_id; /* tracing id (1..64 printable); NULL or "": a
-                               fresh "req_<16 hex digits>" */
+    const char *request_id; /* tracing id (1..64 printable); NULL or "": the
+                               calling thread's log request id
+                               (log_set_request_id: a worker sets it for each
+                               call it serves), else a fresh
+                               "req_<16 hex digits>" */
     const char *user_id;    /* the acting user ("usr_..."), or NULL */
     const char *principal;  /* the calling program, e.g. "my-tool", or NULL */
 } rpc_call_opts_t;

@@ -157,6 +157,7 @@ rpc_server_t *rpc_server_new(const rpc_server_config_t *config)
         free(self);
         return NULL;
     }
+    log_set_instance(self->instance_prefix); /* each thread's lines: its own id */
     return self;
 }
 
@@ -370,8 +371,11 @@ static void worker_reply_failure(worker_thread_t *self, const Paygate__V1__Heade
     worker_reply(self, request, &status, NULL);
 }
 
-/* Runs the handler for one REQUEST and sends its REPLY. */
-static void worker_serve(worker_thread_t *self, wire_message_t *msg, int64_t received_at)
+/* Runs the handler for one REQUEST and sends its REPLY. Returns the code
+ * answered, and its reason (truncated) in 'reason'. */
+static Paygate__V1__Code worker_serve_request(worker_thread_t *self, wire_message_t *msg,
+                                              int64_t received_at,
+                                              char reason[rpc_reason_bytes_max + 1])
 {
     const rpc_server_config_t *c = &self->server->config;
     const Paygate__V1__Header *header = msg->header;
@@ -390,7 +394,7 @@ static void worker_serve(worker_thread_t *self, wire_message_t *msg, int64_t rec
     if (method == NULL) {
         snprintf(text, sizeof text, "service %s has no method %s", c->service, header->method);
         worker_reply_failure(self, header, PAYGATE__V1__CODE__UNIMPLEMENTED, text);
-        return;
+        return PAYGATE__V1__CODE__UNIMPLEMENTED;
     }
     uint32_t deadline_ms = header->meta && header->meta->deadline_ms
                                ? header->meta->deadline_ms
@@ -400,7 +404,7 @@ static void worker_serve(worker_thread_t *self, wire_message_t *msg, int64_t rec
     if (clock_now_ms() >= ctx.deadline_at) {
         worker_reply_failure(self, header, PAYGATE__V1__CODE__DEADLINE_EXCEEDED,
                              "deadline passed before the worker started the request");
-        return;
+        return PAYGATE__V1__CODE__DEADLINE_EXCEEDED;
     }
     ProtobufCAllocator allocator = arena_protobuf_allocator(self->arena);
     const uint8_t *data = msg->has_body ? zmq_msg_data(&msg->body) : (const uint8_t *)"";
@@ -412,7 +416,7 @@ static void worker_serve(worker_thread_t *self, wire_message_t *msg, int64_t rec
         snprintf(text, sizeof text, "request body is not a valid %s", method->request_desc->name);
         worker_reply_failure(self, header, PAYGATE__V1__CODE__INVALID_ARGUMENT, text);
         arena_reset(self->arena);
-        return;
+        return PAYGATE__V1__CODE__INVALID_ARGUMENT;
     }
     protobuf_c_message_init(method->reply_desc, reply);
     Paygate__V1__Code code = method->handler(&ctx, request, reply, self->state);
@@ -427,10 +431,39 @@ static void worker_serve(worker_thread_t *self, wire_message_t *msg, int64_t rec
         if (ctx.status.message == NULL)
             ctx.status.message = (char *)wire_code_name(code);
         worker_reply(self, header, &ctx.status, NULL);
+        snprintf(reason, rpc_reason_bytes_max + 1, "%s", ctx.status.reason ? ctx.status.reason : "");
     }
     self->served++;
     arena_reset(self->arena);
+    return code;
 }
+
+/* Serves one REQUEST with its request id as the thread's log context, so
+ * that every line the handler writes (and every call it makes through
+ * lib/rpc) carries it; at debug level, one line per call with its
+ * outcome and duration (never its body). */
+static void worker_serve(worker_thread_t *self, wire_message_t *msg, int64_t received_at)
+{
+    const Paygate__V1__Header *header = msg->header;
+    log_set_request_id(header->meta != NULL ? header->meta->request_id : NULL);
+    bool timed = log_enabled(LOG_LEVEL_DEBUG);
+    int64_t started_us = timed ? clock_now_us() : 0;
+    char reason[rpc_reason_bytes_max + 1] = "";
+    Paygate__V1__Code code = worker_serve_request(self, msg, received_at, reason);
+    if (timed) {
+        double duration_ms = (double)(clock_now_us() - started_us) / 1000.0;
+        log_write_fields(LOG_LEVEL_DEBUG,
+                         LOG_FIELDS(LOG_STR("service", self->server->config.service),
+                                    LOG_STR("method", meta_text(header->method)),
+                                    LOG_STR("status", wire_code_name(code)),
+                                    LOG_STR("reason", reason),
+                                    LOG_DOUBLE("duration_ms", duration_ms)),
+                         "rpc served");
+    }
+    log_set_request_id(NULL);
+}
+
+
 
 /* Handles one message from the broker. Returns false when the broker
  * refused this instance for good (stop the process). '*released' is set
@@ -572,6 +605,7 @@ static void *worker_thread_main(void *arg)
     worker_thread_t *self = arg;
     rpc_server_t *server = self->server;
     const rpc_server_config_t *c = &server->config;
+    log_set_thread_instance(self->instance_id);
     self->arena = arena_new(worker_arena_block_bytes);
     if (self->arena == NULL)
         goto failed;

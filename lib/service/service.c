@@ -31,6 +31,7 @@ bool service_config_read(const char *name, bool needs_pg, service_config_t *out)
         log_error("config: PAYGATE_PG_DSN is required");
         return false;
     }
+    log_set_instance(out->instance); /* NULL: keep "<service>-<host>-<pid>" */
     out->threads = (unsigned)threads;
     out->max_in_flight = (uint32_t)max_in_flight;
     return true;

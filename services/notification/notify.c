@@ -138,14 +138,16 @@ static bool notify_deliver(notifier_t *self, const notification_t *n, const char
     }
 }
 
-/* The consumer's handler: true acknowledges the event. */
-static bool notify_handle(const events_delivery_t *delivery, void *state)
+/* Handles one delivery; true acknowledges it. Sets the event's request
+ * id as the log context (notify_handle clears it). */
+static bool notify_handle_event(notifier_t *self, const events_delivery_t *delivery)
 {
-    notifier_t *self = state;
     if (atomic_load(&self->stopping))
         return false; /* stopping: NACK, another member (or we, later) takes it */
     Paygate__V1__MoneyEvent *event =
         paygate__v1__money_event__unpack(NULL, delivery->payload_len, delivery->payload);
+    if (event != NULL)
+        log_set_request_id(event->request_id); /* the request that caused the event */
     if (event == NULL) {
         self->dropped++;
         log_error("notify: %s offset %" PRIu64 " (%s) is not a MoneyEvent; dropped",
@@ -180,6 +182,14 @@ static bool notify_handle(const events_delivery_t *delivery, void *state)
     self->refused++;
     log_debug("notify: %s not delivered (Redis unavailable); NACK", n.id);
     return false;
+}
+
+/* The consumer's handler: true acknowledges the event. */
+static bool notify_handle(const events_delivery_t *delivery, void *state)
+{
+    bool acknowledge = notify_handle_event(state, delivery);
+    log_set_request_id(NULL);
+    return acknowledge;
 }
 
 /* One consumer's life: subscribe, consume until stopped or refused.

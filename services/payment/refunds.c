@@ -120,6 +120,7 @@ bool refund_drive(payment_env_t *env, const char *refund_id, const char *user_id
     event.payment_id = payment_id;
     event.refund_id = (char *)refund_id;
     event.occurred_at = occurred_at;
+    event.request_id = (char *)log_request_id(); /* the request being served */
     char *payload = outbox_payload_hex(&event.base);
     if (payload == NULL)
         return false;

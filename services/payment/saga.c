@@ -122,6 +122,7 @@ static saga_outcome_t saga_finish(payment_env_t *env, const saga_payment_t *p, b
     event.payment_id = (char *)p->id;
     event.failure_code = (char *)failure_code;
     event.occurred_at = occurred_at;
+    event.request_id = (char *)log_request_id(); /* the request being served */
     char *payload = outbox_payload_hex(&event.base);
     if (payload == NULL)
         return SAGA_PENDING;

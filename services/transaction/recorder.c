@@ -408,11 +408,13 @@ static bool recorder_record(recorder_t *self, const events_delivery_t *event, co
     return false;
 }
 
-bool recorder_on_event(const events_delivery_t *event, void *state)
+/* Handles one delivery with the event's request id as the log context. */
+static bool recorder_handle(recorder_t *self, const events_delivery_t *event)
 {
-    recorder_t *self = state;
     Paygate__V1__MoneyEvent *e =
         paygate__v1__money_event__unpack(NULL, event->payload_len, event->payload);
+    if (e != NULL)
+        log_set_request_id(e->request_id); /* the request that caused the event */
     if (e == NULL) {
         self->malformed++;
         log_error("recorder: %s offset %" PRIu64 " (event %s) is not a MoneyEvent; acknowledged"
@@ -441,5 +443,12 @@ bool recorder_on_event(const events_delivery_t *event, void *state)
         acknowledge = recorder_record(self, event, &m);
     }
     paygate__v1__money_event__free_unpacked(e, NULL);
+    return acknowledge;
+}
+
+bool recorder_on_event(const events_delivery_t *event, void *state)
+{
+    bool acknowledge = recorder_handle(state, event);
+    log_set_request_id(NULL);
     return acknowledge;
 }

@@ -200,6 +200,7 @@ Paygate__V1__Code wallet_top_up(rpc_ctx_t *ctx, const ProtobufCMessage *request_
     event.currency = (char *)"INR";
     event.topup_id = id;
     event.occurred_at = occurred_at;
+    event.request_id = (char *)log_request_id(); /* the request being served */
     char *payload = outbox_payload_hex(&event.base);
     if (payload == NULL)
         return rpc_ctx_fail(ctx, PAYGATE__V1__CODE__INTERNAL, "internal_error", "no memory");

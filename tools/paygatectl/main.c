@@ -305,7 +305,7 @@ static int command_probe(const char *endpoint, uint32_t timeout_ms, int argc, ch
 
 int main(int argc, char **argv)
 {
-    log_init("paygatectl");
+    log_init_interactive("paygatectl");
     const char *endpoint = getenv("PAYGATE_BROKER_ENDPOINT");
     if (endpoint == NULL || *endpoint == '\0')
         endpoint = "tcp://127.0.0.1:55555";
