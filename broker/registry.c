@@ -244,17 +244,15 @@ static void pending_answer(registry_t *self, pending_t *p, Paygate__V1__Code cod
     if (p->answered)
         return;
     p->answered = true;
-    log_level_t level = code == PAYGATE__V1__CODE__RESOURCE_EXHAUSTED ? LOG_LEVEL_DEBUG
-                                                                      : LOG_LEVEL_INFO;
+    log_level_t level =
+        code == PAYGATE__V1__CODE__RESOURCE_EXHAUSTED ? LOG_LEVEL_DEBUG : LOG_LEVEL_INFO;
     if (log_enabled(level) && p->header != NULL) {
         log_set_request_id(pending_request_id(p));
-        log_write_fields(level,
-                         LOG_FIELDS(LOG_STR("service", p->header->service),
-                                    LOG_STR("method", p->header->method),
-                                    LOG_STR("status", wire_code_name(code)),
-                                    LOG_STR("reason", reason)),
-                         "registry: answered %s.%s itself: %s", p->header->service,
-                         p->header->method, message);
+        log_write_fields(
+            level,
+            LOG_FIELDS(LOG_STR("service", p->header->service), LOG_STR("method", p->header->method),
+                       LOG_STR("status", wire_code_name(code)), LOG_STR("reason", reason)),
+            "registry: answered %s.%s itself: %s", p->header->service, p->header->method, message);
         log_set_request_id(NULL);
     }
     Paygate__V1__Status status = PAYGATE__V1__STATUS__INIT;

@@ -183,8 +183,7 @@ static size_t utf8_whole(const char *s, size_t n)
             break; /* the last sequence starts here */
     }
     uint32_t cp = 0;
-    if (start < n && utf8_decode(s + start, n - start, &cp) == 0 &&
-        (unsigned char)s[start] >= 0xc0)
+    if (start < n && utf8_decode(s + start, n - start, &cp) == 0 && (unsigned char)s[start] >= 0xc0)
         return start; /* a lead byte whose sequence was cut off */
     return n;
 }
@@ -340,8 +339,8 @@ static void log_line(log_level_t level, const log_field_t *fields, size_t field_
     struct tm tm;
     gmtime_r(&now.tv_sec, &tm);
     char time_text[80]; /* room for any int the compiler imagines */
-    snprintf(time_text, sizeof time_text, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ",
-             tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+    snprintf(time_text, sizeof time_text, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
+             tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
              (int)(now.tv_nsec / 1000000));
     const char *instance = thread_instance[0] != '\0' ? thread_instance : log_instance;
     bool json = log_format == LOG_FORMAT_JSON;

@@ -431,7 +431,8 @@ static Paygate__V1__Code worker_serve_request(worker_thread_t *self, wire_messag
         if (ctx.status.message == NULL)
             ctx.status.message = (char *)wire_code_name(code);
         worker_reply(self, header, &ctx.status, NULL);
-        snprintf(reason, rpc_reason_bytes_max + 1, "%s", ctx.status.reason ? ctx.status.reason : "");
+        snprintf(reason, rpc_reason_bytes_max + 1, "%s",
+                 ctx.status.reason ? ctx.status.reason : "");
     }
     self->served++;
     arena_reset(self->arena);
@@ -462,8 +463,6 @@ static void worker_serve(worker_thread_t *self, wire_message_t *msg, int64_t rec
     }
     log_set_request_id(NULL);
 }
-
-
 
 /* Handles one message from the broker. Returns false when the broker
  * refused this instance for good (stop the process). '*released' is set

@@ -202,10 +202,9 @@ static Paygate__V1__Code payment_load_order(rpc_ctx_t *ctx, payment_env_t *env,
 {
     Paygate__V1__GetOrderRequest request = PAYGATE__V1__GET_ORDER_REQUEST__INIT;
     request.id = (char *)order_id;
-    rpc_call_opts_t opts = {.deadline_ms = env->settings->call_deadline_ms,
-                            .request_id = rpc_ctx_request_id(ctx),
-                            .user_id = user,
-                            .principal = "payment"};
+    /* no request_id: lib/rpc forwards the one this thread is serving */
+    rpc_call_opts_t opts = {
+        .deadline_ms = env->settings->call_deadline_ms, .user_id = user, .principal = "payment"};
     ProtobufCMessage *reply = NULL;
     rpc_status_t st;
     Paygate__V1__Code code = rpc_client_call(env->rpc, "order", "Get", &request.base,

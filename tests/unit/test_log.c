@@ -462,7 +462,8 @@ static void test_text_format(void **state)
     setenv("PAYGATE_LOG_FORMAT", "text", 1);
     assert_true(log_init("unit-log"));
     log_set_request_id("req_text");
-    log_write_fields(LOG_LEVEL_WARN, LOG_FIELDS(LOG_STR("route", "/v1/orders"), LOG_INT("status", 404)),
+    log_write_fields(LOG_LEVEL_WARN,
+                     LOG_FIELDS(LOG_STR("route", "/v1/orders"), LOG_INT("status", 404)),
                      "two\nlines \"quoted\"");
     capture();
     char expected_tail[128];
