@@ -49,7 +49,8 @@ static void usage(void)
           "  PAYGATE_BROKER_METRICS_PORT         Prometheus /metrics port; 0/unset: none\n"
           "  PAYGATE_BROKER_METRICS_INTERVAL_MS  how often metrics are refreshed (1000)\n"
           "  PAYGATE_METRICS_BIND                address of the metrics port (127.0.0.1)\n"
-          "  PAYGATE_LOG_LEVEL                   debug, info, warn, error (info)\n",
+          "  PAYGATE_LOG_LEVEL                   debug, info, warn, error (info)\n"
+          "  PAYGATE_LOG_FORMAT                  json (one object per line) or text (json)\n",
           stdout);
 }
 

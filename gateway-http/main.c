@@ -79,7 +79,8 @@ static void usage(void)
           "  PAYGATE_GATEWAY_FORWARDED_HOPS     trusted proxies adding to X-Forwarded-For (0)\n"
           "  PAYGATE_JWT_SECRET, PAYGATE_JWT_KID, PAYGATE_JWT_ISSUER, PAYGATE_JWT_AUDIENCE,\n"
           "  PAYGATE_JWT_PREVIOUS_SECRET, PAYGATE_JWT_PREVIOUS_KID   see README\n"
-          "  PAYGATE_LOG_LEVEL                  debug, info, warn, error (info)\n",
+          "  PAYGATE_LOG_LEVEL                  debug, info, warn, error (info)\n"
+          "  PAYGATE_LOG_FORMAT                 json (one object per line) or text (json)\n",
           stdout);
 }
 

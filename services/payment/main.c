@@ -115,7 +115,8 @@ static void usage(void)
           "  PAYGATE_INSTANCE_ID                   instance id prefix (payment-<host>-<pid>)\n"
           "  PAYGATE_METRICS_PORT                  Prometheus /metrics port; 0/unset: none\n"
           "  PAYGATE_METRICS_BIND                  address of the metrics port (127.0.0.1)\n"
-          "  PAYGATE_LOG_LEVEL                     debug, info, warn, error (info)\n",
+          "  PAYGATE_LOG_LEVEL                     debug, info, warn, error (info)\n"
+          "  PAYGATE_LOG_FORMAT                    json (one object per line) or text (json)\n",
           stdout);
 }
 
