@@ -19,6 +19,7 @@
 #include <cmocka.h>
 
 #include "clock/clock.h"
+#include "log/log.h"
 #include "echo.pb-c.h"
 #include "proc.h"
 #include "rpc/rpc.h"
@@ -182,16 +183,17 @@ static void raw_ready(void *s, const char *service, const char *instance, uint32
     assert_int_equal(wire_send(s, NULL, 0, &header, NULL, 0), 0);
 }
 
-/* Counts the lines of 'path' that contain 'needle'. */
-static int log_count(const char *path, const char *needle)
+/* Counts the lines of 'path' that contain 'needle' and (unless NULL)
+ * 'also'. */
+static int log_count(const char *path, const char *needle, const char *also)
 {
     FILE *file = fopen(path, "r");
     if (file == NULL)
         return -1;
-    char line[4096];
+    char line[8192];
     int count = 0;
     while (fgets(line, sizeof line, file) != NULL)
-        count += strstr(line, needle) != NULL;
+        count += strstr(line, needle) != NULL && (also == NULL || strstr(line, also) != NULL);
     fclose(file);
     return count;
 }
@@ -300,6 +302,10 @@ static void test_deadline_in_flight(void **state)
                      PAYGATE__V1__CODE__DEADLINE_EXCEEDED);
     assert_string_equal(status.reason, "deadline_exceeded");
     assert_true(clock_now_ms() - start < 3000); /* not the worker's late answer */
+    /* the broker's verdict is logged with the request's id (before it answers) */
+    assert_int_equal(log_count(f->broker.log_path, "\"request_id\":\"req_test_1\"",
+                               "\"reason\":\"deadline_exceeded\""),
+                     1);
 }
 
 /* A deadline that passes while the request waits for a free worker. */
@@ -325,12 +331,18 @@ static void test_worker_death_in_flight(void **state)
     start_broker(f, "death", NULL);
     start_worker(f, 0, NULL);
     assert_true(discovery_wait(f->client, "echo", 1, 10000) >= 0);
+    /* no id in the call's options: the client sends this thread's */
+    log_set_request_id("req_death_1");
     uint64_t id = sleep_send(f, 20000, 30000);
+    log_set_request_id(NULL);
     sleep_ms(300);
     proc_kill(&f->workers[0]);
     rpc_status_t status;
     assert_int_equal(reply_wait(f, id, 10000, &status), PAYGATE__V1__CODE__UNAVAILABLE);
     assert_string_equal(status.reason, "worker_lost");
+    assert_int_equal(log_count(f->broker.log_path, "\"request_id\":\"req_death_1\"",
+                               "\"reason\":\"worker_lost\""),
+                     1);
 }
 
 /* The broker is SIGKILLed and restarted on the same port: the worker
@@ -414,7 +426,7 @@ static void test_garbage_frames_survived(void **state)
     assert_int_equal(stats.commands_unknown, 1);
     assert_int_equal(stats.messages_oversized, 1);
     assert_true(proc_wait(&f->broker, 0) == false); /* still running */
-    assert_int_equal(log_count(f->broker.log_path, "bad message from peer"), 1);
+    assert_int_equal(log_count(f->broker.log_path, "bad message from peer", NULL), 1);
 }
 
 /* No worker: UNAVAILABLE after the grace period, not at once and not at
@@ -593,7 +605,7 @@ static void test_bad_config_refused(void **state)
     assert_true(proc_start(&p, "badconfig-broker", PAYGATE_BROKER_BIN, env));
     assert_true(proc_wait(&p, 5000));
     assert_true(WIFEXITED(p.exit_status) && WEXITSTATUS(p.exit_status) == 2);
-    assert_true(log_count(p.log_path, "PAYGATE_BROKER_QUEUE_MAX='lots' is invalid") >= 1);
+    assert_true(log_count(p.log_path, "PAYGATE_BROKER_QUEUE_MAX='lots' is invalid", NULL) >= 1);
     (void)f;
 }
 
