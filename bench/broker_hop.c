@@ -667,7 +667,7 @@ int main(int argc, char **argv)
               strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ? stdout : stderr);
         return strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ? 0 : 2;
     }
-    if (!log_init("bench"))
+    if (!log_init_interactive("bench"))
         return 2;
     static bench_t bench; /* large (every run's result): not on the stack */
     if (!bench_config_read(&bench.config))

@@ -808,7 +808,7 @@ int main(int argc, char **argv)
     }
     /* We and the servers log warnings and errors only, unless told. */
     setenv("PAYGATE_LOG_LEVEL", "warn", 0);
-    if (!log_init("bench"))
+    if (!log_init_interactive("bench"))
         return 2;
     static bench_t bench; /* large (every run's result): not on the stack */
     if (!bench_config_read(&bench.config))

@@ -102,7 +102,9 @@ bool log_init_interactive(const char *process)
 
 void log_set_instance(const char *instance)
 {
-    if (instance != NULL && *instance != '\0')
+    /* Unchanged (the usual case: lib/rpc derives the id log_init made up)
+     * means no write, so threads already logging never see one. */
+    if (instance != NULL && *instance != '\0' && strcmp(instance, log_instance) != 0)
         snprintf(log_instance, sizeof log_instance, "%s", instance);
 }
 
