@@ -97,6 +97,7 @@ static void start_process(int which)
                          "PAYGATE_LOG_FORMAT=json",
                          "PAYGATE_GATEWAY_REQUIRED_SERVICES=user,order,payment,transaction,"
                          "notification",
+                         PROC_GATEWAY_RATE_LIMITS_OFF,
                          NULL};
     char name[64];
     snprintf(name, sizeof name, "logs-%s", proc_names[which]);
