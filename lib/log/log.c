@@ -357,7 +357,8 @@ static void log_line(log_level_t level, const log_field_t *fields, size_t field_
         line_puts(&line, "\"");
         line_put_json_string(&line, "process", log_process);
         line_printf(&line, ",\"pid\":%d", (int)getpid());
-        line_put_json_string(&line, "instance", instance);
+        if (instance[0] != '\0') /* empty only before log_init */
+            line_put_json_string(&line, "instance", instance);
         if (thread_request_id[0] != '\0')
             line_put_json_string(&line, "request_id", thread_request_id);
         line_puts(&line, ",\"message\":\"");

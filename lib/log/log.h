@@ -10,9 +10,10 @@
  *    "message":"rpc served","fields":{"service":"payment","method":"Create",
  *    "status":"OK","duration_ms":12.345}}
  *
- * (one line in the file). "request_id" is there only while the writing
- * thread has one (log_set_request_id), "fields" only when the line has
- * structured fields, "truncated": true only when the line was cut at
+ * (one line in the file). "instance" is there once log_init ran,
+ * "request_id" only while the writing thread has one
+ * (log_set_request_id), "fields" only when the line has structured
+ * fields, "truncated": true only when the line was cut at
  * log_line_bytes_max. Every string is valid JSON: quotes, backslashes and
  * control characters are escaped, and bytes that are not UTF-8 become
  * U+FFFD.
