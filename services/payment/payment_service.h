@@ -66,6 +66,10 @@ typedef struct {
     int64_t amount;
     char step[24];
     int64_t lease_token; /* the fencing token this driver holds */
+    /* The end (Unix ms) of the lease the statement that gave the token
+     * just took, so the first step needs no renewal of its own; 0: not
+     * known, renew before acting. */
+    int64_t lease_until_ms;
 } saga_payment_t;
 
 typedef enum {

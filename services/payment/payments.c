@@ -39,7 +39,8 @@ static const char insert_sql[] =
     " failure_code, failure_message, locked_until)"
     " VALUES ($1, $2, $3, $4, $5::bigint, $6, $7, $8, $9,"
     "         now() + make_interval(secs => $10::int / 1000.0))"
-    " ON CONFLICT (user_id, idempotency_key) DO NOTHING RETURNING id, lease_token";
+    " ON CONFLICT (user_id, idempotency_key) DO NOTHING"
+    " RETURNING id, lease_token, (extract(epoch FROM locked_until) * 1000)::bigint";
 
 /* Takes over a payment whose driver's lease ended (plus the clock-skew
  * margin $3): a new fencing token, and the step as it is now. */
@@ -48,7 +49,7 @@ static const char take_over_sql[] =
     " attempts = attempts + 1, lease_token = lease_token + 1"
     " WHERE id = $1 AND status = 'PROCESSING'"
     "   AND locked_until + make_interval(secs => $3::int / 1000.0) <= now()"
-    " RETURNING step, lease_token";
+    " RETURNING step, lease_token, (extract(epoch FROM locked_until) * 1000)::bigint";
 
 static const char list_sql[] =
     "SELECT " PAYMENT_COLUMNS " FROM payments WHERE user_id = $1"
@@ -185,6 +186,7 @@ static Paygate__V1__Code payment_known_key(rpc_ctx_t *ctx, payment_env_t *env, c
     if (ours) {
         snprintf(saga.step, sizeof saga.step, "%s", PQgetvalue(taken, 0, 0));
         saga.lease_token = strtoll(PQgetvalue(taken, 0, 1), NULL, 10);
+        saga.lease_until_ms = strtoll(PQgetvalue(taken, 0, 2), NULL, 10);
     }
     PQclear(taken);
     if (!ours)
@@ -285,6 +287,7 @@ Paygate__V1__Code payment_create(rpc_ctx_t *ctx, const ProtobufCMessage *request
             return pgrpc_fail(ctx, env->pg, result, "create payment");
         bool created = PQntuples(inserted) == 1;
         int64_t token = created ? strtoll(PQgetvalue(inserted, 0, 1), NULL, 10) : 0;
+        int64_t lease_until_ms = created ? strtoll(PQgetvalue(inserted, 0, 2), NULL, 10) : 0;
         PQclear(inserted);
         if (!created)
             continue; /* a concurrent request with this key won: read its row */
@@ -295,6 +298,7 @@ Paygate__V1__Code payment_create(rpc_ctx_t *ctx, const ProtobufCMessage *request
             snprintf(saga.order_id, sizeof saga.order_id, "%s", request->order_id);
             snprintf(saga.step, sizeof saga.step, "ORDER_CHECKED");
             saga.lease_token = token;
+            saga.lease_until_ms = lease_until_ms;
             saga_drive(env, &saga, rpc_ctx_request_id(ctx));
         }
         return answer_by_id(ctx, env, id, user, reply);

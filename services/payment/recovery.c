@@ -23,7 +23,8 @@ static const char lease_payment_sql[] =
     " WHERE id = (SELECT id FROM payments WHERE status = 'PROCESSING'"
     "               AND locked_until + make_interval(secs => $2::int / 1000.0) <= now()"
     "             ORDER BY locked_until LIMIT 1 FOR UPDATE SKIP LOCKED)"
-    " RETURNING id, user_id, order_id, amount, step, attempts, lease_token";
+    " RETURNING id, user_id, order_id, amount, step, attempts, lease_token,"
+    "           (extract(epoch FROM locked_until) * 1000)::bigint";
 
 static const char lease_refunds_sql[] =
     "UPDATE refunds SET locked_until = now() + make_interval(secs => $1::int / 1000.0)"
@@ -58,6 +59,7 @@ int recovery_pass(payment_env_t *env)
         p.amount = strtoll(PQgetvalue(rows, 0, 3), NULL, 10);
         snprintf(p.step, sizeof p.step, "%s", PQgetvalue(rows, 0, 4));
         p.lease_token = strtoll(PQgetvalue(rows, 0, 6), NULL, 10);
+        p.lease_until_ms = strtoll(PQgetvalue(rows, 0, 7), NULL, 10);
         log_info("recovery: resuming payment %s at %s (attempt %s)", p.id, p.step,
                  PQgetvalue(rows, 0, 5));
         PQclear(rows);

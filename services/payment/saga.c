@@ -44,9 +44,14 @@ static const char hold_sql[] =
     " WHERE id = $1 AND lease_token = $2::bigint AND status = 'PROCESSING' AND step = $3"
     " RETURNING (extract(epoch FROM locked_until) * 1000)::bigint";
 
-static const char set_step_sql[] =
-    "UPDATE payments SET step = $2, updated_at = now()"
-    " WHERE id = $1 AND status = 'PROCESSING' AND lease_token = $3::bigint";
+/* Records step $2 of the driver holding token $3 and renews its lease
+ * for the step's call in the same statement (one round trip and one
+ * commit, not two); answers the lease's end. No row: the lease is lost. */
+static const char advance_sql[] =
+    "UPDATE payments SET step = $2, updated_at = now(),"
+    "       locked_until = now() + make_interval(secs => $4::int / 1000.0)"
+    " WHERE id = $1 AND status = 'PROCESSING' AND lease_token = $3::bigint"
+    " RETURNING (extract(epoch FROM locked_until) * 1000)::bigint";
 
 /* The final status and its event, in one statement: the event exists if
  * and only if the payment finished (lib/outbox relays it). */
@@ -82,21 +87,26 @@ static bool saga_hold(payment_env_t *env, const saga_payment_t *p, const char *s
     return held;
 }
 
-/* Records that 'p' reached 'step'. False when the database failed or the
- * lease is lost (the next driver redoes the idempotent step that led
+/* Records that 'p' reached 'step' and renews the lease for acting on it;
+ * sets '*until_ms' to the lease's end. False when the database failed or
+ * the lease is lost (the next driver redoes the idempotent step that led
  * here). */
-static bool saga_record_step(payment_env_t *env, const saga_payment_t *p, const char *step)
+static bool saga_advance(payment_env_t *env, const saga_payment_t *p, const char *step,
+                         int64_t *until_ms)
 {
-    char token[24];
+    char token[24], lease[16];
     snprintf(token, sizeof token, "%" PRId64, p->lease_token);
-    const char *params[] = {p->id, step, token};
+    snprintf(lease, sizeof lease, "%u", env->settings->lease_ms);
+    const char *params[] = {p->id, step, token, lease};
     PGresult *rows = NULL;
-    pg_result_t result = pg_exec_prepared(env->pg, "saga_set_step", set_step_sql, 3, params, &rows);
+    pg_result_t result = pg_exec_prepared(env->pg, "saga_advance", advance_sql, 4, params, &rows);
     if (result != PG_OK) {
         log_warn("saga %s: cannot record step %s: %s", p->id, step, pg_error_message(env->pg));
         return false;
     }
-    bool recorded = atoi(PQcmdTuples(rows)) == 1;
+    bool recorded = PQntuples(rows) == 1;
+    if (recorded)
+        *until_ms = strtoll(PQgetvalue(rows, 0, 0), NULL, 10);
     PQclear(rows);
     if (!recorded)
         log_info("saga %s: lease %" PRId64 " lost before recording %s", p->id, p->lease_token,
@@ -214,9 +224,11 @@ saga_outcome_t saga_drive(payment_env_t *env, const saga_payment_t *p, const cha
     char step[sizeof p->step];
     snprintf(step, sizeof step, "%s", p->step);
 
-    int64_t lease_until_ms = 0;
+    /* The lease the caller's statement just took serves the first step;
+     * each recorded step renews it for the next (saga_advance). */
+    int64_t lease_until_ms = p->lease_until_ms;
     if (strcmp(step, "ORDER_CHECKED") == 0) {
-        if (!saga_hold(env, p, step, &lease_until_ms))
+        if (lease_until_ms == 0 && !saga_hold(env, p, step, &lease_until_ms))
             return SAGA_PENDING;
         /* The debit may only land while this lease lasts: a driver that
          * takes over later (after the lease and the clock-skew margin)
@@ -235,13 +247,13 @@ saga_outcome_t saga_drive(payment_env_t *env, const saga_payment_t *p, const cha
                      wire_code_name(code), status.message);
             return SAGA_PENDING;
         }
-        if (!saga_record_step(env, p, "DEBITED"))
+        if (!saga_advance(env, p, "DEBITED", &lease_until_ms))
             return SAGA_PENDING;
         snprintf(step, sizeof step, "DEBITED");
     }
 
     if (strcmp(step, "DEBITED") == 0) {
-        if (!saga_hold(env, p, step, NULL))
+        if (lease_until_ms == 0 && !saga_hold(env, p, step, &lease_until_ms))
             return SAGA_PENDING;
         Paygate__V1__Code code = saga_mark_paid(env, p, request_id, &status);
         if (code == PAYGATE__V1__CODE__OK)
@@ -255,13 +267,13 @@ saga_outcome_t saga_drive(payment_env_t *env, const saga_payment_t *p, const cha
         }
         log_info("saga %s: order %s is not payable any more; refunding the debit", p->id,
                  p->order_id);
-        if (!saga_record_step(env, p, "COMPENSATING"))
+        if (!saga_advance(env, p, "COMPENSATING", &lease_until_ms))
             return SAGA_PENDING;
         snprintf(step, sizeof step, "COMPENSATING");
     }
 
     if (strcmp(step, "COMPENSATING") == 0) {
-        if (!saga_hold(env, p, step, NULL))
+        if (lease_until_ms == 0 && !saga_hold(env, p, step, &lease_until_ms))
             return SAGA_PENDING;
         Paygate__V1__Code code = saga_wallet_call(env, p, "Credit", 0, request_id, &status);
         if (code != PAYGATE__V1__CODE__OK) {
