@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "auth.h"
 #include "broker_metrics.h"
 #include "clock/clock.h"
 #include "log/log.h"
@@ -27,7 +28,10 @@ enum {
 struct broker {
     broker_config_t config;
     char endpoint[256];
+    char curve_cert[1024];
+    char clients_dir[1024];
     void *zmq_ctx;
+    auth_t *auth; /* NULL: plaintext, nobody is checked */
     void *socket;
     registry_t *registry;
     bus_t *bus;
@@ -36,6 +40,7 @@ struct broker {
     uint64_t frames_malformed;
     uint64_t commands_unknown;
     uint64_t messages_oversized;
+    uint64_t commands_denied;
     zhashx_t *logged_peers;    /* identity hex -> 1: peers already logged */
     broker_metrics_t *metrics; /* NULL: no metrics listener */
     int64_t metrics_next_at;   /* when the loop renders the next snapshot */
@@ -99,6 +104,10 @@ broker_t *broker_new(const broker_config_t *config)
     self->config = *config;
     snprintf(self->endpoint, sizeof self->endpoint, "%s", config->endpoint);
     self->config.endpoint = self->endpoint;
+    snprintf(self->curve_cert, sizeof self->curve_cert, "%s",
+             config->curve_cert ? config->curve_cert : "");
+    snprintf(self->clients_dir, sizeof self->clients_dir, "%s",
+             config->clients_dir ? config->clients_dir : "");
     self->started_at = clock_now_ms();
     self->logged_peers = zhashx_new();
     registry_sink_t sink = {.ctx = self,
@@ -128,6 +137,16 @@ broker_t *broker_new(const broker_config_t *config)
     zmq_setsockopt(self->socket, ZMQ_SNDHWM, &hwm, sizeof hwm);
     zmq_setsockopt(self->socket, ZMQ_RCVHWM, &hwm, sizeof hwm);
     zmq_setsockopt(self->socket, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg);
+    /* The ZAP handler must be bound before the endpoint: a CURVE server
+     * without one admits every key. */
+    if (self->curve_cert[0] != '\0') {
+        self->auth = auth_new(self->zmq_ctx, self->curve_cert, self->clients_dir);
+        if (self->auth == NULL || auth_server_apply(self->auth, self->socket) != 0) {
+            log_error("broker: cannot set up CURVE authentication; not starting");
+            broker_destroy(&self);
+            return NULL;
+        }
+    }
     if (zmq_bind(self->socket, self->endpoint) != 0) {
         log_error("broker: cannot bind %s: %s", self->endpoint, zmq_strerror(errno));
         broker_destroy(&self);
@@ -156,6 +175,7 @@ void broker_destroy(broker_t **self_p)
         zmq_setsockopt(self->socket, ZMQ_LINGER, &linger, sizeof linger);
         zmq_close(self->socket);
     }
+    auth_destroy(&self->auth);
     if (self->zmq_ctx != NULL)
         zmq_ctx_term(self->zmq_ctx);
     zhashx_destroy(&self->logged_peers);
@@ -242,6 +262,9 @@ static bool broker_fill_list(broker_t *self, const char *filter, int64_t now,
     reply->stats->commands_unknown = self->commands_unknown;
     reply->stats->messages_oversized = self->messages_oversized;
     reply->stats->uptime_ms = (uint64_t)(now - self->started_at);
+    reply->stats->peers_refused = self->auth ? auth_peers_refused(self->auth) : 0;
+    reply->stats->commands_denied =
+        self->commands_denied + registry_stats(self->registry)->registrations_refused;
     *bus_memory = bus_list(self->bus, reply);
     return true;
 }
@@ -310,15 +333,126 @@ static void broker_builtin(broker_t *self, wire_message_t *msg, int64_t now)
     sink_send_reply(self, msg->identity, msg->identity_len, h->correlation_id, &status, NULL);
 }
 
+/* ---- authorization (only with CURVE; see auth.h) ------------------------ */
+
+/* Counts and logs a refused command and tells the peer: a REPLY for
+ * what expects one (REQUEST, PUBLISH), a DISCONNECT for registrations
+ * (READY, SUBSCRIBE), which makes the peer stop. */
+static void broker_deny(broker_t *self, const wire_message_t *msg, const char *reason,
+                        const char *text)
+{
+    self->commands_denied++;
+    char key[2 * wire_identity_bytes_max + 1];
+    wire_identity_hex(msg->identity, msg->identity_len, key);
+    log_warn("broker: denied to peer %s (key '%s'): %s", key, msg->user_id, text);
+    Paygate__V1__Status status = PAYGATE__V1__STATUS__INIT;
+    status.code = PAYGATE__V1__CODE__PERMISSION_DENIED;
+    status.reason = (char *)reason;
+    status.message = (char *)text;
+    Paygate__V1__Command command = msg->header->command;
+    if (command == PAYGATE__V1__COMMAND__REQUEST || command == PAYGATE__V1__COMMAND__PUBLISH)
+        sink_send_reply(self, msg->identity, msg->identity_len, msg->header->correlation_id,
+                        &status, NULL);
+    else
+        sink_send_command(self, msg->identity, msg->identity_len, PAYGATE__V1__COMMAND__DISCONNECT,
+                          &status);
+}
+
+/* Writes the key's name as the REQUEST's principal when it claims none.
+ * False on out of memory. The header's memory is protobuf-c's default
+ * allocator's (malloc), which free_unpacked releases. */
+static bool broker_stamp_principal(Paygate__V1__Header *h, const char *name)
+{
+    if (h->meta == NULL) {
+        h->meta = malloc(sizeof *h->meta);
+        if (h->meta == NULL)
+            return false;
+        paygate__v1__call_meta__init(h->meta);
+    }
+    if (h->meta->caller == NULL) {
+        h->meta->caller = malloc(sizeof *h->meta->caller);
+        if (h->meta->caller == NULL)
+            return false;
+        paygate__v1__caller__init(h->meta->caller);
+    }
+    char *copy = strdup(name);
+    if (copy == NULL)
+        return false;
+    h->meta->caller->principal = copy; /* was the shared empty default */
+    return true;
+}
+
+/* Checks a message against the rights of the key that sent it. Returns
+ * true when it may go on; otherwise it was answered (broker_deny). */
+static bool broker_authorize(broker_t *self, wire_message_t *msg)
+{
+    const auth_key_t *key = auth_key_find(self->auth, msg->user_id);
+    Paygate__V1__Header *h = msg->header;
+    char text[512];
+    if (key == NULL) { /* cannot happen: ZAP admitted the connection */
+        broker_deny(self, msg, "unknown_key", "the connection's key is not known");
+        return false;
+    }
+    const char *name = auth_key_name(key);
+    switch (h->command) {
+    case PAYGATE__V1__COMMAND__READY:
+        if (auth_may_register(key, h->ready->service))
+            return true;
+        snprintf(text, sizeof text, "key '%s' may not register service '%s'", name,
+                 h->ready->service);
+        broker_deny(self, msg, "service_not_allowed", text);
+        return false;
+    case PAYGATE__V1__COMMAND__PUBLISH:
+        if (auth_may_publish(key, h->event->topic))
+            return true;
+        snprintf(text, sizeof text, "key '%s' may not publish to topic '%s'", name,
+                 h->event->topic);
+        broker_deny(self, msg, "topic_not_allowed", text);
+        return false;
+    case PAYGATE__V1__COMMAND__SUBSCRIBE:
+        if (auth_may_consume(key, h->subscribe->topic, h->subscribe->group))
+            return true;
+        snprintf(text, sizeof text, "key '%s' may not consume topic '%s' in group '%s'", name,
+                 h->subscribe->topic, h->subscribe->group);
+        broker_deny(self, msg, "topic_not_allowed", text);
+        return false;
+    case PAYGATE__V1__COMMAND__REQUEST: {
+        const Paygate__V1__Caller *caller = h->meta ? h->meta->caller : NULL;
+        const char *principal = caller && caller->principal ? caller->principal : "";
+        const char *user_id = caller && caller->user_id ? caller->user_id : "";
+        if (*user_id != '\0' && !auth_may_act_for_users(key)) {
+            snprintf(text, sizeof text, "key '%s' may not call on behalf of a user", name);
+            broker_deny(self, msg, "user_identity_not_allowed", text);
+            return false;
+        }
+        if (*principal != '\0' && !auth_may_claim(key, principal)) {
+            snprintf(text, sizeof text, "key '%s' may not call as principal '%s'", name, principal);
+            broker_deny(self, msg, "principal_not_allowed", text);
+            return false;
+        }
+        if (*principal == '\0' && !broker_stamp_principal(h, name)) {
+            broker_deny(self, msg, "broker_busy", "out of memory");
+            return false;
+        }
+        return true;
+    }
+    default:
+        return true; /* HEARTBEAT, DISCONNECT, ACK, NACK, REPLY: checked by peer identity */
+    }
+}
+
 /* ---- the loop -------------------------------------------------------- */
 
 /* Routes one well-formed message. */
 static void broker_handle(broker_t *self, wire_message_t *msg, int64_t now)
 {
     Paygate__V1__Header *h = msg->header;
+    if (self->auth != NULL && !broker_authorize(self, msg))
+        return;
     switch (h->command) {
     case PAYGATE__V1__COMMAND__READY:
-        registry_worker_ready(self->registry, msg->identity, msg->identity_len, h->ready, now);
+        registry_worker_ready_as(self->registry, msg->identity, msg->identity_len, h->ready,
+                                 msg->user_id, now);
         break;
     case PAYGATE__V1__COMMAND__HEARTBEAT:
         if (!bus_peer_heartbeat(self->bus, msg->identity, msg->identity_len, now))
@@ -399,18 +533,30 @@ int broker_run(broker_t *self)
         broker_metrics_tick(self, now);
         if (self->metrics != NULL && self->metrics_next_at < next)
             next = self->metrics_next_at;
-        zmq_pollitem_t items[2] = {
-            {.socket = self->socket, .events = ZMQ_POLLIN},
-            {.fd = bus_sync_fd(self->bus), .events = ZMQ_POLLIN},
-        };
+        /* The socket; the bus's sync thread's wake-up fd (it only wakes
+         * the loop: bus_flush below collects what became durable); the
+         * ZAP handler's socket when peers are authenticated. */
+        zmq_pollitem_t items[3] = {{.socket = self->socket, .events = ZMQ_POLLIN}};
+        int count = 1, zap_index = -1;
+        if (bus_sync_fd(self->bus) >= 0)
+            items[count++] = (zmq_pollitem_t){.fd = bus_sync_fd(self->bus), .events = ZMQ_POLLIN};
+        if (self->auth != NULL) {
+            zap_index = count;
+            items[count++] =
+                (zmq_pollitem_t){.socket = auth_zap_socket(self->auth), .events = ZMQ_POLLIN};
+        }
         long timeout = (long)(next - now);
-        int ready = zmq_poll(items, items[1].fd >= 0 ? 2 : 1, timeout < 0 ? 0 : timeout);
+        int ready = zmq_poll(items, count, timeout < 0 ? 0 : timeout);
         if (ready < 0) {
             if (errno == EINTR)
                 continue;
             log_error("broker: poll failed: %s", zmq_strerror(errno));
             break;
         }
+        /* Handshakes first: a connecting peer waits for its answer. */
+        if (zap_index >= 0 && (items[zap_index].revents & ZMQ_POLLIN))
+            auth_zap_serve(self->auth);
+        ready = items[0].revents & ZMQ_POLLIN;
         for (int i = 0; ready > 0 && i < broker_batch_max; i++) {
             wire_message_t msg;
             const char *detail = NULL;

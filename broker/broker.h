@@ -17,6 +17,8 @@
 
 typedef struct {
     const char *endpoint;     /* where to bind, e.g. tcp://127.0.0.1:55555 */
+    const char *curve_cert;   /* the broker's secret certificate; NULL: plaintext */
+    const char *clients_dir;  /* client certificates (*.cert) admitted */
     size_t message_bytes_max; /* larger messages are refused */
     registry_config_t registry;
     bus_config_t bus;
@@ -26,10 +28,12 @@ typedef struct {
 
 typedef struct broker broker_t;
 
-/* Opens the event bus's data, binds a new broker, starts its metrics
- * listener when a port is configured (broker_metrics.h). NULL, after
- * logging why, when the data cannot be opened or an address cannot be
- * bound. */
+/* Opens the event bus's data, loads the keys (CURVE, when 'curve_cert'
+ * is set: see auth.h), binds a new broker, starts its metrics listener
+ * when a port is configured (broker_metrics.h). NULL, after logging why,
+ * when the data or a certificate cannot be read or an address cannot be
+ * bound. Without 'curve_cert' anyone who reaches the endpoint may do
+ * anything: the caller decides whether that is allowed. */
 broker_t *broker_new(const broker_config_t *config);
 
 /* Serves until broker_stop(); then answers whatever is still waiting with

@@ -27,6 +27,9 @@ static void usage(void)
     fputs("usage: paygate-broker\n"
           "Routes paygate RPCs between clients and services. Configured by environment:\n"
           "  PAYGATE_BROKER_ENDPOINT             bind endpoint (tcp://127.0.0.1:55555)\n"
+          "  PAYGATE_CURVE_CERT                  the broker's secret certificate (CURVE)\n"
+          "  PAYGATE_CURVE_CLIENTS_DIR           client certificates (*.cert) admitted\n"
+          "  PAYGATE_INSECURE_PLAINTEXT          1: no certificate, no authentication (tests)\n"
           "  PAYGATE_BROKER_HEARTBEAT_MS         default worker heartbeat interval (1000)\n"
           "  PAYGATE_BROKER_HEARTBEAT_LIVENESS   missed intervals before expiry (3)\n"
           "  PAYGATE_BROKER_QUEUE_MAX            waiting requests per service (1000)\n"
@@ -54,6 +57,40 @@ static void usage(void)
           stdout);
 }
 
+/* Reads the authentication settings: a certificate and a directory of
+ * client certificates, or the explicit insecure setting (with a loud
+ * warning). Neither is an error: the broker does not start open by
+ * accident. */
+static bool broker_curve_config_read(broker_config_t *config)
+{
+    int64_t insecure = 0;
+    bool ok = config_str("PAYGATE_CURVE_CERT", NULL, 1023, &config->curve_cert);
+    ok &= config_str("PAYGATE_CURVE_CLIENTS_DIR", NULL, 1023, &config->clients_dir);
+    ok &= config_int("PAYGATE_INSECURE_PLAINTEXT", 0, 0, 1, &insecure);
+    if (!ok)
+        return false;
+    if (config->curve_cert != NULL) {
+        if (config->clients_dir == NULL) {
+            log_error("config: PAYGATE_CURVE_CLIENTS_DIR (the client certificates the broker "
+                      "admits) is required with PAYGATE_CURVE_CERT");
+            return false;
+        }
+        return true;
+    }
+    if (insecure == 1) {
+        log_warn("**************************************************************************");
+        log_warn("INSECURE: PAYGATE_INSECURE_PLAINTEXT=1: the broker runs in PLAINTEXT and");
+        log_warn("authenticates NOBODY: any peer that reaches the endpoint may register any");
+        log_warn("service, call as anyone and publish anything. Use it only for tests.");
+        log_warn("**************************************************************************");
+        return true;
+    }
+    log_error("config: no broker certificate: set PAYGATE_CURVE_CERT (the broker's secret "
+              "certificate, made by paygate-certs) and PAYGATE_CURVE_CLIENTS_DIR; or, for "
+              "tests only, PAYGATE_INSECURE_PLAINTEXT=1");
+    return false;
+}
+
 /* Reads every setting; false (after logging which) when one is invalid. */
 static bool broker_config_read(broker_config_t *config)
 {
@@ -75,6 +112,7 @@ static bool broker_config_read(broker_config_t *config)
     ok &= config_int("PAYGATE_BROKER_REQUESTS_MAX", r->requests_max, 1, 10000000, &v[8]);
     ok &= config_int("PAYGATE_BROKER_MESSAGE_BYTES_MAX", 1024 * 1024, 1024, 64 * 1024 * 1024,
                      &bytes_max);
+    ok &= broker_curve_config_read(config);
     if (!ok)
         return false;
     r->heartbeat_interval_ms = (uint32_t)v[0];

@@ -516,30 +516,59 @@ void registry_destroy(registry_t **self_p)
 void registry_worker_ready(registry_t *self, const uint8_t *identity, size_t identity_len,
                            const Paygate__V1__Ready *ready, int64_t now)
 {
+    registry_worker_ready_as(self, identity, identity_len, ready, "", now);
+}
+
+/* The live worker of 's' registered as 'instance_id', or NULL. */
+static worker_t *service_instance(service_t *s, const char *instance_id)
+{
+    for (list_node_t *n = s->workers.next; n != &s->workers; n = n->next) {
+        worker_t *w = list_entry(n, worker_t, service_link);
+        if (strcmp(w->instance_id, instance_id) == 0)
+            return w;
+    }
+    return NULL;
+}
+
+bool registry_worker_ready_as(registry_t *self, const uint8_t *identity, size_t identity_len,
+                              const Paygate__V1__Ready *ready, const char *key_name, int64_t now)
+{
     Paygate__V1__Status refusal = PAYGATE__V1__STATUS__INIT;
+    char text[384];
     if (strncmp(ready->service, "broker.", 7) == 0) {
         refusal.code = PAYGATE__V1__CODE__PERMISSION_DENIED;
         refusal.message = (char *)"service names under broker. are reserved";
         self->sink.send_command(self->sink.ctx, identity, identity_len,
                                 PAYGATE__V1__COMMAND__DISCONNECT, &refusal);
-        return;
+        return false;
+    }
+    service_t *s = service_find(self, ready->service);
+    worker_t *holder = s != NULL ? service_instance(s, ready->instance_id) : NULL;
+    bool same_peer = holder != NULL && holder->identity_len == identity_len &&
+                     memcmp(holder->identity, identity, identity_len) == 0;
+    if (holder != NULL && !same_peer && strcmp(holder->key_name, key_name) != 0) {
+        snprintf(text, sizeof text,
+                 "instance %s of %s is live and registered by key '%s'; key '%s' may not take "
+                 "it over",
+                 ready->instance_id, ready->service, holder->key_name, key_name);
+        refusal.code = PAYGATE__V1__CODE__PERMISSION_DENIED;
+        refusal.reason = (char *)"instance_id_taken";
+        refusal.message = text;
+        self->sink.send_command(self->sink.ctx, identity, identity_len,
+                                PAYGATE__V1__COMMAND__DISCONNECT, &refusal);
+        self->stats.registrations_refused++;
+        log_warn("registry: refused READY: %s", text);
+        return false;
     }
     worker_t *old = worker_find(self, identity, identity_len);
     if (old != NULL) /* the same peer registers again: it lost its state */
         worker_remove(self, old, false, PAYGATE__V1__CODE__UNAVAILABLE, "re-registered", now);
-    service_t *s = service_find(self, ready->service);
-    if (s != NULL) {
-        /* An instance id is one live worker: a newer registration wins
-         * (the old peer is presumed dead and reconnected). */
-        for (list_node_t *n = s->workers.next; n != &s->workers; n = n->next) {
-            worker_t *w = list_entry(n, worker_t, service_link);
-            if (strcmp(w->instance_id, ready->instance_id) == 0) {
-                worker_remove(self, w, true, PAYGATE__V1__CODE__UNAVAILABLE,
-                              "was replaced by a newer registration", now);
-                break;
-            }
-        }
-    }
+    /* An instance id is one live worker: a newer registration of the same
+     * key wins (the old peer is presumed dead and reconnected). */
+    holder = s != NULL ? service_instance(s, ready->instance_id) : NULL;
+    if (holder != NULL)
+        worker_remove(self, holder, true, PAYGATE__V1__CODE__UNAVAILABLE,
+                      "was replaced by a newer registration", now);
     if (self->worker_count >= self->config.workers_max ||
         (s = service_get(self, ready->service, now)) == NULL) {
         refusal.code = PAYGATE__V1__CODE__RESOURCE_EXHAUSTED;
@@ -548,16 +577,17 @@ void registry_worker_ready(registry_t *self, const uint8_t *identity, size_t ide
                                 PAYGATE__V1__COMMAND__DISCONNECT, &refusal);
         log_warn("registry: refused %s for %s: %s", ready->instance_id, ready->service,
                  refusal.message);
-        return;
+        return false;
     }
     worker_node_t *node = calloc(1, sizeof *node);
     if (node == NULL)
-        return;
+        return false;
     worker_t *w = &node->worker;
     memcpy(w->identity, identity, identity_len);
     w->identity_len = identity_len;
     wire_identity_hex(identity, identity_len, w->identity_key);
     snprintf(w->instance_id, sizeof w->instance_id, "%s", ready->instance_id);
+    snprintf(w->key_name, sizeof w->key_name, "%s", key_name);
     w->service = s;
     w->heartbeat_interval_ms = ready->heartbeat_interval_ms ? ready->heartbeat_interval_ms
                                                             : self->config.heartbeat_interval_ms;
@@ -580,6 +610,7 @@ void registry_worker_ready(registry_t *self, const uint8_t *identity, size_t ide
     log_info("registry: %s registered for %s (heartbeat %u ms, max in flight %u)", w->instance_id,
              s->name, w->heartbeat_interval_ms, w->max_in_flight);
     service_dispatch(self, s, now);
+    return true;
 }
 
 void registry_worker_heartbeat(registry_t *self, const uint8_t *identity, size_t identity_len,

@@ -73,6 +73,7 @@ struct worker {
     size_t identity_len;
     char identity_key[2 * wire_identity_bytes_max + 1]; /* hex, for the index */
     char instance_id[wire_instance_bytes_max + 1];
+    char key_name[wire_user_id_bytes_max + 1]; /* its CURVE key, "" when insecure */
     service_t *service;
     uint32_t heartbeat_interval_ms;
     uint32_t max_in_flight;
@@ -105,6 +106,7 @@ typedef struct {
     uint64_t replies_late;
     uint64_t workers_expired;
     uint64_t sends_failed;
+    uint64_t registrations_refused; /* instance id held by another key */
 } registry_stats_t;
 
 /* Where the registry's decisions go. Each returns 0 when the message was
@@ -135,6 +137,15 @@ void registry_destroy(registry_t **self);
  * full). */
 void registry_worker_ready(registry_t *self, const uint8_t *identity, size_t identity_len,
                            const Paygate__V1__Ready *ready, int64_t now);
+
+/* Like registry_worker_ready for a peer authenticated as key 'key_name'
+ * ("" when the broker runs without authentication). A live instance id
+ * may be taken over only by a peer with the same key (a restarted or
+ * reconnected instance): another key's READY for it is refused with
+ * PERMISSION_DENIED (reason instance_id_taken). Returns false when the
+ * READY was refused. */
+bool registry_worker_ready_as(registry_t *self, const uint8_t *identity, size_t identity_len,
+                              const Paygate__V1__Ready *ready, const char *key_name, int64_t now);
 
 /* HEARTBEAT from 'identity': refreshes it, or, for an unknown peer, asks
  * it to register again (DISCONNECT). */

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "config/config.h"
+#include "curve/curve.h"
 #include "gateway.h"
 #include "log/log.h"
 #include "token/token.h"
@@ -125,6 +126,9 @@ int main(int argc, char **argv)
     ok &= config_int("PAYGATE_GATEWAY_STREAMS_MAX", 256, 1, 65536, &streams_max);
     ok &= config_str("PAYGATE_GATEWAY_STATIC_DIR", "", 1024, &config.static_dir);
     ok &= config_str("PAYGATE_GATEWAY_OPENAPI_FILE", "", 1024, &config.openapi_file);
+    /* Every call goes through the broker with this identity: refuse to
+     * start without one rather than fail each request. */
+    ok &= curve_process_identity() != NULL;
     if (!ok)
         return 2;
     struct stat dir_stat;

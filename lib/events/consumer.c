@@ -18,6 +18,7 @@
 #include <zmq.h>
 
 #include "clock/clock.h"
+#include "curve/curve.h"
 #include "log/log.h"
 #include "metrics/metrics.h"
 #include "wire/wire.h"
@@ -53,10 +54,14 @@ events_consumer_t *events_consumer_new(const events_consumer_config_t *config)
         log_error("events: endpoint, handler, topics and a valid group are required");
         return NULL;
     }
+    if (config->identity == NULL && curve_process_identity() == NULL)
+        return NULL; /* no broker credentials: curve logged which */
     events_consumer_t *self = calloc(1, sizeof *self);
     if (self == NULL)
         return NULL;
     self->config = *config;
+    if (self->config.identity == NULL)
+        self->config.identity = curve_process_identity();
     snprintf(self->endpoint, sizeof self->endpoint, "%s", config->endpoint);
     snprintf(self->group, sizeof self->group, "%s", config->group);
     const char *const consumed_labels[] = {"topic", "group", "outcome", NULL};
@@ -153,7 +158,8 @@ static int consumer_connect(events_consumer_t *self)
     zmq_setsockopt(self->socket, ZMQ_RECONNECT_IVL, &ivl, sizeof ivl);
     zmq_setsockopt(self->socket, ZMQ_RECONNECT_IVL_MAX, &ivl_max, sizeof ivl_max);
     zmq_setsockopt(self->socket, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg);
-    if (zmq_connect(self->socket, self->endpoint) != 0) {
+    if (curve_client_apply(self->config.identity, self->socket) != 0 ||
+        zmq_connect(self->socket, self->endpoint) != 0) {
         log_error("events %s: cannot connect to %s: %s", self->consumer_id, self->endpoint,
                   zmq_strerror(errno));
         return -1;

@@ -17,6 +17,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "curve/curve.h"
+
 typedef struct {
     const char *topic;
     const char *group;
@@ -52,6 +54,9 @@ typedef struct {
     /* Where to count events (paygate_events_consumed_total{topic,group,
      * outcome}); NULL: not counted. Must outlive the consumer. */
     struct metrics *metrics;
+    /* CURVE identity towards the broker; NULL: the process's
+     * (curve_process_identity). */
+    const curve_identity_t *identity;
 } events_consumer_config_t;
 
 typedef struct events_consumer events_consumer_t;

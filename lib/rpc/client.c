@@ -37,6 +37,15 @@ struct rpc_client {
 
 rpc_client_t *rpc_client_new(void *zmq_ctx, const char *endpoint)
 {
+    const curve_identity_t *identity = curve_process_identity();
+    if (identity == NULL)
+        return NULL; /* no broker credentials: curve logged which */
+    return rpc_client_new_as(zmq_ctx, endpoint, identity);
+}
+
+rpc_client_t *rpc_client_new_as(void *zmq_ctx, const char *endpoint,
+                                const curve_identity_t *identity)
+{
     rpc_client_t *self = calloc(1, sizeof *self);
     if (self == NULL)
         return NULL;
@@ -59,6 +68,11 @@ rpc_client_t *rpc_client_new(void *zmq_ctx, const char *endpoint)
     zmq_setsockopt(self->socket, ZMQ_RCVHWM, &hwm, sizeof hwm);
     zmq_setsockopt(self->socket, ZMQ_RECONNECT_IVL, &ivl, sizeof ivl);
     zmq_setsockopt(self->socket, ZMQ_RECONNECT_IVL_MAX, &ivl_max, sizeof ivl_max);
+    if (curve_client_apply(identity, self->socket) != 0) {
+        log_error("rpc client: CURVE keys refused: %s", zmq_strerror(errno));
+        rpc_client_destroy(&self);
+        return NULL;
+    }
     if (zmq_connect(self->socket, endpoint) != 0) {
         log_error("rpc client: cannot connect to '%s': %s", endpoint, zmq_strerror(errno));
         rpc_client_destroy(&self);

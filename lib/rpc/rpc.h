@@ -38,6 +38,7 @@
 #include <zmq.h>
 
 #include "broker.pb-c.h"
+#include "curve/curve.h"
 #include "status.pb-c.h"
 
 enum {
@@ -99,13 +100,23 @@ const char *rpc_status_detail(const rpc_status_t *status, const char *key);
 typedef struct rpc_client rpc_client_t;
 
 /* Connects a new client to the broker at 'endpoint' (a ZeroMQ endpoint,
- * e.g. "tcp://127.0.0.1:55555"). The connection is made in the background
+ * e.g. "tcp://127.0.0.1:55555") with the process's CURVE identity
+ * (curve_process_identity: PAYGATE_CURVE_CERT and the broker's key, or
+ * PAYGATE_INSECURE_PLAINTEXT=1). The connection is made in the background
  * and remade after the broker restarts; a call made while it is down waits
  * for it within its deadline. 'zmq_ctx' may be NULL: the client then owns
  * a context of its own; otherwise the context must outlive the client.
- * Returns NULL when 'endpoint' is malformed (logged) or memory or sockets
- * run out; an unreachable broker is not an error here. */
+ * Returns NULL when 'endpoint' is malformed or the process has no broker
+ * credentials (both logged), or memory or sockets run out; an unreachable
+ * broker is not an error here. A broker that refuses the key looks like
+ * an unreachable one (calls end UNAVAILABLE); its log says why. */
 rpc_client_t *rpc_client_new(void *zmq_ctx, const char *endpoint);
+
+/* Like rpc_client_new with an explicit 'identity' (e.g. a test that
+ * speaks with several keys, or a plaintext reference); it must outlive
+ * the call. */
+rpc_client_t *rpc_client_new_as(void *zmq_ctx, const char *endpoint,
+                                const curve_identity_t *identity);
 
 /* Closes the client (unsent requests and unread replies are dropped; its
  * own context, if any, is terminated) and sets '*self' to NULL. Does
@@ -233,12 +244,16 @@ typedef struct {
      * code}, paygate_rpc_handle_duration_seconds{service,method}); NULL:
      * not counted. Must outlive the server. */
     struct metrics *metrics;
+    /* CURVE identity towards the broker; NULL: the process's
+     * (curve_process_identity). */
+    const curve_identity_t *identity;
 } rpc_server_config_t;
 
 typedef struct rpc_server rpc_server_t;
 
 /* Checks 'config' and builds a server (nothing runs yet). NULL, after
- * logging why, when the configuration is invalid. */
+ * logging why, when the configuration is invalid or there are no broker
+ * credentials. */
 rpc_server_t *rpc_server_new(const rpc_server_config_t *config);
 
 /* Starts the worker threads, serves until rpc_server_stop() (or a fatal

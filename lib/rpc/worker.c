@@ -108,10 +108,14 @@ rpc_server_t *rpc_server_new(const rpc_server_config_t *config)
             return NULL;
         }
     }
+    if (config->identity == NULL && curve_process_identity() == NULL)
+        return NULL; /* no broker credentials: curve logged which */
     rpc_server_t *self = calloc(1, sizeof *self);
     if (self == NULL)
         return NULL;
     self->config = *config;
+    if (self->config.identity == NULL)
+        self->config.identity = curve_process_identity();
     rpc_server_config_t *c = &self->config;
     snprintf(self->endpoint, sizeof self->endpoint, "%s", config->endpoint);
     snprintf(self->service, sizeof self->service, "%s", config->service);
@@ -309,7 +313,8 @@ static int worker_connect(worker_thread_t *self)
     zmq_setsockopt(self->socket, ZMQ_RECONNECT_IVL, &ivl, sizeof ivl);
     zmq_setsockopt(self->socket, ZMQ_RECONNECT_IVL_MAX, &ivl_max, sizeof ivl_max);
     zmq_setsockopt(self->socket, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg);
-    if (zmq_connect(self->socket, c->endpoint) != 0) {
+    if (curve_client_apply(c->identity, self->socket) != 0 ||
+        zmq_connect(self->socket, c->endpoint) != 0) {
         log_error("rpc worker %s: cannot connect to %s: %s", self->instance_id, c->endpoint,
                   zmq_strerror(errno));
         return -1;

@@ -6,6 +6,7 @@
 
 #include <assert.h>
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -272,6 +273,7 @@ void wire_message_clear(wire_message_t *msg)
     msg->has_body = false;
     msg->identity_len = 0;
     msg->bytes = 0;
+    msg->user_id[0] = '\0';
 }
 
 /* Receives and discards the rest of a multipart message after 'part'. */
@@ -328,6 +330,10 @@ int wire_recv(void *socket, bool routed, size_t bytes_max, int flags, wire_messa
             n = wire_identity_bytes_max;
         memcpy(msg->identity, zmq_msg_data(&parts[0]), n);
         msg->identity_len = n;
+        /* Metadata rides on the frames that came from the wire. */
+        const char *user_id = count > 1 ? zmq_msg_gets(&parts[1], "User-Id") : NULL;
+        if (user_id != NULL)
+            snprintf(msg->user_id, sizeof msg->user_id, "%s", user_id);
     }
     msg->bytes = bytes;
     size_t frames = count - first;

@@ -42,6 +42,7 @@ enum {
     wire_topic_bytes_max = 48,          /* topic and group names */
     wire_event_id_bytes_max = 128,
     wire_event_key_bytes_max = 256,
+    wire_user_id_bytes_max = 64, /* ZAP User-Id: the peer's key name */
 };
 
 typedef enum {
@@ -62,6 +63,9 @@ typedef struct {
     zmq_msg_t body; /* valid only when 'has_body' */
     bool has_body;
     size_t bytes; /* sum of all frame sizes, identity excluded */
+    /* ROUTER only: the ZAP User-Id of the peer's connection (the name of
+     * its authenticated key), "" without authentication. */
+    char user_id[wire_user_id_bytes_max + 1];
 } wire_message_t;
 
 /* Human text for 'error'. Never NULL. */
@@ -101,7 +105,8 @@ bool wire_token_valid(const char *text, size_t bytes_max);
  * 'routed' says the socket is a ROUTER (identity frame first). Messages
  * over 'bytes_max' are drained and reported as WIRE_ERR_TOO_BIG, with the
  * header decoded when possible. Returns -1 on a socket error (errno set,
- * e.g. EAGAIN with ZMQ_DONTWAIT, ETERM), otherwise a wire_error_t. */
+ * e.g. EAGAIN with ZMQ_DONTWAIT, ETERM), otherwise a wire_error_t. On a
+ * ROUTER, 'msg->user_id' is the connection's ZAP User-Id. */
 int wire_recv(void *socket, bool routed, size_t bytes_max, int flags, wire_message_t *msg,
               const char **detail);
 
