@@ -12,7 +12,9 @@
  *   ECHO_MAX_IN_FLIGHT        requests per instance at once (default 4)
  *   ECHO_INSTANCE             instance id prefix (default derived)
  */
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 #include "config/config.h"
@@ -55,7 +57,28 @@ static Paygate__V1__Code echo_fail(rpc_ctx_t *ctx, const ProtobufCMessage *reque
                         "asked to fail (request %s)", rpc_ctx_request_id(ctx));
 }
 
+/* Caller: answers "<principal>|<user_id>" as the worker sees them in the
+ * call metadata (tests of the broker's principal rule). */
+static Paygate__V1__Code echo_caller(rpc_ctx_t *ctx, const ProtobufCMessage *request_msg,
+                                     ProtobufCMessage *reply_msg, void *state)
+{
+    (void)request_msg;
+    (void)state;
+    Paygate__V1__EchoReply *reply = (Paygate__V1__EchoReply *)reply_msg;
+    size_t size = strlen(rpc_ctx_principal(ctx)) + strlen(rpc_ctx_user_id(ctx)) + 2;
+    char *text = rpc_ctx_alloc(ctx, size);
+    if (text == NULL)
+        return rpc_ctx_fail(ctx, PAYGATE__V1__CODE__INTERNAL, NULL, "out of memory");
+    snprintf(text, size, "%s|%s", rpc_ctx_principal(ctx), rpc_ctx_user_id(ctx));
+    reply->payload.data = (uint8_t *)text;
+    reply->payload.len = strlen(text);
+    reply->instance_id = (char *)rpc_ctx_instance_id(ctx);
+    return PAYGATE__V1__CODE__OK;
+}
+
 static const rpc_method_t echo_methods[] = {
+    {"Caller", &paygate__v1__echo_request__descriptor, &paygate__v1__echo_reply__descriptor,
+     echo_caller},
     {"Echo", &paygate__v1__echo_request__descriptor, &paygate__v1__echo_reply__descriptor,
      echo_echo},
     {"Sleep", &paygate__v1__echo_request__descriptor, &paygate__v1__echo_reply__descriptor,

@@ -19,6 +19,24 @@
 
 #include "clock/clock.h"
 
+/* In the child: with test certificates (PAYGATE_TEST_CERTS_DIR), gives
+ * binary 'path' ".../paygate-NAME" its own key, NAME.cert_secret, when the
+ * directory has one (the broker gets broker.cert_secret). Without such a
+ * certificate the child keeps the test process's (PAYGATE_CURVE_CERT, the
+ * "test" key that may do everything). */
+static void proc_use_own_cert(const char *path)
+{
+    const char *dir = getenv("PAYGATE_TEST_CERTS_DIR");
+    const char *base = strrchr(path, '/');
+    base = base ? base + 1 : path;
+    if (dir == NULL || *dir == '\0' || strncmp(base, "paygate-", 8) != 0)
+        return;
+    char cert[1024];
+    snprintf(cert, sizeof cert, "%s/%s.cert_secret", dir, base + 8);
+    if (access(cert, R_OK) == 0)
+        setenv("PAYGATE_CURVE_CERT", cert, 1);
+}
+
 bool proc_start(proc_t *p, const char *name, const char *path, const char *const env[])
 {
     memset(p, 0, sizeof *p);
@@ -34,6 +52,7 @@ bool proc_start(proc_t *p, const char *name, const char *path, const char *const
         return false;
     }
     if (pid == 0) {
+        proc_use_own_cert(path);
         for (size_t i = 0; env != NULL && env[i] != NULL; i++)
             putenv((char *)env[i]);
         dup2(log_fd, STDOUT_FILENO);

@@ -32,7 +32,10 @@ typedef struct {
 } proc_t;
 
 /* Starts 'path' as 'name' with 'env' ("KEY=VALUE" strings, NULL-ended)
- * added to this process's environment. Output goes to a log file named
+ * added to this process's environment. When the test runs with test
+ * certificates (PAYGATE_TEST_CERTS_DIR, see tests/support/make_test_certs.sh)
+ * a binary named paygate-NAME gets PAYGATE_CURVE_CERT=<dir>/NAME.cert_secret
+ * when that file exists ('env' may still override it). Output goes to a log file named
  * after 'name' in $PAYGATE_TEST_LOG_DIR (default: the current directory),
  * truncated first.
  * Returns false when fork/exec setup failed. */
