@@ -197,7 +197,7 @@ static int bench_start_children(bench_t *self)
     const char *direct_args[] = {"bind", self->endpoint[MODE_DIRECT], NULL};
     const char *relay_args[] = {self->endpoint[MODE_RELAY], self->relay_backend, NULL};
     const char *relay_server_args[] = {"connect", self->relay_backend, NULL};
-    const char *broker_envs[] = {broker_env, quiet, NULL};
+    const char *broker_envs[] = {broker_env, child_broker_key_env(), quiet, NULL};
     const char *worker_envs[] = {broker_env, "ECHO_THREADS=1", max_in_flight, quiet, NULL};
 
     if (child_start(&self->children[CHILD_DIRECT_SERVER], "echo server (direct)", c->server_bin,

@@ -173,3 +173,13 @@ void child_stop(child_t *self)
     waitpid(pid, &self->exit_status, 0);
     self->pid = 0;
 }
+
+const char *child_broker_key_env(void)
+{
+    static char env[1200];
+    const char *dir = getenv("PAYGATE_TEST_CERTS_DIR");
+    if (dir == NULL || *dir == '\0')
+        return "PAYGATE_BENCH_PLAINTEXT=1";
+    snprintf(env, sizeof env, "PAYGATE_CURVE_CERT=%s/broker.cert_secret", dir);
+    return env;
+}

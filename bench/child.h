@@ -34,6 +34,13 @@ typedef struct {
 int child_start(child_t *self, const char *name, const char *path, const char *const *args,
                 const char *const *env);
 
+/* The broker child's own key, "PAYGATE_CURVE_CERT=<dir>/broker.cert_secret",
+ * when the benchmark runs with certificates (PAYGATE_TEST_CERTS_DIR, as
+ * `PAYGATE_BENCH_CURVE=1 ./dev bench` sets up); otherwise
+ * "PAYGATE_BENCH_PLAINTEXT=1" (an entry that changes nothing: the broker
+ * then inherits PAYGATE_INSECURE_PLAINTEXT). Other children inherit the benchmark's key. */
+const char *child_broker_key_env(void);
+
 /* True while the child runs; reaps it (and says so on stderr) once it has
  * exited. */
 bool child_alive(child_t *self);

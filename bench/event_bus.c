@@ -319,7 +319,7 @@ static int bench_start_children(bench_t *self)
     snprintf(endpoint_env, sizeof endpoint_env, "PAYGATE_BROKER_ENDPOINT=%s",
              self->broker_endpoint);
     snprintf(data_env, sizeof data_env, "PAYGATE_BROKER_DATA_DIR=%s", self->broker_dir);
-    const char *broker_envs[] = {endpoint_env, data_env, NULL};
+    const char *broker_envs[] = {endpoint_env, data_env, child_broker_key_env(), NULL};
     char conf[sizeof self->redis_dir + 16];
     if (bench_redis_conf_write(self, conf, sizeof conf) != 0)
         return -1;

@@ -112,6 +112,24 @@ export PAYGATE_REDIS_PORT="$PAYGATE_TEST_REDIS_PORT"
 export PAYGATE_JWT_SECRET="cli-test-secret-0123456789abcdefghijklmnopqrst"
 export PAYGATE_BROKER_DATA_DIR="$work/bus"
 
+# CURVE: with test certificates (PAYGATE_TEST_CERTS_DIR, ctest fixture
+# "certs") every process gets its own key, and paygatectl its operator key,
+# as in production; without them the environment must say
+# PAYGATE_INSECURE_PLAINTEXT=1.
+# key_of NAME prints process NAME's PAYGATE_CURVE_CERT.
+key_of() {
+    if [[ -n "${PAYGATE_TEST_CERTS_DIR:-}" ]]; then
+        printf '%s\n' "$PAYGATE_TEST_CERTS_DIR/$1.cert_secret"
+    else
+        printf '%s\n' "${PAYGATE_CURVE_CERT:-}"
+    fi
+}
+if [[ -n "${PAYGATE_TEST_CERTS_DIR:-}" ]]; then
+    export PAYGATE_CURVE_CERT="$PAYGATE_TEST_CERTS_DIR/paygatectl.cert_secret"
+    export PAYGATE_BROKER_CERT="$PAYGATE_TEST_CERTS_DIR/broker.cert"
+    export PAYGATE_CURVE_CLIENTS_DIR="$PAYGATE_TEST_CERTS_DIR/clients"
+fi
+
 # paygatectl talks to $PAYGATE_BROKER_ENDPOINT; calls get time (sanitizers).
 ctl() { "$ctl" --timeout 10000 "$@"; }
 
@@ -121,7 +139,7 @@ ctl() { "$ctl" --timeout 10000 "$@"; }
 for attempt in 1 2 3 4 5; do
     broker_port="$(free_port)"
     export PAYGATE_BROKER_ENDPOINT="tcp://127.0.0.1:$broker_port"
-    "${bin[broker]}" >"$log_dir/cli-broker.log" 2>&1 </dev/null &
+    PAYGATE_CURVE_CERT="$(key_of broker)" "${bin[broker]}" >"$log_dir/cli-broker.log" 2>&1 </dev/null &
     pid[broker]=$!
     started=0
     for _ in $(seq 50); do
@@ -140,7 +158,7 @@ done
 ((started)) || die "the broker did not start (logs in $log_dir)"
 
 for name in "${services[@]}"; do
-    "${bin[$name]}" >"$log_dir/cli-$name.log" 2>&1 </dev/null &
+    PAYGATE_CURVE_CERT="$(key_of "$name")" "${bin[$name]}" >"$log_dir/cli-$name.log" 2>&1 </dev/null &
     pid[$name]=$!
 done
 

@@ -337,20 +337,21 @@ static void test_register_only_own_services(void **state)
 static void test_service_key_cannot_claim_a_user(void **state)
 {
     (void)state;
-    rpc_client_t *payment = client_as("payment");
+    rpc_client_t *order = client_as("order");
     rpc_status_t status;
-    assert_int_equal(echo_call(payment, "Caller", "usr_victim", NULL, &status, NULL, 0),
+    assert_int_equal(echo_call(order, "Caller", "usr_victim", NULL, &status, NULL, 0),
                      PAYGATE__V1__CODE__PERMISSION_DENIED);
     assert_string_equal(status.reason, "user_identity_not_allowed");
-    assert_int_equal(echo_call(payment, "Caller", NULL, "gateway", &status, NULL, 0),
+    assert_int_equal(echo_call(order, "Caller", NULL, "gateway", &status, NULL, 0),
                      PAYGATE__V1__CODE__PERMISSION_DENIED);
     assert_string_equal(status.reason, "principal_not_allowed");
+    assert_int_equal(echo_call(order, "Caller", "usr_victim", "gateway", &status, NULL, 0),
+                     PAYGATE__V1__CODE__PERMISSION_DENIED);
     char payload[256];
-    assert_int_equal(
-        echo_call(payment, "Caller", NULL, "payment", &status, payload, sizeof payload),
-        PAYGATE__V1__CODE__OK);
-    assert_string_equal(payload, "payment|");
-    rpc_client_destroy(&payment);
+    assert_int_equal(echo_call(order, "Caller", NULL, "order", &status, payload, sizeof payload),
+                     PAYGATE__V1__CODE__OK);
+    assert_string_equal(payload, "order|");
+    rpc_client_destroy(&order);
 
     /* The gateway may carry users, but not claim another principal. */
     rpc_client_t *gateway = client_as("gateway");

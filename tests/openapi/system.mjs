@@ -52,6 +52,20 @@ function psql(dsn, sql) {
   }
 }
 
+// The CURVE key of process 'name' when the test runs with test certificates
+// (PAYGATE_TEST_CERTS_DIR, made by tests/support/make_test_certs.sh): each
+// process its own key, as in production. Without them, nothing (the
+// environment must then say PAYGATE_INSECURE_PLAINTEXT=1).
+function curveEnv(name) {
+  const dir = process.env.PAYGATE_TEST_CERTS_DIR;
+  if (!dir) return {};
+  return {
+    PAYGATE_CURVE_CERT: path.join(dir, `${name}.cert_secret`),
+    PAYGATE_BROKER_CERT: path.join(dir, 'broker.cert'),
+    PAYGATE_CURVE_CLIENTS_DIR: path.join(dir, 'clients'),
+  };
+}
+
 export class System {
   // 'bins': {'paygate-broker': path, ...}; 'env': extra KEY=VALUE for all.
   constructor({ bins, logDir, prefix, env = {} }) {
@@ -103,7 +117,7 @@ export class System {
     const logPath = path.join(this.logDir, `${this.prefix}-${name}.log`);
     const log = openSync(logPath, 'w');
     const child = spawn(this.bins[`paygate-${name}`], [], {
-      env: { ...process.env, ...this.env },
+      env: { ...process.env, ...this.env, ...curveEnv(name) },
       stdio: ['ignore', log, log],
     });
     closeSync(log);

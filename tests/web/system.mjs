@@ -35,6 +35,23 @@ function freePort() {
 }
 
 /** The running system. Use `await PaygateSystem.start(options)`. */
+// The CURVE key of process "name" when the test runs with test certificates
+// (PAYGATE_TEST_CERTS_DIR, made by tests/support/make_test_certs.sh): each
+// process its own key, as in production. Without them the processes get
+// PAYGATE_INSECURE_PLAINTEXT from this environment, or refuse to start.
+function curveEnv(name) {
+    const dir = process.env.PAYGATE_TEST_CERTS_DIR;
+    if (!dir) {
+        const insecure = process.env.PAYGATE_INSECURE_PLAINTEXT;
+        return insecure ? { PAYGATE_INSECURE_PLAINTEXT: insecure } : {};
+    }
+    return {
+        PAYGATE_CURVE_CERT: path.join(dir, `${name}.cert_secret`),
+        PAYGATE_BROKER_CERT: path.join(dir, "broker.cert"),
+        PAYGATE_CURVE_CLIENTS_DIR: path.join(dir, "clients"),
+    };
+}
+
 export class PaygateSystem {
     /** options: bins (Map name -> binary path, every PROCESS_NAMES),
      *  webDir, logDir. Needs PAYGATE_TEST_PG_DSN and PAYGATE_TEST_REDIS_PORT. */
@@ -114,7 +131,8 @@ export class PaygateSystem {
                 PAYGATE_GATEWAY_OPENAPI_FILE: this.openapiFile,
             },
         };
-        for (const name of PROCESS_NAMES) this.spawn(name, { ...common, ...(extra[name] ?? {}) });
+        for (const name of PROCESS_NAMES)
+            this.spawn(name, { ...common, ...curveEnv(name), ...(extra[name] ?? {}) });
         await this.waitReady();
     }
 

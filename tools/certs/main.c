@@ -38,7 +38,10 @@ typedef struct {
 static const cert_spec_t standard_set[] = {
     {"user", {"role=service", "services=user", "publish=wallet", NULL}},
     {"order", {"role=service", "services=order", NULL}},
-    {"payment", {"role=service", "services=payment", "publish=payments", NULL}},
+    /* payment calls order for the user who called it (order checks the
+     * owner): it forwards that user's id, so it may act for users. */
+    {"payment",
+     {"role=service", "services=payment", "publish=payments", "act_for_users=true", NULL}},
     {"transaction", {"role=service", "services=transaction", "consume=payments,wallet", NULL}},
     {"notification", {"role=service", "services=notification", "consume=payments,wallet", NULL}},
     {"gateway", {"role=gateway", "act_for_users=true", NULL}},
