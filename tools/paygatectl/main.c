@@ -59,6 +59,10 @@ static void usage(FILE *out)
           "  --timeout MS       give up after MS milliseconds (default 2000)\n"
           "  -h, --help         this text\n"
           "\n"
+          "environment: PAYGATE_CURVE_CERT (this client's secret certificate) and\n"
+          "  PAYGATE_BROKER_CERT or PAYGATE_BROKER_PUBLIC_KEY (the broker's key); or\n"
+          "  PAYGATE_INSECURE_PLAINTEXT=1 (a broker without CURVE, tests only)\n"
+          "\n"
           "exit codes: 0 answered, 1 no answer or an error status, 2 usage\n",
           out);
 }
@@ -97,10 +101,11 @@ static void print_services_text(const Paygate__V1__ListServicesReply *reply)
     if (st != NULL)
         printf("\nbroker: up %" PRIu64 " ms, routed %" PRIu64 ", expired %" PRIu64
                ", unavailable %" PRIu64 ", rejected %" PRIu64 ", malformed %" PRIu64
-               ", oversized %" PRIu64 ", workers expired %" PRIu64 "\n",
+               ", oversized %" PRIu64 ", workers expired %" PRIu64 ", peers refused %" PRIu64
+               ", denied %" PRIu64 "\n",
                st->uptime_ms, st->requests_routed, st->requests_expired, st->requests_unavailable,
                st->requests_rejected_full, st->frames_malformed, st->messages_oversized,
-               st->workers_expired);
+               st->workers_expired, st->peers_refused, st->commands_denied);
 }
 
 /* Prints a string as a JSON string (the names here are restricted to
@@ -163,10 +168,12 @@ static void print_services_json(const Paygate__V1__ListServicesReply *reply)
                ",\"requests_rejected_full\":%" PRIu64 ",\"frames_malformed\":%" PRIu64
                ",\"commands_unknown\":%" PRIu64 ",\"messages_oversized\":%" PRIu64
                ",\"replies_late\":%" PRIu64 ",\"workers_expired\":%" PRIu64
-               ",\"sends_failed\":%" PRIu64 "}",
+               ",\"sends_failed\":%" PRIu64 ",\"peers_refused\":%" PRIu64
+               ",\"commands_denied\":%" PRIu64 "}",
                st->uptime_ms, st->requests_routed, st->requests_expired, st->requests_unavailable,
                st->requests_rejected_full, st->frames_malformed, st->commands_unknown,
-               st->messages_oversized, st->replies_late, st->workers_expired, st->sends_failed);
+               st->messages_oversized, st->replies_late, st->workers_expired, st->sends_failed,
+               st->peers_refused, st->commands_denied);
     printf("}\n");
 }
 
