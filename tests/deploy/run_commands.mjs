@@ -14,9 +14,15 @@
 // names are Services (Compose services) with matching ports; the gateway's
 // probe port is the port it listens on; the broker's data dir is on a
 // persistent volume; a pod annotated for Prometheus declares the port it
-// names and its process serves metrics there, on every interface. And for real: hosts are mapped to 127.0.0.1, ports to
+// names and its process serves metrics there, on every interface; the CURVE
+// files (PAYGATE_CURVE_CERT, PAYGATE_BROKER_CERT, PAYGATE_CURVE_CLIENTS_DIR)
+// are on a mounted Secret (Compose: a volume) and nothing runs in
+// plaintext. And for real: hosts are mapped to 127.0.0.1, ports to
 // free ones (PostgreSQL and Redis to the test servers of ./dev test, a
-// database of its own), Secrets the operator creates to test values; the
+// database of its own), Secrets the operator creates to test values (the
+// CURVE Secrets' files to certificates made by the real paygate-certs, laid
+// out as deploy/README.md tells the operator to; Compose's "certs" job runs
+// paygate-certs itself into its volume); the
 // broker, the services and the gateway are started in that order; each
 // one's startup, readiness and liveness probes must pass as written (exec
 // probes run as commands with the container's environment, HTTP probes GET
@@ -26,7 +32,7 @@
 // (minus a preStop sleep). A renamed flag or variable, a wrong probe path
 // or port, a missing variable: the test fails and says which.
 import { execFileSync, spawn, spawnSync } from "node:child_process";
-import { createWriteStream, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync } from "node:fs";
+import { copyFileSync, createWriteStream, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync } from "node:fs";
 import http from "node:http";
 import net from "node:net";
 import os from "node:os";
@@ -231,6 +237,11 @@ function kubernetesContainers(file) {
             const persistentPaths = (c.volumeMounts ?? [])
                 .filter((m) => claims.has(m.name) || (w.podSpec.volumes ?? []).some((v) => v.name === m.name && v.persistentVolumeClaim))
                 .map((m) => m.mountPath);
+            // Secret volumes: files the process reads (its CURVE key).
+            const fileMounts = (c.volumeMounts ?? []).flatMap((m) => {
+                const v = (w.podSpec.volumes ?? []).find((x) => x.name === m.name);
+                return v?.secret ? [{ mountPath: m.mountPath, kind: "secret", name: v.secret.secretName }] : [];
+            });
             result.push({
                 id: `${w.kind}/${w.name}/${c.name}`,
                 label: w.name.replace(/^paygate-/, ""),
@@ -245,6 +256,7 @@ function kubernetesContainers(file) {
                 listenPorts: (c.ports ?? []).map((p) => p.containerPort),
                 podAnnotations: w.obj.kind === "Pod" ? w.obj.metadata?.annotations ?? {} : w.obj.spec?.template?.metadata?.annotations ?? {},
                 persistentPaths,
+                fileMounts,
                 // host:port a client may dial: Services of the render.
                 resolveHost: (host, port) => {
                     const svc = services.find((s) => s.metadata.name === host);
@@ -285,10 +297,12 @@ function composeContainers(file) {
         else if (Array.isArray(t) && t[0] === "CMD-SHELL") health = { kind: "exec", argv: ["sh", "-c", unescape(t[1])] };
         else if (typeof t === "string") health = { kind: "exec", argv: ["sh", "-c", unescape(t)] };
         if (health) health.timeoutS = duration(s.healthcheck.timeout ?? "30s");
-        const persistentPaths = (s.volumes ?? [])
-            .map((v) => (typeof v === "string" ? { source: v.split(":")[0], target: v.split(":")[1] } : v))
-            .filter((v) => Object.hasOwn(named, v.source))
-            .map((v) => v.target);
+        const mounts = (s.volumes ?? [])
+            .map((v) => (typeof v === "string" ? { source: v.split(":")[0], target: v.split(":")[1], read_only: v.split(":")[2] === "ro" } : v))
+            .filter((v) => Object.hasOwn(named, v.source));
+        // A named volume read-only is files the process reads (the CURVE keys).
+        const persistentPaths = mounts.filter((v) => !v.read_only).map((v) => v.target);
+        const fileMounts = mounts.map((v) => ({ mountPath: v.target, kind: "volume", name: v.source }));
         result.push({
             id: `compose/${name}`,
             label: name,
@@ -300,6 +314,7 @@ function composeContainers(file) {
             // Compose has one healthcheck: it stands for all three probes.
             probes: { startup: health, readiness: health, liveness: health },
             preStop: null,
+            fileMounts,
             graceS: duration(s.stop_grace_period ?? "10s"),
             listenPorts: (s.ports ?? []).map((p) => (typeof p === "object" ? Number(p.target) : Number(String(p).replace(/\/(tcp|udp)$/, "").split(":").pop()))),
             persistentPaths,
@@ -322,6 +337,69 @@ function composeContainers(file) {
 
 // ---- one system --------------------------------------------------------------
 const binaryOf = (c) => path.basename(c.commandWritten);
+// A job runs once to completion before the rest (Compose's "certs").
+const isJob = (c) => binaryOf(c) === "paygate-certs";
+const curveFileVars = ["PAYGATE_CURVE_CERT", "PAYGATE_BROKER_CERT", "PAYGATE_CURVE_CLIENTS_DIR"];
+
+// Certificates made by the real paygate-certs once, standing for what the
+// operator makes (deploy/README.md, "CURVE keys").
+let testCertsDir = null;
+function testCerts() {
+    if (testCertsDir) return testCertsDir;
+    testCertsDir = path.join(scratch, "certs");
+    const r = spawnSync(bins.get("paygate-certs") ?? "paygate-certs", [testCertsDir], { encoding: "utf8" });
+    check(r.status === 0, `paygate-certs ${testCertsDir} failed: ${r.error?.message ?? ""} ${r.stderr}`);
+    return testCertsDir;
+}
+
+// The files of Secret 'name' as deploy/README.md creates them: Map file
+// name -> source file, or null for a Secret we do not know.
+function secretFiles(name) {
+    const dir = testCerts();
+    if (name === "paygate-curve-clients")
+        return new Map(readdirSync(path.join(dir, "clients")).map((f) => [f, path.join(dir, "clients", f)]));
+    if (name === "paygate-curve-broker")
+        return new Map([
+            ["cert_secret", path.join(dir, "broker.cert_secret")],
+            ["probe.cert_secret", path.join(dir, "paygatectl.cert_secret")],
+            ["broker.cert", path.join(dir, "broker.cert")],
+        ]);
+    const m = name.match(/^paygate-curve-([a-z]+)$/);
+    if (m)
+        return new Map([
+            ["cert_secret", path.join(dir, `${m[1]}.cert_secret`)],
+            ["broker.cert", path.join(dir, "broker.cert")],
+        ]);
+    return null;
+}
+
+// Where mount 'm' of container 'c' is on this machine: a Secret's files
+// copied into a directory of the container's own, or a named volume's
+// directory shared by every container of the system (as Docker does).
+function mountDir(system, c, m) {
+    if (m.kind === "volume") {
+        const dir = path.join(scratch, system, "volumes", m.name);
+        mkdirSync(dir, { recursive: true });
+        return dir;
+    }
+    const dir = path.join(scratch, system, "mounts", c.label, m.mountPath.replaceAll("/", "_"));
+    if (!existsSync(dir)) {
+        mkdirSync(dir, { recursive: true });
+        const files = secretFiles(m.name);
+        if (check(files !== null, `${system} ${c.id}: Secret ${m.name} mounted at ${m.mountPath}: no test files for it`))
+            for (const [file, source] of files) copyFileSync(source, path.join(dir, file));
+    }
+    return dir;
+}
+
+// 'text' with the container's mount paths replaced by their directories
+// on this machine.
+function mapPaths(text, system, c) {
+    let s = String(text);
+    for (const m of [...(c.fileMounts ?? [])].sort((a, b) => b.mountPath.length - a.mountPath.length))
+        s = s.replace(new RegExp(`${m.mountPath.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}(?=/|$|\\s|")`, "g"), mountDir(system, c, m));
+    return s;
+}
 
 // Static checks of one container; returns false when it cannot be run.
 function staticChecks(system, c) {
@@ -401,8 +479,19 @@ function staticChecks(system, c) {
         const dir = c.env.get("PAYGATE_BROKER_DATA_DIR");
         check(dir !== undefined && c.persistentPaths.includes(dir), `${where}: PAYGATE_BROKER_DATA_DIR ${dir} is not on a persistent volume (${c.persistentPaths})`);
     }
+    // CURVE: never plaintext; the key files are on a mounted Secret (volume).
+    if (!isJob(c)) {
+        check(!c.env.has("PAYGATE_INSECURE_PLAINTEXT"), `${where}: sets PAYGATE_INSECURE_PLAINTEXT (no authentication)`);
+        const needs = binary === "paygate-broker" ? ["PAYGATE_CURVE_CERT", "PAYGATE_CURVE_CLIENTS_DIR"] : ["PAYGATE_CURVE_CERT", "PAYGATE_BROKER_CERT"];
+        for (const name of needs) check(c.env.has(name), `${where}: ${name} is not set (CURVE)`);
+        for (const name of curveFileVars) {
+            const file = c.env.get(name);
+            if (file === undefined) continue;
+            check((c.fileMounts ?? []).some((m) => file.startsWith(`${m.mountPath}/`) || file === m.mountPath), `${where}: ${name} ${file} is not on a mounted Secret or volume`);
+        }
+    }
     for (const [kind, p] of Object.entries(c.probes))
-        check(p !== null && p.kind !== "unsupported", `${where}: ${kind} probe missing or not runnable here (${p?.detail ?? "none"})`);
+        if (!isJob(c)) check(p !== null && p.kind !== "unsupported", `${where}: ${kind} probe missing or not runnable here (${p?.detail ?? "none"})`);
     if (c.preStop) check(spawnSync("sh", ["-c", `command -v ${c.preStop[0]}`]).status === 0, `${where}: preStop ${c.preStop[0]} not found`);
     return true;
 }
@@ -440,12 +529,14 @@ function mappedEnv(c, ports, system) {
     env.set("PATH", `${binDir}:/usr/bin:/bin`);
     env.set("HOME", "/nonexistent");
     for (const k of ["ASAN_OPTIONS", "UBSAN_OPTIONS", "LSAN_OPTIONS"]) if (process.env[k]) env.set(k, process.env[k]);
+    // Mounted files (CURVE keys) where they are on this machine.
+    for (const [k, v] of env) env.set(k, mapPaths(v, system, c));
     return env;
 }
 
 // A probe as written, for this machine: the broker's and the gateway's
 // ports replaced by the free ones (their equality was checked).
-function mappedProbe(p, c, ports) {
+function mappedProbe(p, c, ports, system) {
     if (!p) return null;
     if (p.kind === "http") return { ...p, port: ports.gateway };
     const brokerBind = Number(String(c.env.get("PAYGATE_BROKER_ENDPOINT") ?? "").split(":").pop());
@@ -454,7 +545,7 @@ function mappedProbe(p, c, ports) {
         let s = String(a);
         if (binaryOf(c) === "paygate-broker") s = s.replace(`127.0.0.1:${brokerBind}`, `127.0.0.1:${ports.broker}`);
         if (gatewayPort) s = s.replace(`/dev/tcp/127.0.0.1/${gatewayPort}`, `/dev/tcp/127.0.0.1/${ports.gateway}`);
-        return s;
+        return mapPaths(s, system, c);
     });
     return { ...p, argv };
 }
@@ -472,7 +563,7 @@ async function runSystem(system, containers) {
     const started = [];
     const launch = (c) => {
         const env = mappedEnv(c, ports, system);
-        const argv = [path.join(binDir, binaryOf(c)), ...c.argv.slice(1)];
+        const argv = [path.join(binDir, binaryOf(c)), ...c.argv.slice(1).map((a) => mapPaths(a, system, c))];
         const child = start(`${system}-${c.label}`, argv, env);
         const entry = { c, env, child };
         started.push(entry);
@@ -480,16 +571,24 @@ async function runSystem(system, containers) {
     };
     const ready = async (e) => {
         for (const kind of ["startup", "readiness"]) {
-            const p = mappedProbe(e.c.probes[kind], e.c, ports);
+            const p = mappedProbe(e.c.probes[kind], e.c, ports, system);
             if (p && !(await waitProbe(e.child, p, e.env, readyLimitMs, `${system} ${e.c.id} ${kind}`))) return false;
         }
         return true;
     };
     try {
+        // Jobs first, to completion (Compose's "certs" makes the keys).
+        for (const c of runnable.filter(isJob)) {
+            const e = launch(c);
+            const r = await Promise.race([e.child.exited, sleep(30000).then(() => null)]);
+            if (!check(r !== null && r.code === 0, `${system} ${c.id}: job did not exit 0 within 30 s\n${logTail(e.child.label)}`)) return;
+            started.splice(started.indexOf(e), 1);
+            say(`${system}: job ${c.label} done`);
+        }
         // The broker, then every worker, then the gateway (its /readyz needs them).
         const broker = launch(byBinary("paygate-broker")[0]);
         if (!(await ready(broker))) return;
-        const workers = runnable.filter((c) => !["paygate-broker", "paygate-gateway"].includes(binaryOf(c))).map(launch);
+        const workers = runnable.filter((c) => !isJob(c) && !["paygate-broker", "paygate-gateway"].includes(binaryOf(c))).map(launch);
         if (!(await Promise.all(workers.map(ready))).every(Boolean)) return;
         const gateways = byBinary("paygate-gateway").map(launch);
         if (!(await Promise.all(gateways.map(ready))).every(Boolean)) return;
@@ -497,7 +596,7 @@ async function runSystem(system, containers) {
         // Liveness (and startup again) as written, once everything runs.
         for (const e of started)
             for (const kind of ["liveness", "startup"]) {
-                const p = mappedProbe(e.c.probes[kind], e.c, ports);
+                const p = mappedProbe(e.c.probes[kind], e.c, ports, system);
                 const r = await runProbe(p, e.env, (p.timeoutS ?? 1) * 1000);
                 check(r.ok, `${system} ${e.c.id}: ${kind} probe fails while it runs: ${r.detail}`);
             }
@@ -513,14 +612,15 @@ async function runSystem(system, containers) {
         const worker = workers.find((e) => e.env.has("PAYGATE_INSTANCE_ID"));
         if (check(worker !== undefined, `${system}: no worker sets PAYGATE_INSTANCE_ID`)) {
             const env = new Map(worker.env).set("PAYGATE_INSTANCE_ID", "no-such-pod");
-            const r = await runProbe(mappedProbe(worker.c.probes.readiness, worker.c, ports), env, 5000);
+            const r = await runProbe(mappedProbe(worker.c.probes.readiness, worker.c, ports, system), env, 5000);
             check(!r.ok, `${system} ${worker.c.id}: readiness passes for an instance that does not exist: ${r.detail}`);
         }
         // Two instances of one service share it: both in discovery.
         for (const b of ["paygate-payment"]) {
             const group = workers.filter((e) => binaryOf(e.c) === b);
             if (group.length < 2) continue;
-            const out = spawnSync(path.join(binDir, "paygatectl"), ["--broker", `tcp://127.0.0.1:${ports.broker}`, "services", "--json", "payment"], { encoding: "utf8" }).stdout;
+            // paygatectl with a payment process's own key and environment.
+            const out = spawnSync(path.join(binDir, "paygatectl"), ["--broker", `tcp://127.0.0.1:${ports.broker}`, "services", "--json", "payment"], { encoding: "utf8", env: Object.fromEntries(group[0].env) }).stdout;
             for (const e of group)
                 check(out.includes(`"${e.env.get("PAYGATE_INSTANCE_ID")}-`), `${system}: ${e.c.id} is not in discovery: ${out}`);
             say(`${system}: ${group.length} payment processes registered with the broker`);
