@@ -462,6 +462,39 @@ static void test_ready_reserved_service_name(void **state)
     assert_non_null(worker(f, "w2"));
 }
 
+/* READY as key 'key' (the broker's authenticated key name). */
+static bool worker_ready_as(fixture_t *f, const char *worker, const char *service,
+                            const char *instance, const char *key)
+{
+    Paygate__V1__Ready ready = PAYGATE__V1__READY__INIT;
+    ready.service = (char *)service;
+    ready.instance_id = (char *)instance;
+    ready.max_in_flight = 1;
+    return registry_worker_ready_as(f->registry, id(worker), strlen(worker), &ready, key,
+                                    now_of(f));
+}
+
+/* A live instance id stays with its key; the same key may replace it. */
+static void test_instance_id_kept_by_its_key(void **state)
+{
+    fixture_t *f = start(state, NULL);
+    assert_true(worker_ready_as(f, "w1", "payment", "payment-a-0", "payment"));
+    assert_false(worker_ready_as(f, "w2", "payment", "payment-a-0", "intruder"));
+    assert_non_null(worker(f, "w1"));
+    assert_null(worker(f, "w2"));
+    const call_t *c = last_disconnect(f, "w2");
+    assert_non_null(c);
+    assert_status(c, PAYGATE__V1__CODE__PERMISSION_DENIED, "instance_id_taken");
+    assert_int_equal(registry_stats(f->registry)->registrations_refused, 1);
+    assert_int_equal(count_commands(f, "w1", PAYGATE__V1__COMMAND__DISCONNECT), 0); /* untouched */
+
+    /* A reconnected instance (same key, new connection) takes it over. */
+    assert_true(worker_ready_as(f, "w3", "payment", "payment-a-0", "payment"));
+    assert_null(worker(f, "w1"));
+    assert_non_null(worker(f, "w3"));
+    assert_int_equal(registry_worker_count(f->registry), 1);
+}
+
 static void test_workers_max_refuses_ready(void **state)
 {
     registry_config_t config = registry_config_default();
@@ -1486,6 +1519,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         T(test_ready_registers),
         T(test_ready_reserved_service_name),
+        T(test_instance_id_kept_by_its_key),
         T(test_workers_max_refuses_ready),
         T(test_request_dispatched_at_once),
         T(test_reply_forwarded_to_client),
