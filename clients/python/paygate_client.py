@@ -18,12 +18,16 @@ the client gives up CLIENT_MARGIN_MS after it in case the broker is gone),
 or hand a caller a reply that belongs to another call (replies are matched
 by correlation id; late ones are dropped).
 
-Identity: services act for CallMeta.caller.user_id and may restrict
-methods by CallMeta.caller.principal. Nothing checks either yet (peer
-authentication is issue 7), so whoever reaches the broker is trusted like
-the gateway: keep the broker's endpoint private. README.md says more.
+Identity: the broker admits only CURVE keys it knows (broker/README.md,
+"Authentication"). The client takes its key from PAYGATE_CURVE_CERT (a
+secret certificate made by paygate-certs) and the broker's public key from
+PAYGATE_BROKER_CERT or PAYGATE_BROKER_PUBLIC_KEY, as every paygate process
+does; PAYGATE_INSECURE_PLAINTEXT=1 talks to a plaintext (test) broker. The
+key's certificate decides which principals it may claim and whether it may
+name a user (CallMeta.caller.user_id). README.md says more.
 """
 
+import os
 import secrets
 import time
 
@@ -58,6 +62,50 @@ def status_text(status):
     return text
 
 
+def read_certificate(path):
+    """Returns (public_key, secret_key) of the CZMQ certificate file 'path'
+    as Z85 bytes (secret_key None in a public certificate). Raises
+    ValueError when the file has no public key."""
+    keys = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            name, sep, value = line.strip().partition("=")
+            if sep and name.strip() in ("public-key", "secret-key"):
+                keys[name.strip()] = value.strip().strip('"').encode("ascii")
+    if len(keys.get("public-key", b"")) != 40:
+        raise ValueError(f"{path}: not a CURVE certificate (no public-key)")
+    secret = keys.get("secret-key")
+    if secret is not None and (len(secret) != 40 or secret == b"0" * 40):
+        secret = None
+    return keys["public-key"], secret
+
+
+def curve_keys_from_env(environ=None):
+    """The client's CURVE keys from the environment, as lib/curve reads
+    them: (public, secret, broker_public) Z85 bytes, or None with
+    PAYGATE_INSECURE_PLAINTEXT=1 and no certificate. Raises ValueError,
+    naming the variables, when there is neither."""
+    env = os.environ if environ is None else environ
+    cert = env.get("PAYGATE_CURVE_CERT", "")
+    if not cert:
+        if env.get("PAYGATE_INSECURE_PLAINTEXT", "") == "1":
+            return None
+        raise ValueError("no broker credentials: set PAYGATE_CURVE_CERT (a secret certificate "
+                         "made by paygate-certs) and PAYGATE_BROKER_CERT or "
+                         "PAYGATE_BROKER_PUBLIC_KEY; or, for a test broker only, "
+                         "PAYGATE_INSECURE_PLAINTEXT=1")
+    public, secret = read_certificate(cert)
+    if secret is None:
+        raise ValueError(f"{cert} has no secret key: give the secret certificate (*.cert_secret)")
+    broker = env.get("PAYGATE_BROKER_PUBLIC_KEY", "").encode("ascii")
+    if not broker and env.get("PAYGATE_BROKER_CERT", ""):
+        broker, _ = read_certificate(env["PAYGATE_BROKER_CERT"])
+    if len(broker) != 40:
+        raise ValueError("the broker's public key is missing: set PAYGATE_BROKER_CERT or "
+                         "PAYGATE_BROKER_PUBLIC_KEY")
+    return public, secret, broker
+
+
 def _local_status(code, message):
     """A Status made by this client (not received), e.g. for a broker that
     cannot be reached; 'reason' stays empty as in lib/rpc's client."""
@@ -73,9 +121,16 @@ class Client:
     'principal' names the calling program in every call's metadata
     (CallMeta.caller.principal); "gateway" is the HTTP gateway's, and the
     internal methods (user Debit/Credit, order MarkPaid) refuse it.
-    'user_id' is the acting user for calls that do not name one."""
+    'user_id' is the acting user for calls that do not name one.
 
-    def __init__(self, endpoint, principal=PRINCIPAL_DEFAULT, user_id="", context=None):
+    'curve' is (public, secret, broker_public) Z85 keys, None for a
+    plaintext test broker, or "env" (the default): curve_keys_from_env(),
+    which raises ValueError when the environment has no credentials."""
+
+    def __init__(self, endpoint, principal=PRINCIPAL_DEFAULT, user_id="", context=None,
+                 curve="env"):
+        if curve == "env":
+            curve = curve_keys_from_env()
         self.endpoint = endpoint
         self.principal = principal
         self.user_id = user_id
@@ -88,6 +143,11 @@ class Client:
         self._socket.setsockopt(zmq.IMMEDIATE, 1)
         self._socket.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
         self._socket.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
+        if curve is not None:
+            public, secret, broker = curve
+            self._socket.curve_publickey = public
+            self._socket.curve_secretkey = secret
+            self._socket.curve_serverkey = broker
         self._socket.connect(endpoint)
         # Random start, far from wrapping a uint64: ids of a new client
         # never match replies still on their way to an old one.

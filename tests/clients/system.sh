@@ -62,6 +62,20 @@ system_free_port() {
     die "no free port"
 }
 
+# CURVE: with test certificates (PAYGATE_TEST_CERTS_DIR, ctest fixture
+# "certs") every process gets its own key; the client under test uses the
+# test process's key (PAYGATE_CURVE_CERT: "test", which may claim any
+# principal and name users). Without them the environment must say
+# PAYGATE_INSECURE_PLAINTEXT=1.
+# system_key_of NAME prints process NAME's PAYGATE_CURVE_CERT.
+system_key_of() {
+    if [[ -n "${PAYGATE_TEST_CERTS_DIR:-}" ]]; then
+        printf '%s\n' "$PAYGATE_TEST_CERTS_DIR/$1.cert_secret"
+    else
+        printf '%s\n' "${PAYGATE_CURVE_CERT:-}"
+    fi
+}
+
 system_start() {
     local name attempt started deadline broker_port
     for name in broker "${system_services[@]}"; do
@@ -95,7 +109,8 @@ system_start() {
     for ((attempt = 1; attempt <= system_start_attempts; attempt++)); do
         broker_port="$(system_free_port)"
         export PAYGATE_BROKER_ENDPOINT="tcp://127.0.0.1:$broker_port"
-        "${bin[broker]}" >"$log_dir/$system_name-broker.log" 2>&1 </dev/null &
+        PAYGATE_CURVE_CERT="$(system_key_of broker)" "${bin[broker]}" \
+            >"$log_dir/$system_name-broker.log" 2>&1 </dev/null &
         pid[broker]=$!
         deadline=$((SECONDS + system_broker_ready_s))
         while ((SECONDS < deadline)); do
@@ -115,7 +130,8 @@ system_start() {
     ((started)) || die "the broker did not start (logs in $log_dir)"
 
     for name in "${system_services[@]}"; do
-        "${bin[$name]}" >"$log_dir/$system_name-$name.log" 2>&1 </dev/null &
+        PAYGATE_CURVE_CERT="$(system_key_of "$name")" "${bin[$name]}" \
+            >"$log_dir/$system_name-$name.log" 2>&1 </dev/null &
         pid[$name]=$!
     done
 
