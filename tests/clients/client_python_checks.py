@@ -24,7 +24,7 @@ import zmq
 import broker_pb2
 import order_pb2
 import user_pb2
-from paygate_client import SIGNATURE, Client, Code, status_text
+from paygate_client import SIGNATURE, Client, Code, curve_keys_from_env, status_text
 
 PROBE_CORRELATION = 4242  # of the valid request after the garbage
 
@@ -127,6 +127,9 @@ def negative(args):
         context = zmq.Context()
         raw = context.socket(zmq.DEALER)
         raw.setsockopt(zmq.LINGER, 0)
+        keys = curve_keys_from_env()  # the same key as the client's (CURVE)
+        if keys is not None:
+            raw.curve_publickey, raw.curve_secretkey, raw.curve_serverkey = keys
         raw.connect(args.endpoint)
         for frames in garbage + [unknown_command]:
             raw.send_multipart(frames)
