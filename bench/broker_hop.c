@@ -289,9 +289,13 @@ static int bench_connect(bench_t *self)
 {
     if (bench_wait_broker(self) != 0)
         return -1;
+    /* The direct and relay references speak plaintext; the broker path
+     * uses the process's identity (CURVE with PAYGATE_BENCH_CURVE=1). */
+    static const curve_identity_t plaintext = {.insecure = true};
     for (int m = 0; m < mode_count; m++) {
-        self->load[m] = echo_load_new(self->zmq_ctx, self->endpoint[m],
-                                      (size_t)self->config.payload_bytes, &bench_stopping);
+        self->load[m] =
+            echo_load_new(self->zmq_ctx, self->endpoint[m], (size_t)self->config.payload_bytes,
+                          m == MODE_BROKER ? NULL : &plaintext, &bench_stopping);
         if (self->load[m] == NULL)
             return -1;
         if (echo_load_wait_ready(self->load[m], bench_ready_timeout_ms) != 0) {

@@ -60,7 +60,7 @@ static int64_t load_now_ns(void)
 }
 
 echo_load_t *echo_load_new(void *zmq_ctx, const char *endpoint, size_t payload_bytes,
-                           const volatile sig_atomic_t *stopping)
+                           const curve_identity_t *identity, const volatile sig_atomic_t *stopping)
 {
     assert(payload_bytes <= echo_load_payload_bytes_max);
     echo_load_t *self = calloc(1, sizeof *self);
@@ -84,7 +84,8 @@ echo_load_t *echo_load_new(void *zmq_ctx, const char *endpoint, size_t payload_b
         paygate__v1__echo_request__pack(&request, self->request_body);
     free(payload);
 
-    self->client = rpc_client_new(zmq_ctx, endpoint);
+    self->client = identity != NULL ? rpc_client_new_as(zmq_ctx, endpoint, identity)
+                                    : rpc_client_new(zmq_ctx, endpoint);
     if (self->client == NULL || self->request_body == NULL) {
         echo_load_destroy(&self);
         return NULL;

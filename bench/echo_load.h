@@ -22,6 +22,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "curve/curve.h"
+
 enum {
     echo_load_in_flight_max = 1024,
     echo_load_payload_bytes_max = 64 * 1024,
@@ -43,10 +45,12 @@ typedef struct {
 typedef struct echo_load echo_load_t;
 
 /* A load client for the echo service behind 'endpoint', sending payloads
- * of 'payload_bytes'. 'stopping' is polled between replies: when it turns
+ * of 'payload_bytes'. 'identity' is its CURVE identity (an insecure one
+ * for the plaintext references; NULL: the process's, from the
+ * environment). 'stopping' is polled between replies: when it turns
  * non-zero, waits and runs end early with an error. NULL on error. */
 echo_load_t *echo_load_new(void *zmq_ctx, const char *endpoint, size_t payload_bytes,
-                           const volatile sig_atomic_t *stopping);
+                           const curve_identity_t *identity, const volatile sig_atomic_t *stopping);
 
 /* Closes the client and sets '*self' to NULL. */
 void echo_load_destroy(echo_load_t **self);

@@ -335,16 +335,26 @@ static void broker_builtin(broker_t *self, wire_message_t *msg, int64_t now)
 
 /* ---- authorization (only with CURVE; see auth.h) ------------------------ */
 
-/* Counts and logs a refused command and tells the peer: a REPLY for
+/* Counts and logs (once per peer) a refused command and tells the peer: a REPLY for
  * what expects one (REQUEST, PUBLISH), a DISCONNECT for registrations
  * (READY, SUBSCRIBE), which makes the peer stop. */
 static void broker_deny(broker_t *self, const wire_message_t *msg, const char *reason,
                         const char *text)
 {
     self->commands_denied++;
-    char key[2 * wire_identity_bytes_max + 1];
-    wire_identity_hex(msg->identity, msg->identity_len, key);
-    log_warn("broker: denied to peer %s (key '%s'): %s", key, msg->user_id, text);
+    /* Logged once per peer (as bad messages are): a misconfigured client
+     * repeating a refused call must not flood the log; the counter has
+     * them all. */
+    char key[2 * wire_identity_bytes_max + 8];
+    memcpy(key, "denied:", 7);
+    wire_identity_hex(msg->identity, msg->identity_len, key + 7);
+    if (zhashx_lookup(self->logged_peers, key) == NULL) {
+        if (zhashx_size(self->logged_peers) >= logged_peers_max)
+            zhashx_purge(self->logged_peers);
+        zhashx_insert(self->logged_peers, key, (void *)1);
+        log_warn("broker: denied to peer %s (key '%s'): %s (further denials to it only counted)",
+                 key + 7, msg->user_id, text);
+    }
     Paygate__V1__Status status = PAYGATE__V1__STATUS__INIT;
     status.code = PAYGATE__V1__CODE__PERMISSION_DENIED;
     status.reason = (char *)reason;
