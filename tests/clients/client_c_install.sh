@@ -57,7 +57,7 @@ if run "cmake --install --component paygate-rpc" 0 \
     ok "installed into a temporary prefix"
 fi
 for file in lib/libpaygate-rpc.a lib/pkgconfig/paygate-rpc.pc include/paygate/rpc/rpc.h \
-    include/paygate/broker.pb-c.h include/paygate/user.pb-c.h include/paygate/log/log.h; do
+    include/paygate/broker.pb-c.h include/paygate/user.pb-c.h include/paygate/log/log.h include/paygate/curve/curve.h; do
     if [[ -f "$prefix/$file" ]]; then ok "installed $file"; else not_ok "$file is not installed"; fi
 done
 
@@ -86,7 +86,10 @@ if [[ -x "$work/echo_pipeline" ]]; then
     for attempt in 1 2 3 4 5; do
         port=$((20000 + RANDOM % 40000))
         (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && continue
-        PAYGATE_BROKER_ENDPOINT="tcp://127.0.0.1:$port" "$broker" >"$work/broker.log" 2>&1 </dev/null &
+        # With test certificates the broker has its own key (the examples
+        # use the test process's, PAYGATE_CURVE_CERT).
+        PAYGATE_CURVE_CERT="${PAYGATE_TEST_CERTS_DIR:+$PAYGATE_TEST_CERTS_DIR/broker.cert_secret}" \
+            PAYGATE_BROKER_ENDPOINT="tcp://127.0.0.1:$port" "$broker" >"$work/broker.log" 2>&1 </dev/null &
         broker_pid=$!
         for _ in $(seq 100); do
             (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
