@@ -160,6 +160,10 @@ void broker_metrics_render(const Paygate__V1__ListServicesReply *reply, metrics_
                "Worker instances dropped after missing their heartbeats.", st->workers_expired);
         scalar(text, "paygate_broker_sends_failed_total", "counter",
                "Messages not sent because the peer was gone.", st->sends_failed);
+        scalar(text, "paygate_broker_peers_refused_total", "counter",
+               "Connections refused by CURVE authentication (unknown key).", st->peers_refused);
+        scalar(text, "paygate_broker_commands_denied_total", "counter",
+               "Commands refused because the sending key may not do them.", st->commands_denied);
         static const char *const kind_label[] = {"kind"};
         metrics_text_family(text, "paygate_broker_bad_messages_total", "counter",
                             "Messages refused before routing, by kind.");
