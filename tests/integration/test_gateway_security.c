@@ -716,7 +716,7 @@ static void test_rate_limit_payments(void **state)
         order_new(&u, 1000, orders[i]);
         char key[64], body[128];
         unique(key, sizeof key, "rl-pay");
-        snprintf(body, sizeof body, "{\"order_id\":\"%s\"}", orders[i]);
+        snprintf(body, sizeof body, "{\"order_id\":\"%.63s\"}", orders[i]);
         http_response_t r;
         call_from(&r, g.strict_port, "127.0.0.51", "POST", "/v1/payments", &u, key, body, NULL);
         if (r.status == 201) {
