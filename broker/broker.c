@@ -137,6 +137,18 @@ broker_t *broker_new(const broker_config_t *config)
     zmq_setsockopt(self->socket, ZMQ_SNDHWM, &hwm, sizeof hwm);
     zmq_setsockopt(self->socket, ZMQ_RCVHWM, &hwm, sizeof hwm);
     zmq_setsockopt(self->socket, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg);
+    /* ZMTP heartbeats: libzmq's I/O threads ping every connection and
+     * drop one whose peer process answers nothing (frozen, or its host
+     * gone) within the liveness window. A worker's I/O thread answers
+     * while its handler thread is busy, so a long handler keeps its
+     * connection; the registry then relies on the connection (and on the
+     * deadlines of what the worker holds) rather than on the worker's own
+     * heartbeats, which a busy thread cannot send. */
+    int ping_ivl = (int)config->registry.heartbeat_interval_ms;
+    int ping_timeout =
+        (int)(config->registry.heartbeat_interval_ms * config->registry.heartbeat_liveness);
+    zmq_setsockopt(self->socket, ZMQ_HEARTBEAT_IVL, &ping_ivl, sizeof ping_ivl);
+    zmq_setsockopt(self->socket, ZMQ_HEARTBEAT_TIMEOUT, &ping_timeout, sizeof ping_timeout);
     /* The ZAP handler must be bound before the endpoint: a CURVE server
      * without one admits every key. */
     if (self->curve_cert[0] != '\0') {

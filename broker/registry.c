@@ -839,7 +839,14 @@ static void housekeeping(registry_t *self, int64_t now)
         list_node_t *next = n->next;
         worker_t *w = &list_entry(n, worker_node_t, all_link)->worker;
         int64_t silent = now - w->last_seen_at;
-        if (silent > (int64_t)w->heartbeat_interval_ms * self->config.heartbeat_liveness) {
+        /* A worker holding requests may be silent for as long as its
+         * handler runs (its thread cannot heartbeat meanwhile): it stays
+         * while its connection does (the probes below fail at once on a
+         * closed one, and ZMTP heartbeats close the connection of a
+         * frozen or vanished peer); what it holds is bounded by the
+         * requests' deadlines (pending_timer releases the slots). */
+        if (w->in_flight == 0 &&
+            silent > (int64_t)w->heartbeat_interval_ms * self->config.heartbeat_liveness) {
             log_warn("registry: %s of %s expired after %lld ms of silence (%u in flight)",
                      w->instance_id, w->service->name, (long long)silent, w->in_flight);
             self->stats.workers_expired++;

@@ -345,6 +345,37 @@ static void test_worker_death_in_flight(void **state)
                      1);
 }
 
+/* A handler that runs longer than liveness x heartbeat interval (its
+ * thread cannot heartbeat meanwhile) keeps its worker: the answer arrives,
+ * and the worker is never expired, because its connection stays up (its
+ * I/O thread answers the broker's ZMTP pings). A frozen worker (SIGSTOP)
+ * holding a request loses its connection to those pings, and the client
+ * hears worker_lost long before its deadline. */
+static void test_long_handler_keeps_worker(void **state)
+{
+    fixture_t *f = *state;
+    start_broker(f, "long", (const char *[]){"PAYGATE_BROKER_HEARTBEAT_MS=200", NULL});
+    start_worker(f, 0, (const char *[]){"ECHO_HEARTBEAT_MS=200", NULL});
+    assert_true(discovery_wait(f->client, "echo", 1, 10000) >= 0);
+    rpc_status_t status;
+    /* 1500 ms: over twice the 600 ms of silence that expires an idle worker */
+    assert_int_equal(echo_call(f, "echo", "Sleep", "", 1500, 5000, &status, NULL, 0),
+                     PAYGATE__V1__CODE__OK);
+    Paygate__V1__BrokerStats stats;
+    assert_true(discovery_stats(f->client, &stats));
+    assert_int_equal(stats.workers_expired, 0);
+    assert_int_equal(discovery_count(f->client, "echo", 2000), 1);
+
+    uint64_t id = sleep_send(f, 20000, 30000);
+    sleep_ms(300);
+    proc_signal(&f->workers[0], SIGSTOP);
+    int64_t start = clock_now_ms();
+    assert_int_equal(reply_wait(f, id, 15000, &status), PAYGATE__V1__CODE__UNAVAILABLE);
+    assert_string_equal(status.reason, "worker_lost");
+    assert_true(clock_now_ms() - start < 15000); /* the broker's verdict, not the deadline */
+    proc_signal(&f->workers[0], SIGCONT);
+}
+
 /* The broker is SIGKILLed and restarted on the same port: the worker
  * rejoins by itself and requests flow again. */
 static void test_broker_restart_rejoined(void **state)
@@ -621,6 +652,7 @@ int main(void)
         T(test_deadline_in_flight),
         T(test_deadline_while_queued),
         T(test_worker_death_in_flight),
+        T(test_long_handler_keeps_worker),
         T(test_broker_restart_rejoined),
         T(test_garbage_frames_survived),
         T(test_no_worker_unavailable),
