@@ -192,6 +192,46 @@ static Paygate__V1__Code refund_refused(rpc_ctx_t *ctx, payment_env_t *env, cons
                         amount, total - refunded, total);
 }
 
+/* Looks up the caller's refund with the request's idempotency key. When
+ * there is one, sets '*known' and answers for it: the refund (driving it
+ * when it is still PENDING), or idempotency_key_reused when the key was
+ * used for another payment or amount. '*known' false: no such refund. */
+static Paygate__V1__Code refund_by_key(rpc_ctx_t *ctx, payment_env_t *env, const char *user,
+                                       const Paygate__V1__CreateRefundRequest *request,
+                                       Paygate__V1__Refund *reply, bool *known)
+{
+    *known = false;
+    const char *key_params[] = {user, request->idempotency_key};
+    PGresult *rows = NULL;
+    pg_result_t result =
+        pg_exec_prepared(env->pg, "refund_by_key", refund_by_key_sql, 2, key_params, &rows);
+    if (result != PG_OK) {
+        *known = true;
+        return pgrpc_fail(ctx, env->pg, result, "refund");
+    }
+    if (PQntuples(rows) != 1) {
+        PQclear(rows);
+        return PAYGATE__V1__CODE__OK;
+    }
+    *known = true;
+    int64_t stored = strtoll(PQgetvalue(rows, 0, 2), NULL, 10);
+    bool same = strcmp(PQgetvalue(rows, 0, 1), request->payment_id) == 0 &&
+                (request->amount == 0 || request->amount == stored);
+    if (!same) {
+        PQclear(rows);
+        return rpc_ctx_fail(ctx, PAYGATE__V1__CODE__FAILED_PRECONDITION, "idempotency_key_reused",
+                            "this Idempotency-Key was used for another refund");
+    }
+    refund_from_row(ctx, rows, reply);
+    bool pending = strcmp(reply->status, "PENDING") == 0;
+    char id[payment_id_bytes_max + 1];
+    snprintf(id, sizeof id, "%s", reply->id);
+    PQclear(rows);
+    if (pending && refund_drive(env, id, user, stored, rpc_ctx_request_id(ctx)))
+        return refund_answer(ctx, env, id, reply);
+    return PAYGATE__V1__CODE__OK;
+}
+
 Paygate__V1__Code refund_create(rpc_ctx_t *ctx, const ProtobufCMessage *request_msg,
                                 ProtobufCMessage *reply_msg, void *thread_state)
 {
@@ -214,34 +254,14 @@ Paygate__V1__Code refund_create(rpc_ctx_t *ctx, const ProtobufCMessage *request_
                             "an idempotency key of 1..255 printable characters is required");
 
     /* A known key: the same refund again, or a misuse of the key. */
-    const char *key_params[] = {user, request->idempotency_key};
-    PGresult *rows = NULL;
-    pg_result_t result =
-        pg_exec_prepared(env->pg, "refund_by_key", refund_by_key_sql, 2, key_params, &rows);
-    if (result != PG_OK)
-        return pgrpc_fail(ctx, env->pg, result, "refund");
-    if (PQntuples(rows) == 1) {
-        int64_t stored = strtoll(PQgetvalue(rows, 0, 2), NULL, 10);
-        bool same = strcmp(PQgetvalue(rows, 0, 1), request->payment_id) == 0 &&
-                    (request->amount == 0 || request->amount == stored);
-        if (!same) {
-            PQclear(rows);
-            return rpc_ctx_fail(ctx, PAYGATE__V1__CODE__FAILED_PRECONDITION,
-                                "idempotency_key_reused",
-                                "this Idempotency-Key was used for another refund");
-        }
-        refund_from_row(ctx, rows, reply);
-        bool pending = strcmp(reply->status, "PENDING") == 0;
-        char id[payment_id_bytes_max + 1];
-        snprintf(id, sizeof id, "%s", reply->id);
-        PQclear(rows);
-        if (pending && refund_drive(env, id, user, stored, rpc_ctx_request_id(ctx)))
-            return refund_answer(ctx, env, id, reply);
-        return PAYGATE__V1__CODE__OK;
-    }
-    PQclear(rows);
+    bool known = false;
+    Paygate__V1__Code code = refund_by_key(ctx, env, user, request, reply, &known);
+    if (known)
+        return code;
 
     /* Reserve: refund row and amount_refunded in one transaction. */
+    PGresult *rows = NULL;
+    pg_result_t result;
     char id[id_bytes_max], lease[16], amount_text[24];
     id_new("ref", id, sizeof id);
     snprintf(lease, sizeof lease, "%u", env->settings->lease_ms);
@@ -257,6 +277,12 @@ Paygate__V1__Code refund_create(rpc_ctx_t *ctx, const ProtobufCMessage *request_
     if (PQntuples(rows) == 0) {
         PQclear(rows);
         pg_rollback(env->pg);
+        /* A concurrent request with this key may have reserved first: the
+         * row lock made us wait for its commit, so its refund is visible
+         * now, and it is the answer (not "exceeds the payment"). */
+        code = refund_by_key(ctx, env, user, request, reply, &known);
+        if (known)
+            return code;
         return refund_refused(ctx, env, request->payment_id, user, request->amount);
     }
     int64_t amount = strtoll(PQgetvalue(rows, 0, 0), NULL, 10);
@@ -272,6 +298,10 @@ Paygate__V1__Code refund_create(rpc_ctx_t *ctx, const ProtobufCMessage *request_
         pg_rollback(env->pg);
         if (result != PG_OK)
             return pgrpc_fail(ctx, env->pg, result, "refund");
+        /* The key's row was committed by a concurrent request meanwhile. */
+        code = refund_by_key(ctx, env, user, request, reply, &known);
+        if (known)
+            return code;
         return rpc_ctx_fail(ctx, PAYGATE__V1__CODE__FAILED_PRECONDITION, "idempotency_in_progress",
                             "a request with this Idempotency-Key is still in progress");
     }
