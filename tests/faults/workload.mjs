@@ -301,9 +301,9 @@ export class Workload {
     }
   }
 
-  async client(user, slot, r, untilMs) {
+  async client(user, slot, r) {
     const other = (slot + 1) % this.clientsPerUser;
-    while (Date.now() < untilMs) {
+    while (Date.now() < this.untilMs) {
       const dice = r.next();
       if (dice < 0.15) {
         await this.topUp(user, r, r.int(10, 150) * 100);
@@ -327,16 +327,22 @@ export class Workload {
     }
   }
 
-  // Runs every client until 'untilMs' (each finishes its operation).
+  // Runs every client until 'untilMs' (each finishes its operation);
+  // endSoon() may bring the end forward.
   async run(untilMs) {
+    this.untilMs = untilMs;
     const runs = [];
     for (const user of this.users) {
       for (let slot = 0; slot < this.clientsPerUser; slot++) {
         const r = rng((this.seed + user.index * 7919 + slot * 104729) >>> 0);
-        runs.push(this.client(user, slot, r, untilMs));
+        runs.push(this.client(user, slot, r));
       }
     }
     await Promise.all(runs);
+  }
+
+  endSoon(ms) {
+    this.untilMs = Math.min(this.untilMs, Date.now() + ms);
   }
 
   // Sends every operation whose outcome is unknown again with its key,
