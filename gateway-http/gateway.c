@@ -39,6 +39,7 @@
 #include <strings.h>
 #include <sys/random.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "arena/arena.h"
 #include "clock/clock.h"
@@ -62,6 +63,9 @@ enum {
     forwarded_for_bytes_max = 1024,              /* X-Forwarded-For read; longer: socket address */
     login_email_key_bytes_max = 254,             /* as the user service's email limit */
     refusal_log_interval_ms = 1000,              /* at most one rate-limit log line per interval */
+    drain_margin_ms = 1000, /* beyond the call deadline, for the answer to be sent */
+    drain_idle_ms = 1000,   /* then for idle keep-alive connections to go */
+    drain_poll_ms = 10,
 };
 
 struct gateway {
@@ -74,6 +78,8 @@ struct gateway {
     _Atomic int64_t refusal_logged_ms; /* last refusal logged (log_refusal) */
     atomic_uint_fast64_t refusals_unlogged;
     gateway_metrics_t *metrics; /* GET /metrics (gateway_metrics.c) */
+    atomic_bool draining;       /* stopping: answer what came, then close each connection */
+    atomic_uint in_flight;      /* requests begun and not yet completed (answer sent) */
 };
 
 enum { access_path_bytes_max = 255 };
@@ -163,6 +169,13 @@ static enum MHD_Result respond_with(struct MHD_Connection *connection, unsigned 
                             "default-src 'none'; frame-ancestors 'none'");
     for (size_t i = 0; i < extra_count; i++)
         MHD_add_response_header(response, extra[i].name, extra[i].value);
+    /* While the gateway drains, each connection ends with its answer, so
+     * that a keep-alive client goes to another instance for the next. */
+    const union MHD_ConnectionInfo *info =
+        MHD_get_connection_info(connection, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    const gateway_t *gateway = info != NULL ? info->socket_context : NULL;
+    if (gateway != NULL && atomic_load(&gateway->draining))
+        MHD_add_response_header(response, MHD_HTTP_HEADER_CONNECTION, "close");
     enum MHD_Result result = MHD_queue_response(connection, status, response);
     MHD_destroy_response(response);
     return result;
@@ -696,6 +709,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *connection, 
         req = calloc(1, sizeof *req);
         if (req == NULL)
             return MHD_NO;
+        atomic_fetch_add(&self->in_flight, 1);
         req->started_us = clock_now_us();
         snprintf(req->path, sizeof req->path, "%s", url);
         req->matched = routes_match(routes_v1, routes_v1_count, method, url, &req->match);
@@ -802,12 +816,23 @@ static void on_completed(void *cls, struct MHD_Connection *connection, void **co
     gateway_metrics_request_finished(self->metrics, req->route_label, req->method, status,
                                      duration_us);
     access_log(req, status, duration_us, code);
+    atomic_fetch_sub(&self->in_flight, 1);
     free(req->body);
     free(req);
     *con_cls = NULL;
 }
 
 /* ---- life cycle ---------------------------------------------------------- */
+
+/* Remembers the gateway on each new connection (its socket context), for
+ * respond() to see whether the gateway drains. */
+static void on_connection(void *cls, struct MHD_Connection *connection, void **socket_context,
+                          enum MHD_ConnectionNotificationCode code)
+{
+    (void)connection;
+    if (code == MHD_CONNECTION_NOTIFY_STARTED)
+        *socket_context = cls;
+}
 
 gateway_t *gateway_new(const gateway_config_t *config)
 {
@@ -858,14 +883,14 @@ gateway_t *gateway_new(const gateway_config_t *config)
     /* suspend/resume: notification streams wait without blocking a thread */
     self->daemon = MHD_start_daemon(
         MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG |
-            MHD_ALLOW_SUSPEND_RESUME,
+            MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ITC, /* ITC: for MHD_quiesce_daemon */
         config->port, NULL, NULL, on_request, self, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
         MHD_OPTION_THREAD_POOL_SIZE, config->threads, MHD_OPTION_CONNECTION_LIMIT,
         config->connections_max, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
         config->connections_per_address_max, MHD_OPTION_CONNECTION_TIMEOUT, config->timeout_s,
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, config->header_bytes_max, MHD_OPTION_NOTIFY_COMPLETED,
-        on_completed, self, MHD_OPTION_SOCK_ADDR, &addr, MHD_OPTION_UNESCAPE_CALLBACK,
-        static_files_unescape, NULL, MHD_OPTION_END);
+        on_completed, self, MHD_OPTION_NOTIFY_CONNECTION, on_connection, self, MHD_OPTION_SOCK_ADDR,
+        &addr, MHD_OPTION_UNESCAPE_CALLBACK, static_files_unescape, NULL, MHD_OPTION_END);
     if (self->daemon == NULL) {
         sse_destroy(&self->streams);
         ratelimit_destroy(&self->limits);
@@ -886,8 +911,41 @@ void gateway_destroy(gateway_t **self_p)
     gateway_t *self = *self_p;
     if (self == NULL)
         return;
-    sse_shutdown(self->streams);   /* no connection may stay suspended */
+    /* Drain: refuse new connections; answer every request that came (each
+     * ends its connection), within the call deadline and a margin; only
+     * then close what is left (idle keep-alive connections). Stopping at
+     * once would drop answers that are computed but not yet sent: a
+     * client would not know whether its payment happened. */
+    atomic_store(&self->draining, true);
+    MHD_socket listener = MHD_quiesce_daemon(self->daemon);
+    /* Quiesced, the socket still listens: the kernel would complete new
+     * connections into its backlog and reset them when it closes. Stop
+     * listening now, so that they are refused at once (a client tries
+     * another instance); the descriptor stays open until the threads are
+     * gone, as libmicrohttpd requires. */
+    if (listener != MHD_INVALID_SOCKET)
+        shutdown(listener, SHUT_RDWR);
+    sse_shutdown(self->streams); /* no connection may stay suspended */
+    int64_t until = clock_now_ms() + self->config.deadline_ms + drain_margin_ms;
+    while (atomic_load(&self->in_flight) > 0 && clock_now_ms() < until)
+        usleep(drain_poll_ms * 1000);
+    unsigned left = atomic_load(&self->in_flight);
+    if (left > 0)
+        log_warn("gateway: %u requests still in progress after the drain; closing them", left);
+    /* Idle keep-alive connections: a client that sends on one as it is
+     * closed gets no answer. Give them a moment to be used (and closed
+     * after that answer) or closed by their clients. */
+    int64_t idle_until = clock_now_ms() + drain_idle_ms;
+    while (left == 0 && clock_now_ms() < idle_until) {
+        const union MHD_DaemonInfo *info =
+            MHD_get_daemon_info(self->daemon, MHD_DAEMON_INFO_CURRENT_CONNECTIONS);
+        if (info == NULL || info->num_connections == 0)
+            break;
+        usleep(drain_poll_ms * 1000);
+    }
     MHD_stop_daemon(self->daemon); /* joins the pool threads: their clients close */
+    if (listener != MHD_INVALID_SOCKET)
+        close(listener);
     sse_destroy(&self->streams);
     ratelimit_destroy(&self->limits);
     gateway_metrics_destroy(&self->metrics); /* after the threads that count */

@@ -47,8 +47,10 @@ typedef struct gateway gateway_t;
  * why, when the port cannot be bound. */
 gateway_t *gateway_new(const gateway_config_t *config);
 
-/* Stops accepting, finishes the requests in progress, frees everything
- * and sets '*self' to NULL. */
+/* Stops accepting new connections, answers the requests in progress
+ * (within the call deadline plus a second; each answer closes its
+ * connection), then closes the rest, frees everything and sets '*self'
+ * to NULL. */
 void gateway_destroy(gateway_t **self);
 
 /* Requests answered 429 by the gateway's own rate limits so far (the
