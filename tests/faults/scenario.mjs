@@ -135,9 +135,16 @@ export async function runScenario(spec) {
         `unknown at first ${s.unknown} (all resolved: ${s.resolved} by sending again), replays ${s.replays}`);
     say(`per kind tried/succeeded/declined/unknown: ${kinds}`);
     say(`HTTP attempts ${s.attempts}, failed cleanly (502/503/504/429 or no answer, then retried) ${s.attemptsFailedCleanly}, ` +
-        `500s ${s.attemptsInternalError}`);
+        `500s ${s.attemptsInternalError}; failed cleanly by cause: ${JSON.stringify(s.failures)}`);
     say(`money: ${events.size} movements acknowledged (top-ups ${acknowledged(workload).topups.size}, ` +
         `payments ${acknowledged(workload).payments.size}, refunds ${acknowledged(workload).refunds.size})`);
+    const [money] = await cluster.pg.sql(
+      'SELECT (SELECT COALESCE(SUM(amount), 0) FROM users.topups)::bigint AS topups,' +
+      " (SELECT COALESCE(SUM(amount), 0) FROM payments.payments WHERE status = 'SUCCEEDED')::bigint AS paid," +
+      " (SELECT COALESCE(SUM(amount), 0) FROM payments.refunds WHERE status = 'SUCCEEDED')::bigint AS refunded," +
+      ' (SELECT COALESCE(SUM(balance), 0) FROM users.wallets)::bigint AS balances');
+    say(`total money (paise): top-ups ${money.topups} - payments ${money.paid} + refunds ${money.refunded} ` +
+        `= ${money.topups - money.paid + money.refunded}; wallets hold ${money.balances}`);
     if (spec.summary) say(spec.summary(ctx));
     say(`faults injected: ${JSON.stringify(faults)}`);
   } catch (err) {

@@ -70,6 +70,7 @@ export class Workload {
     this.stats = {
       tried: 0, succeeded: 0, declined: 0, unknown: 0, resolved: 0, replays: 0,
       attempts: 0, attemptsFailedCleanly: 0, attemptsInternalError: 0, byKind: {},
+      failures: {}, // why attempts failed cleanly: HTTP status or the socket error's code
     };
     this.counter = 0;
     this.rand = rng(seed);
@@ -107,16 +108,22 @@ export class Workload {
       } catch {
         // not JSON
       }
-      if (res.status >= 500 && res.status !== 500) this.stats.attemptsFailedCleanly += 1;
+      if ((res.status > 500 || res.status === 429) && res.status !== 500) this.failedCleanly(String(res.status));
       if (res.status === 500) {
         this.stats.attemptsInternalError += 1;
         this.violation(`${method} ${path} answered 500: ${text.slice(0, 200)}`);
       }
       return { status: res.status, json, text };
     } catch (err) {
-      this.stats.attemptsFailedCleanly += 1;
-      return { status: 0, error: err.cause?.code ?? err.name ?? String(err) };
+      const why = err.cause?.code ?? err.name ?? String(err);
+      this.failedCleanly(why);
+      return { status: 0, error: why };
     }
+  }
+
+  failedCleanly(why) {
+    this.stats.attemptsFailedCleanly += 1;
+    this.stats.failures[why] = (this.stats.failures[why] ?? 0) + 1;
   }
 
   // Sends until a final answer or 'budgetMs' passes. Returns the final
@@ -179,6 +186,23 @@ export class Workload {
     this.settle(rec, res, first, (x) => ({
       status: x.status, code: x.json?.error?.code ?? '', id: x.json?.id ?? '', amount: x.json?.amount,
     }));
+  }
+
+  // One top-up of 'amount' sent once to the gateway at 'baseUrl' (no
+  // retry), recorded like any other (resolve() sends it again when it got
+  // no final answer). Returns the response ({status: 0} when none came).
+  async topUpOnce(user, baseUrl, amount) {
+    const rec = { kind: 'topup', user: user.id, key: this.unique('top'), amount, outcome: null };
+    this.topups.set(rec.key, rec);
+    (this.stats.byKind.topup ??= { tried: 0, succeeded: 0, declined: 0, unknown: 0 }).tried += 1;
+    this.stats.tried += 1;
+    const res = await this.request({ pick: () => baseUrl }, 'POST', '/v1/wallet/topups', {
+      token: user.token, key: rec.key, body: { amount },
+    });
+    this.settle(rec, isFinal(res) ? res : null, true, (x) => ({
+      status: x.status, code: x.json?.error?.code ?? '', id: x.json?.id ?? '', amount: x.json?.amount,
+    }));
+    return res;
   }
 
   // Records final answer 'res' of 'rec' (or that it had none): the first
