@@ -269,6 +269,33 @@ export async function checkAll({ pg, workload, published }) {
     }
   }
 
+  // ---- the same payments and orders over the API ------------------------------
+  const payById = new Map([...payRows.values()].map((p) => [p.id, p]));
+  for (const user of users) {
+    const listed = await allPages(workload, user, '/v1/payments');
+    const rows = [...payById.values()].filter((p) => p.user_id === user.id);
+    if (listed === null) {
+      v.push(`user ${user.id}: GET /v1/payments failed`);
+    } else {
+      if (listed.length !== rows.length) v.push(`user ${user.id}: GET /v1/payments lists ${listed.length}, the database has ${rows.length}`);
+      for (const p of listed) {
+        const row = payById.get(p.id);
+        if (row?.status !== p.status || row.amount !== p.amount || row.user_id !== user.id) {
+          v.push(`payment ${p.id}: the API says ${p.status} ${p.amount}, the database ${row?.status} ${row?.amount}`);
+        }
+      }
+    }
+    const orders = await allPages(workload, user, '/v1/orders');
+    if (orders === null) {
+      v.push(`user ${user.id}: GET /v1/orders failed`);
+      continue;
+    }
+    for (const o of orders) {
+      const row = orderRows.get(o.id);
+      if (row?.status !== o.status) v.push(`order ${o.id}: the API says ${o.status}, the database ${row?.status}`);
+    }
+  }
+
   // ---- transaction history: each movement exactly once ------------------------
   const txRows = await pg.sql(
     'SELECT id, event_id, user_id, type, amount, payment_id, refund_id, topup_id FROM transactions.transactions');
