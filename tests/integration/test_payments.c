@@ -1318,6 +1318,53 @@ static void test_concurrent_refunds_never_exceed(void **state)
     assert_int_equal(db_wallet_check(u.id), 9000);
 }
 
+/* A double click on "refund all": 8 full refunds with ONE key at once.
+ * Each answer is that one refund (201, always the same id) or 409
+ * idempotency_in_progress, never refund_exceeds_payment (the refund did
+ * happen under this key); one refund, one credit. (The bank test found
+ * the requests that lost the race answering refund_exceeds_payment.) */
+static void test_concurrent_same_key_refunds_once(void **state)
+{
+    (void)state;
+    user_t u;
+    user_new(&u, "refundkey");
+    top_up(&u, 10000);
+    char order[id_bytes_max + 1], payment[id_bytes_max + 1], path[128], key[64];
+    order_new(&u, 4000, order);
+    pay_ok(&u, order, payment);
+    snprintf(path, sizeof path, "/v1/payments/%s/refunds", payment);
+    unique(key, sizeof key, "refund");
+    burst_job_t jobs[8];
+    for (int i = 0; i < 8; i++) {
+        jobs[i] = (burst_job_t){.user = &u, .path = path, .body = "{}"};
+        snprintf(jobs[i].key, sizeof jobs[i].key, "%s", key);
+    }
+    burst_run(jobs, 8);
+    char refunded[id_bytes_max + 1] = "";
+    for (int i = 0; i < 8; i++) {
+        if (jobs[i].status == 201) {
+            if (refunded[0] == '\0')
+                snprintf(refunded, sizeof refunded, "%s", jobs[i].id);
+            assert_string_equal(jobs[i].id, refunded);
+        } else if (jobs[i].status != 409 || strcmp(jobs[i].code, "idempotency_in_progress") != 0) {
+            fail_msg("same-key refund %d answered %d %s", i, jobs[i].status, jobs[i].code);
+        }
+    }
+    /* Once settled, the key answers the refund. */
+    http_response_t r;
+    assert_int_equal(refund(&r, &u, payment, key, "{}"), 201);
+    if (refunded[0] != '\0')
+        assert_string_equal(json_text(r.json, "id"), refunded);
+    assert_int_equal(json_number(r.json, "amount"), 4000);
+    http_response_free(&r);
+    assert_int_equal(wallet_balance(&u), 10000);
+    assert_int_equal(db_int("SELECT count(*) FROM payments.refunds WHERE user_id = $1", u.id), 1);
+    assert_int_equal(
+        db_int("SELECT count(*) FROM users.ledger WHERE user_id = $1 AND kind = 'CREDIT'", u.id),
+        1);
+    assert_int_equal(db_wallet_check(u.id), 10000);
+}
+
 int main(void)
 {
     g.dsn = getenv("PAYGATE_TEST_PG_DSN");
@@ -1341,6 +1388,7 @@ int main(void)
         cmocka_unit_test(test_concurrent_same_key_pays_once),
         cmocka_unit_test(test_concurrent_payments_one_order),
         cmocka_unit_test(test_concurrent_refunds_never_exceed),
+        cmocka_unit_test(test_concurrent_same_key_refunds_once),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
