@@ -8,9 +8,10 @@
 //
 //   every 0.3-1.5 s, one of (seeded):
 //     SIGKILL a random service process or the gateway; restart it after
-//       0.2-3 s and wait until it serves again       (~55%)
-//     SIGKILL the broker; restart it after 0.2-2 s     (~20%)
-//     SIGSTOP a random process (broker included) for 1-4 s, then SIGCONT
+//       0.2-3 s and wait until it serves again       (55%)
+//     SIGKILL two at once (one of them often the broker), restart both (10%)
+//     SIGKILL the broker; restart it after 0.2-2 s     (15%)
+//     SIGSTOP a random process (broker included) for 1-4 s, then SIGCONT (20%)
 //   and once, in the middle of the run: PostgreSQL crashed (immediate
 //   stop: every backend killed, no checkpoint) and started 1-4 s later.
 //
@@ -56,7 +57,15 @@ async function nemesis({ cluster, rand: r, untilMs, faults, violations, say }) {
       await sleep(r.int(200, 3000));
       cluster.startProcess(name);
       await serveAgain(name);
-    } else if (dice < 0.75) {
+    } else if (dice < 0.65) {
+      const names = [r.pick(victims), 'broker'];
+      if (r.next() < 0.5) names[1] = r.pick(victims.filter((n) => n !== names[0]));
+      await Promise.all(names.map((n) => cluster.kill(n)));
+      count(`kill_${names.join('+')}`);
+      await sleep(r.int(200, 3000));
+      for (const n of names) cluster.startProcess(n);
+      for (const n of names) await serveAgain(n);
+    } else if (dice < 0.8) {
       await cluster.kill('broker');
       count('kill_broker');
       await sleep(r.int(200, 2000));

@@ -32,7 +32,7 @@ async function answeredThroughSigterm({ cluster, violations, workload, say }) {
   const users = cluster.names().filter((n) => n.startsWith('user-'));
   for (const name of users) cluster.signal(name, 'SIGSTOP');
   const pending = workload.topUpOnce(workload.users[0], cluster.baseUrls[0], 100);
-  await sleep(500);
+  await sleep(1000); // the request reaches gateway-1 (and waits there)
   const exit = cluster.terminate('gateway-1', STOP_GRACE_MS);
   await sleep(1500);
   for (const name of users) cluster.signal(name, 'SIGCONT');
