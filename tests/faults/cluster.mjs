@@ -45,6 +45,21 @@ export function freePort() {
   });
 }
 
+// The CURVE key of a process of 'kind' (broker, user, ..., gateway): the
+// test certificates of PAYGATE_TEST_CERTS_DIR (tests/support/
+// make_test_certs.sh, the ctest fixture "certs"), one key per kind as in
+// production; instances of one kind share it. The broker's certificate
+// and the directory of the keys it admits come with it.
+function curveEnv(kind) {
+  const dir = process.env.PAYGATE_TEST_CERTS_DIR;
+  if (!dir) throw new Error('PAYGATE_TEST_CERTS_DIR is not set (the ctest fixture "certs" makes it)');
+  return {
+    PAYGATE_CURVE_CERT: path.join(dir, `${kind}.cert_secret`),
+    PAYGATE_BROKER_CERT: path.join(dir, 'broker.cert'),
+    PAYGATE_CURVE_CLIENTS_DIR: path.join(dir, 'clients'),
+  };
+}
+
 export class Cluster {
   // 'bins': {'paygate-broker': path, ..., paygatectl: path};
   // 'instances': {user: 1, payment: 2, gateway: 1, ...} (default 1 each);
@@ -82,6 +97,7 @@ export class Cluster {
     const env = {
       PAYGATE_BROKER_ENDPOINT: this.brokerEndpoint,
       PAYGATE_LOG_LEVEL: s.logLevel ?? 'info',
+      ...curveEnv(kind),
     };
     if (kind === 'broker') {
       Object.assign(env, {
