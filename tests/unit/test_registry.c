@@ -897,34 +897,63 @@ static void test_worker_within_grace_gets_request(void **state)
 
 /* ---- liveness -------------------------------------------------------------- */
 
+/* An idle worker silent for liveness x interval expires. A worker holding
+ * requests does not: its thread may be busy in a handler and cannot
+ * heartbeat (its connection is watched by the probes and by ZMTP
+ * heartbeats instead), and what it holds is bounded by the requests'
+ * deadlines. Once its slots are released it is idle, and the silence rule
+ * expires it. */
 static void test_worker_expiry(void **state)
 {
-    fixture_t *f = start(state, NULL); /* 1000 ms x 3 */
+    fixture_t *f = start(state, NULL); /* 1000 ms x 3; orphan timeout 30 s */
     worker_ready(f, "w1", "echo", "echo-1", 2, 0);
-    client_request(f, "c1", 1, "echo", 20000);
-    client_request(f, "c1", 2, "echo", 20000);
+    client_request(f, "c1", 1, "echo", 5000);
+    client_request(f, "c1", 2, "echo", 5000);
     worker_ready(f, "w2", "echo", "echo-2", 1, 0);
-    client_request(f, "c1", 3, "echo", 20000);
+    client_request(f, "c1", 3, "echo", 60000);
+    worker_ready(f, "w3", "echo", "echo-3", 1, 0); /* idle */
     assert_int_equal(worker(f, "w1")->in_flight, 2);
     assert_int_equal(worker(f, "w2")->in_flight, 1);
-    /* w2 keeps talking, w1 falls silent. */
+    assert_int_equal(worker(f, "w3")->in_flight, 0);
+    /* w2 keeps talking; w1 (busy) and w3 (idle) fall silent. */
     for (int64_t t = 500; t <= 3000; t += 500) {
         advance_to(f, t);
         worker_heartbeat(f, "w2");
     }
-    assert_non_null(worker(f, "w1")); /* exactly 3000 ms of silence is allowed */
+    assert_non_null(worker(f, "w3")); /* exactly 3000 ms of silence is allowed */
     assert_int_equal(registry_stats(f->registry)->workers_expired, 0);
     advance_to(f, 3100);
+    assert_null(worker(f, "w3"));
+    assert_non_null(worker(f, "w1")); /* busy: not expired for silence */
+    assert_int_equal(registry_stats(f->registry)->workers_expired, 1);
+    assert_int_equal(answers_to(f, "c1", 1), 0);
+    const call_t *bye = last_disconnect(f, "w3");
+    assert_int_equal(bye->code, PAYGATE__V1__CODE__UNAVAILABLE);
+    assert_true(bye->at > 3000 && bye->at <= 3100);
+
+    /* Its requests' deadlines pass: the clients hear it from the broker. */
+    for (int64_t t = 3500; t <= 5000; t += 500) {
+        advance_to(f, t);
+        worker_heartbeat(f, "w2");
+    }
+    assert_status(answer_to(f, "c1", 1), PAYGATE__V1__CODE__DEADLINE_EXCEEDED, "deadline_exceeded");
+    assert_status(answer_to(f, "c1", 2), PAYGATE__V1__CODE__DEADLINE_EXCEEDED, "deadline_exceeded");
+    assert_non_null(worker(f, "w1")); /* still holds the slots until the orphan timeout */
+
+    /* The slots are released 30 s after the deadlines; idle and silent,
+     * w1 then expires. w2 (alive, busy) stays throughout. */
+    for (int64_t t = 5500; t <= 35000; t += 500) {
+        advance_to(f, t);
+        worker_heartbeat(f, "w2");
+    }
+    advance_to(f, 35100);
     assert_null(worker(f, "w1"));
     assert_non_null(worker(f, "w2"));
     assert_int_equal(registry_worker_count(f->registry), 1);
-    assert_int_equal(registry_stats(f->registry)->workers_expired, 1);
-    assert_status(answer_to(f, "c1", 1), PAYGATE__V1__CODE__UNAVAILABLE, "worker_lost");
-    assert_status(answer_to(f, "c1", 2), PAYGATE__V1__CODE__UNAVAILABLE, "worker_lost");
-    assert_int_equal(answers_to(f, "c1", 3), 0);
-    const call_t *bye = last_disconnect(f, "w1");
+    assert_int_equal(registry_stats(f->registry)->workers_expired, 2);
+    bye = last_disconnect(f, "w1");
     assert_int_equal(bye->code, PAYGATE__V1__CODE__UNAVAILABLE);
-    assert_true(bye->at > 3000 && bye->at <= 3100);
+    assert_int_equal(answers_to(f, "c1", 3), 0);
     assert_int_equal(registry_request_count(f->registry), 1);
     /* A late REPLY from the expired worker goes nowhere. */
     worker_reply(f, "w1", request_sent(f, 1)->broker_correlation);
