@@ -260,7 +260,7 @@ e2e_cpu_ticks() {
     local pid pids sum=0 pg
     pids=$(e2e_pids | awk '{ print $2 }')
     pg=$(pg_pid "$(pg_base_dir pg)")
-    [[ -n "$pg" ]] && pids="$pids $(pgrep -P "$pg" | tr '\n' ' ') $pg"
+    [[ -n "$pg" ]] && pids="$pids $(pgrep -P "$pg" | tr '\n' ' ' || true) $pg"
     for pid in $pids; do
         [[ -r "/proc/$pid/stat" ]] || continue
         sum=$((sum + $(awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$pid/stat" 2>/dev/null || echo 0)))
@@ -305,7 +305,7 @@ e2e_payment_processes() {
     deadline=$((SECONDS + READY_TIMEOUT_S))
     while :; do
         listed=$(timeout 5 "$(paygatectl_path)" --broker "tcp://127.0.0.1:${BROKER_PORT}" \
-            services --json payment 2>/dev/null | grep -o '"instance_id"' | wc -l)
+            services --json payment 2>/dev/null | grep -o '"instance_id"' | wc -l || true)
         ((listed >= want * per_process)) && break
         ((SECONDS < deadline)) || die "the broker lists $listed payment instances, not $((want * per_process))"
         sleep 0.2
@@ -393,7 +393,8 @@ e2e_orders_take() {
     local want=$1 have
     have=$(($(wc -l <"$E2E_RUN_DIR/orders.txt") - E2E_ORDERS_USED))
     if ((have < want)); then e2e_orders_make $((want - have + want / 2)); fi
-    tail -n +$((E2E_ORDERS_USED + 1)) "$E2E_RUN_DIR/orders.txt" | head -n "$want" \
+    # Not `tail | head`: under pipefail tail's SIGPIPE would end ./dev.
+    sed -n "$((E2E_ORDERS_USED + 1)),$((E2E_ORDERS_USED + want))p" "$E2E_RUN_DIR/orders.txt" \
         >"$E2E_RUN_DIR/run-orders.txt"
     E2E_ORDERS_USED=$((E2E_ORDERS_USED + want))
 }
@@ -673,7 +674,7 @@ e2e_summary() {
         echo "Written by \`./dev bench\` (bench/e2e.sh; see bench/README.md); do not edit by hand."
         echo
         echo "- when: $(date -u '+%Y-%m-%d %H:%M UTC')"
-        echo "- machine: $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1), $(nproc) cores, kernel $(uname -r)"
+        echo "- machine: $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo), $(nproc) cores, kernel $(uname -r)"
         echo "- load average before / after: $E2E_LOAD_BEFORE / $(cut -d' ' -f1-3 /proc/loadavg)"
         echo "- settings: each figure the median of $E2E_REPEATS runs of ${E2E_SECONDS} s after a ${E2E_WARMUP_MS} ms warm-up (whole seconds for wrk and pgbench); $E2E_USERS users; orders of ₹$((E2E_ORDER_AMOUNT / 100)); PostgreSQL with fsync and synchronous_commit on; wrk $E2E_WRK_THREADS_MAX threads (at most one per connection); release build; paygate logs at ${PAYGATE_LOG_LEVEL:-warn}"
         echo "- ran: ${E2E_RAN[*]}$([[ "$E2E_QUICK" == 1 ]] && echo " (QUICK MODE: not for comparison)")"
@@ -763,7 +764,7 @@ e2e_summary() {
             done <"$E2E_RUN_DIR/scaling_instances.dat"
         fi
         echo
-        echo "Every run (key value): see $E2E_RUN_DIR/results.txt while it exists; the runs:"
+        echo "Every run, in run order (rate per second, p99 ms, errors; start-up ms):"
         echo
         echo '```'
         grep -E '\.(rate|p99|errors) |^startup' "$E2E_RUN_DIR/results.txt" |
