@@ -31,6 +31,7 @@ E2E_CONNECTIONS="${PAYGATE_BENCH_CONNECTIONS:-1,2,4,8,16,32,64}"
 E2E_INSTANCES="${PAYGATE_BENCH_INSTANCES:-1,2,4}"
 E2E_INSTANCES_CONNECTIONS="${PAYGATE_BENCH_INSTANCES_CONNECTIONS:-32}"
 E2E_RUN_DIR="${PAYGATE_BENCH_RUN_DIR:-$RUN_DIR/bench}"
+[[ "$E2E_RUN_DIR" == /* ]] || E2E_RUN_DIR="$ROOT/$E2E_RUN_DIR"
 E2E_PORT_BASE="${PAYGATE_BENCH_PORT_BASE:-}"
 E2E_WRK_THREADS_MAX=2           # wrk threads: at most this, at most one per connection
 E2E_WRK_TIMEOUT_S=10            # a request unanswered this long is a wrk timeout (an error)
