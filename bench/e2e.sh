@@ -45,6 +45,7 @@ E2E_MEMORY_IDLE_TARGET_MIB=64
 E2E_MEMORY_LOAD_TARGET_MIB=256
 E2E_STARTUP_TARGET_MS=1000
 E2E_RATIO_TARGET=0.5
+E2E_PORTS=11
 E2E_SUBSETS=(payments wallet healthz startup scaling hop bus)
 
 # --- small helpers ---------------------------------------------------------------
@@ -91,20 +92,21 @@ e2e_median_of() {
 # e2e_port_free succeeds when nothing listens on 127.0.0.1:"$1".
 e2e_port_free() { ! port_in_use "$1"; }
 
-# e2e_pick_ports sets E2E_PORT_BASE to a base port whose five ports (PostgreSQL,
-# Redis, broker, gateway, nginx) are all free, unless the user chose one.
+# e2e_pick_ports sets E2E_PORT_BASE to a base port whose E2E_PORTS ports
+# (PostgreSQL, Redis, broker, gateway, nginx, six /metrics) are all free,
+# unless the user chose one.
 e2e_pick_ports() {
     local try base i free
     if [[ -n "$E2E_PORT_BASE" ]]; then
-        [[ "$E2E_PORT_BASE" =~ ^[0-9]+$ ]] && ((E2E_PORT_BASE >= 1024 && E2E_PORT_BASE <= 65530)) ||
-            die "PAYGATE_BENCH_PORT_BASE must be a port from 1024 to 65530"
+        [[ "$E2E_PORT_BASE" =~ ^[0-9]+$ ]] && ((E2E_PORT_BASE >= 1024 && E2E_PORT_BASE <= 65524)) ||
+            die "PAYGATE_BENCH_PORT_BASE must be a port from 1024 to 65524"
         return 0
     fi
     # Below Linux's ephemeral range (32768+), so no client socket holds one.
     for ((try = 0; try < 50; try++)); do
         base=$((20000 + RANDOM % 12000))
         free=1
-        for ((i = 0; i < 5; i++)); do
+        for ((i = 0; i < E2E_PORTS; i++)); do
             e2e_port_free $((base + i)) || { free=0; break; }
         done
         if ((free)); then
@@ -112,7 +114,7 @@ e2e_pick_ports() {
             return 0
         fi
     done
-    die "found no 5 free ports in a row; set PAYGATE_BENCH_PORT_BASE"
+    die "found no $E2E_PORTS free ports in a row; set PAYGATE_BENCH_PORT_BASE"
 }
 
 # e2e_http METHOD PATH [TOKEN] [BODY] [IDEMPOTENCY-KEY]: one request to the
@@ -146,20 +148,28 @@ e2e_configure() {
     BROKER_PORT=$((E2E_PORT_BASE + 2))
     GATEWAY_PORT=$((E2E_PORT_BASE + 3))
     E2E_NGINX_PORT=$((E2E_PORT_BASE + 4))
+    METRICS_PORT_BASE=$((E2E_PORT_BASE + 5))
     RUN_DIR="$E2E_RUN_DIR"
+    CERTS_DIR="$RUN_DIR/certs"
+    CTL_ENV=("PAYGATE_CURVE_CERT=$CERTS_DIR/paygatectl.cert_secret" "PAYGATE_BROKER_CERT=$CERTS_DIR/broker.cert")
     LOG_DIR="$RUN_DIR/logs"
     PID_DIR="$RUN_DIR/pids"
     SECRETS_FILE="$RUN_DIR/secrets.env"
     PROCESS_BUILD_DIR="$RELEASE_BUILD_DIR"
     PROCESS_PG_DSN="host=127.0.0.1 port=${PG_PORT} dbname=paygate user=paygate"
     # Tokens must outlive the run; warnings only (as the other benchmarks).
-    # Rate limits, where the gateway has them, are the gateway's business
-    # and must not cut the load: raise them here when they exist.
-    PROCESS_EXTRA_ENV=(PAYGATE_JWT_TTL_S=86400 "PAYGATE_LOG_LEVEL=${PAYGATE_LOG_LEVEL:-warn}")
+    # The gateway's abuse limits would cut the load of one client address
+    # (wrk on 127.0.0.1): all off, as in the other test harnesses. CURVE
+    # stays on, as `./dev up` and a deployment run it.
+    PROCESS_EXTRA_ENV=(PAYGATE_JWT_TTL_S=86400 "PAYGATE_LOG_LEVEL=${PAYGATE_LOG_LEVEL:-warn}"
+        PAYGATE_GATEWAY_RATE_ADDRESS_PER_MIN=0 PAYGATE_GATEWAY_RATE_USER_PER_MIN=0
+        PAYGATE_GATEWAY_RATE_REGISTER_ADDRESS_PER_MIN=0 PAYGATE_GATEWAY_RATE_LOGIN_ADDRESS_PER_MIN=0
+        PAYGATE_GATEWAY_RATE_LOGIN_EMAIL_PER_MIN=0 PAYGATE_GATEWAY_RATE_PAYMENT_USER_PER_MIN=0
+        PAYGATE_GATEWAY_CONNECTIONS_PER_ADDRESS_MAX=0)
     define_processes
     E2E_PAYMENT_PROCESSES=1
     log "bench: run dir $RUN_DIR; ports: PostgreSQL $PG_PORT, Redis $REDIS_PORT," \
-        "broker $BROKER_PORT, gateway $GATEWAY_PORT, nginx $E2E_NGINX_PORT"
+        "broker $BROKER_PORT, gateway $GATEWAY_PORT, nginx $E2E_NGINX_PORT, /metrics $METRICS_PORT_BASE.."
 }
 
 # e2e_servers_start starts a fresh PostgreSQL (durable: fsync and synchronous
@@ -170,6 +180,7 @@ e2e_servers_start() {
     rm -rf "$E2E_RUN_DIR"
     ensure_run_dir
     ensure_secrets
+    ensure_certs
     : >"$E2E_RUN_DIR/results.txt"
     pg_base="$(pg_base_dir pg)"
     rm -rf "$pg_base"
@@ -286,12 +297,15 @@ e2e_settle() {
 }
 
 # e2e_payment_processes N runs N paygate-payment processes (each with its
-# default worker threads) and waits until the broker lists all their instances.
+# default worker threads) and waits until the broker lists all their
+# instances. The extra ones use the payment service's CURVE key (replicas
+# of one service share it) and no /metrics port.
 e2e_payment_processes() {
     local want=$1 i per_process listed deadline
+    E2E_PAYMENT_EXTRA_ENV="PAYGATE_CURVE_CERT=${CERTS_DIR}/payment.cert_secret"
     define_processes
     for ((i = 2; i <= 4; i++)); do
-        PROCESSES+=("payment$i|services/payment/paygate-payment|service:payment|")
+        PROCESSES+=("payment$i|services/payment/paygate-payment|service:payment|$E2E_PAYMENT_EXTRA_ENV")
     done
     for ((i = want + 1; i <= 4; i++)); do process_stop "payment$i" 2>/dev/null; done
     for ((i = 2; i <= want; i++)); do process_start "payment$i" 2>/dev/null; done
@@ -299,13 +313,13 @@ e2e_payment_processes() {
     # e2e_processes_stop see exactly them.
     define_processes
     for ((i = 2; i <= want; i++)); do
-        PROCESSES+=("payment$i|services/payment/paygate-payment|service:payment|")
+        PROCESSES+=("payment$i|services/payment/paygate-payment|service:payment|$E2E_PAYMENT_EXTRA_ENV")
     done
     E2E_PAYMENT_PROCESSES=$want
     per_process="${PAYGATE_PAYMENT_THREADS:-2}"
     deadline=$((SECONDS + READY_TIMEOUT_S))
     while :; do
-        listed=$(timeout 5 "$(paygatectl_path)" --broker "tcp://127.0.0.1:${BROKER_PORT}" \
+        listed=$(timeout 5 env "${CTL_ENV[@]}" "$(paygatectl_path)" --broker "tcp://127.0.0.1:${BROKER_PORT}" \
             services --json payment 2>/dev/null | grep -o '"instance_id"' | wc -l || true)
         ((listed >= want * per_process)) && break
         ((SECONDS < deadline)) || die "the broker lists $listed payment instances, not $((want * per_process))"
