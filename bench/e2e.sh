@@ -1,4 +1,6 @@
 # shellcheck shell=bash
+# SC2034: the variables set here for ./dev's functions are used there.
+# shellcheck disable=SC2034
 # bench/e2e.sh: the end-to-end benchmarks of `./dev bench`: the real system
 # over HTTP, each figure beside a reference measured on the same machine in
 # the same run (pgbench on the same PostgreSQL, nginx), then the summary
@@ -98,8 +100,9 @@ e2e_port_free() { ! port_in_use "$1"; }
 e2e_pick_ports() {
     local try base i free
     if [[ -n "$E2E_PORT_BASE" ]]; then
-        [[ "$E2E_PORT_BASE" =~ ^[0-9]+$ ]] && ((E2E_PORT_BASE >= 1024 && E2E_PORT_BASE <= 65524)) ||
+        if ! [[ "$E2E_PORT_BASE" =~ ^[0-9]+$ ]] || ((E2E_PORT_BASE < 1024 || E2E_PORT_BASE > 65524)); then
             die "PAYGATE_BENCH_PORT_BASE must be a port from 1024 to 65524"
+        fi
         return 0
     fi
     # Below Linux's ephemeral range (32768+), so no client socket holds one.
@@ -167,7 +170,6 @@ e2e_configure() {
         PAYGATE_GATEWAY_RATE_LOGIN_EMAIL_PER_MIN=0 PAYGATE_GATEWAY_RATE_PAYMENT_USER_PER_MIN=0
         PAYGATE_GATEWAY_CONNECTIONS_PER_ADDRESS_MAX=0)
     define_processes
-    E2E_PAYMENT_PROCESSES=1
     log "bench: run dir $RUN_DIR; ports: PostgreSQL $PG_PORT, Redis $REDIS_PORT," \
         "broker $BROKER_PORT, gateway $GATEWAY_PORT, nginx $E2E_NGINX_PORT, /metrics $METRICS_PORT_BASE.."
 }
@@ -315,7 +317,6 @@ e2e_payment_processes() {
     for ((i = 2; i <= want; i++)); do
         PROCESSES+=("payment$i|services/payment/paygate-payment|service:payment|$E2E_PAYMENT_EXTRA_ENV")
     done
-    E2E_PAYMENT_PROCESSES=$want
     per_process="${PAYGATE_PAYMENT_THREADS:-2}"
     deadline=$((SECONDS + READY_TIMEOUT_S))
     while :; do
