@@ -31,35 +31,27 @@
 #include "clock/clock.h"
 #include "http_client.h"
 #include "proc.h"
-#include "scratch_db.h"
+#include "system.h"
 
 static const char jwt_secret[] = "metrics-test-secret-0123456789abcdefghijklmnop";
 static const char password[] = "Metrics-Passw0rd-5d1e";
 
-enum { procs_max = 7, env_max = 20, id_bytes = 64, catch_up_ms = 30000 };
+enum { procs_max = system_processes, id_bytes = 64, catch_up_ms = 30000 };
 
-enum { p_broker, p_user, p_order, p_payment, p_transaction, p_notification, p_gateway };
-
-static const char *const proc_names[procs_max] = {
-    "broker", "user", "order", "payment", "transaction", "notification", "gateway"};
-static const char *const proc_bins[procs_max] = {
-    PAYGATE_BROKER_BIN,      PAYGATE_USER_BIN,         PAYGATE_ORDER_BIN,  PAYGATE_PAYMENT_BIN,
-    PAYGATE_TRANSACTION_BIN, PAYGATE_NOTIFICATION_BIN, PAYGATE_GATEWAY_BIN};
+enum {
+    p_broker = system_broker,
+    p_user = system_user,
+    p_order = system_order,
+    p_payment = system_payment,
+    p_transaction = system_transaction,
+    p_notification = system_notification,
+    p_gateway = system_gateway
+};
 
 static struct {
-    proc_t procs[procs_max];
+    system_t *system;
     int metrics_ports[procs_max]; /* the gateway's is its HTTP port */
-    char env_metrics[procs_max][64];
-    char data_dir[128];
     int http_port;
-    char env_endpoint[96];
-    char env_pg[640];
-    char base_dsn[512];
-    char db_name[64];
-    char env_data[160];
-    char env_http[64];
-    char env_redis[64];
-    char env_jwt[128];
 } sys;
 
 /* One scrape of every process: the text of each /metrics. */
@@ -69,97 +61,25 @@ typedef struct {
 
 /* ---- the system ----------------------------------------------------------- */
 
-static void start_process(int which)
-{
-    const char *env[env_max];
-    size_t n = 0;
-    env[n++] = sys.env_endpoint;
-    env[n++] = sys.env_pg;
-    env[n++] = sys.env_redis;
-    env[n++] = "PAYGATE_REDIS_HOST=127.0.0.1";
-    env[n++] = sys.env_jwt;
-    env[n++] = sys.env_data;
-    env[n++] = sys.env_http;
-    env[n++] = "PAYGATE_GATEWAY_REQUIRED_SERVICES=user,order,payment,transaction,notification";
-    env[n++] = "PAYGATE_BROKER_METRICS_INTERVAL_MS=100";
-    if (which != p_gateway)
-        env[n++] = sys.env_metrics[which];
-    env[n] = NULL;
-    char name[64];
-    snprintf(name, sizeof name, "metrics-%s", proc_names[which]);
-    assert_true(proc_start(&sys.procs[which], name, proc_bins[which], env));
-}
-
-/* Waits until GET /readyz answers 200. */
-static void wait_ready(void)
-{
-    int64_t until = clock_now_ms() + 30000;
-    for (;;) {
-        http_response_t r;
-        bool ok = http_request(&r, sys.http_port, "GET", "/readyz", NULL, NULL);
-        int status = r.status;
-        http_response_free(&r);
-        if (ok && status == 200)
-            return;
-        if (clock_now_ms() > until)
-            fail_msg("the gateway was not ready within 30 s");
-        sleep_ms(100);
-    }
-}
-
 static int group_setup(void **state)
 {
     (void)state;
-    const char *dsn = getenv("PAYGATE_TEST_PG_DSN");
-    const char *redis = getenv("PAYGATE_TEST_REDIS_PORT");
-    if (dsn == NULL || *dsn == '\0' || redis == NULL || *redis == '\0') {
-        fprintf(stderr, "PAYGATE_TEST_PG_DSN and PAYGATE_TEST_REDIS_PORT must be set: run the "
-                        "suite with ./dev test\n");
+    static const char *const env[] = {"PAYGATE_BROKER_METRICS_INTERVAL_MS=100", NULL};
+    system_config_t config = {
+        .name = "metrics", .jwt_secret = jwt_secret, .metrics = true, .env = env};
+    sys.system = system_new(&config);
+    if (sys.system == NULL)
         return -1;
-    }
-    int broker_port = free_tcp_port();
-    sys.http_port = free_tcp_port();
-    for (int i = 0; i < procs_max; i++) {
-        sys.metrics_ports[i] = i == p_gateway ? sys.http_port : free_tcp_port();
-        snprintf(sys.env_metrics[i], sizeof sys.env_metrics[i], "%s=%d",
-                 i == p_broker ? "PAYGATE_BROKER_METRICS_PORT" : "PAYGATE_METRICS_PORT",
-                 sys.metrics_ports[i]);
-    }
-    snprintf(sys.data_dir, sizeof sys.data_dir, "/tmp/paygate-metrics-XXXXXX");
-    if (mkdtemp(sys.data_dir) == NULL)
-        return -1;
-    snprintf(sys.env_endpoint, sizeof sys.env_endpoint,
-             "PAYGATE_BROKER_ENDPOINT=tcp://127.0.0.1:%d", broker_port);
-    /* A database of our own: our services' outboxes must be ours alone. */
-    char own_dsn[600];
-    snprintf(sys.base_dsn, sizeof sys.base_dsn, "%s", dsn);
-    snprintf(sys.db_name, sizeof sys.db_name, "metrics_%d", (int)getpid());
-    if (!scratch_db_create(dsn, sys.db_name, own_dsn, sizeof own_dsn))
-        return -1;
-    snprintf(sys.env_pg, sizeof sys.env_pg, "PAYGATE_PG_DSN=%s", own_dsn);
-    snprintf(sys.env_data, sizeof sys.env_data, "PAYGATE_BROKER_DATA_DIR=%s/bus", sys.data_dir);
-    snprintf(sys.env_http, sizeof sys.env_http, "PAYGATE_GATEWAY_PORT=%d", sys.http_port);
-    snprintf(sys.env_redis, sizeof sys.env_redis, "PAYGATE_REDIS_PORT=%s", redis);
-    snprintf(sys.env_jwt, sizeof sys.env_jwt, "PAYGATE_JWT_SECRET=%s", jwt_secret);
+    sys.http_port = system_gateway_port(sys.system);
     for (int i = 0; i < procs_max; i++)
-        start_process(i);
-    wait_ready();
+        sys.metrics_ports[i] = system_metrics_port(sys.system, (system_process_t)i);
     return 0;
 }
 
 static int group_teardown(void **state)
 {
     (void)state;
-    for (int i = procs_max - 1; i >= 0; i--) {
-        if (sys.procs[i].pid > 0 && !proc_stop(&sys.procs[i], 10000))
-            fprintf(stderr, "%s did not stop cleanly (status %d)\n", proc_names[i],
-                    sys.procs[i].exit_status);
-    }
-    scratch_db_drop(sys.base_dsn, sys.db_name);
-    char command[256];
-    snprintf(command, sizeof command, "rm -rf '%s'", sys.data_dir);
-    if (system(command) != 0)
-        fprintf(stderr, "could not remove %s\n", sys.data_dir);
+    system_destroy(&sys.system);
     return 0;
 }
 
@@ -172,12 +92,13 @@ static char *scrape_one(int which)
 {
     http_response_t r;
     if (!http_request(&r, sys.metrics_ports[which], "GET", "/metrics", NULL, NULL))
-        fail_msg("GET /metrics of %s: %s", proc_names[which], r.error);
+        fail_msg("GET /metrics of %s: %s", system_process_name(which), r.error);
     if (r.status != 200)
-        fail_msg("GET /metrics of %s: status %d", proc_names[which], r.status);
+        fail_msg("GET /metrics of %s: status %d", system_process_name(which), r.status);
     const char *type = http_header(&r, "Content-Type");
     if (type == NULL || strncmp(type, "text/plain; version=0.0.4", 25) != 0)
-        fail_msg("GET /metrics of %s: Content-Type %s", proc_names[which], type ? type : "none");
+        fail_msg("GET /metrics of %s: Content-Type %s", system_process_name(which),
+                 type ? type : "none");
     size_t len = r.body_len;
     char *text = malloc(len + 2);
     assert_non_null(text);
@@ -220,7 +141,7 @@ static double must(const scrape_t *s, int which, const char *key)
     bool found;
     double value = sample(s->text[which], key, &found);
     if (!found)
-        fail_msg("%s /metrics has no sample %s", proc_names[which], key);
+        fail_msg("%s /metrics has no sample %s", system_process_name(which), key);
     return value;
 }
 
@@ -238,8 +159,8 @@ static void assert_delta(const scrape_t *before, const scrape_t *after, int whic
 {
     double was = maybe(before, which, key), now = must(after, which, key);
     if (now - was != delta)
-        fail_msg("%s %s: %.0f -> %.0f, a change of %.0f, wanted %.0f", proc_names[which], key, was,
-                 now, now - was, delta);
+        fail_msg("%s %s: %.0f -> %.0f, a change of %.0f, wanted %.0f", system_process_name(which),
+                 key, was, now, now - was, delta);
 }
 
 /* The sum of every sample of family 'name' in process 'which' whose
