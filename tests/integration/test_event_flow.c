@@ -33,35 +33,17 @@
 #include "clock/clock.h"
 #include "http_client.h"
 #include "proc.h"
-#include "scratch_db.h"
+#include "system.h"
 
 static const char jwt_secret[] = "event-flow-test-secret-0123456789abcdefghijklm";
 static const char password[] = "Flow-Passw0rd-71c2";
 
-enum { procs_max = 7, env_max = 24, id_bytes = 64 };
-
-enum { p_broker, p_user, p_order, p_payment, p_transaction, p_notification, p_gateway };
-
-static const char *const proc_names[procs_max] = {
-    "broker", "user", "order", "payment", "transaction", "notification", "gateway"};
-static const char *const proc_bins[procs_max] = {
-    PAYGATE_BROKER_BIN,      PAYGATE_USER_BIN,         PAYGATE_ORDER_BIN,  PAYGATE_PAYMENT_BIN,
-    PAYGATE_TRANSACTION_BIN, PAYGATE_NOTIFICATION_BIN, PAYGATE_GATEWAY_BIN};
+enum { id_bytes = 64 };
 
 static struct {
-    proc_t procs[procs_max];
-    char data_dir[128];
+    system_t *system;
     int http_port;
     int redis_port;
-    char env_endpoint[96];
-    char env_pg[640];
-    char base_dsn[512];
-    char db_name[64];
-    char env_data[160];
-    char env_http[64];
-    char env_redis[64];
-    char env_jwt[128];
-    rpc_client_t *rpc;
     unsigned counter;
 } sys;
 
@@ -73,100 +55,33 @@ typedef struct {
 
 /* ---- the system ----------------------------------------------------------- */
 
-static void start_process(int which, int restart)
+/* Starts 'which' again after the test killed it, with the environment it
+ * first had and a log of its own ("flow-<process>-again.log"). */
+static void start_again(system_process_t which)
 {
-    const char *env[env_max];
-    size_t n = 0;
-    env[n++] = sys.env_endpoint;
-    env[n++] = sys.env_pg;
-    env[n++] = sys.env_redis;
-    env[n++] = "PAYGATE_REDIS_HOST=127.0.0.1";
-    env[n++] = sys.env_jwt;
-    env[n++] = "PAYGATE_PAYMENT_LEASE_MS=1500";
-    env[n++] = "PAYGATE_PAYMENT_RECOVERY_INTERVAL_MS=300";
-    env[n++] = "PAYGATE_BROKER_ACK_TIMEOUT_MS=3000";
-    env[n++] = "PAYGATE_BROKER_NACK_DELAY_MS=200";
-    env[n++] = sys.env_data;
-    env[n++] = sys.env_http;
-    env[n++] = "PAYGATE_GATEWAY_REQUIRED_SERVICES=user,order,payment,transaction,notification";
-    static const char *const limits_off[] = {PROC_GATEWAY_RATE_LIMITS_OFF};
-    for (size_t i = 0; i < sizeof limits_off / sizeof limits_off[0]; i++)
-        env[n++] = limits_off[i];
-    env[n] = NULL;
-    char name[64];
-    snprintf(name, sizeof name, "flow-%s%s", proc_names[which], restart ? "-again" : "");
-    assert_true(proc_start(&sys.procs[which], name, proc_bins[which], env));
-}
-
-/* Waits until GET /readyz answers 200. */
-static void wait_ready(void)
-{
-    int64_t until = clock_now_ms() + 30000;
-    for (;;) {
-        http_response_t r;
-        bool ok = http_request(&r, sys.http_port, "GET", "/readyz", NULL, NULL);
-        int status = r.status;
-        http_response_free(&r);
-        if (ok && status == 200)
-            return;
-        if (clock_now_ms() > until)
-            fail_msg("the gateway was not ready within 30 s");
-        sleep_ms(100);
-    }
+    assert_true(system_start_process(sys.system, which, "-again"));
 }
 
 static int group_setup(void **state)
 {
     (void)state;
-    const char *dsn = getenv("PAYGATE_TEST_PG_DSN");
-    const char *redis = getenv("PAYGATE_TEST_REDIS_PORT");
-    if (dsn == NULL || *dsn == '\0' || redis == NULL || *redis == '\0') {
-        fprintf(stderr, "PAYGATE_TEST_PG_DSN and PAYGATE_TEST_REDIS_PORT must be set: run the "
-                        "suite with ./dev test\n");
+    static const char *const env[] = {
+        "PAYGATE_PAYMENT_LEASE_MS=1500", "PAYGATE_PAYMENT_RECOVERY_INTERVAL_MS=300",
+        "PAYGATE_BROKER_ACK_TIMEOUT_MS=3000", "PAYGATE_BROKER_NACK_DELAY_MS=200", NULL};
+    system_config_t config = {
+        .name = "flow", .jwt_secret = jwt_secret, .rate_limits_off = true, .env = env};
+    sys.system = system_new(&config);
+    if (sys.system == NULL)
         return -1;
-    }
-    sys.redis_port = atoi(redis);
-    int broker_port = free_tcp_port();
-    sys.http_port = free_tcp_port();
-    snprintf(sys.data_dir, sizeof sys.data_dir, "/tmp/paygate-flow-XXXXXX");
-    if (mkdtemp(sys.data_dir) == NULL)
-        return -1;
-    snprintf(sys.env_endpoint, sizeof sys.env_endpoint,
-             "PAYGATE_BROKER_ENDPOINT=tcp://127.0.0.1:%d", broker_port);
-    /* A database of our own: our services' outboxes must be ours alone. */
-    char own_dsn[600];
-    snprintf(sys.base_dsn, sizeof sys.base_dsn, "%s", dsn);
-    snprintf(sys.db_name, sizeof sys.db_name, "flow_%d", (int)getpid());
-    if (!scratch_db_create(dsn, sys.db_name, own_dsn, sizeof own_dsn))
-        return -1;
-    snprintf(sys.env_pg, sizeof sys.env_pg, "PAYGATE_PG_DSN=%s", own_dsn);
-    snprintf(sys.env_data, sizeof sys.env_data, "PAYGATE_BROKER_DATA_DIR=%s/bus", sys.data_dir);
-    snprintf(sys.env_http, sizeof sys.env_http, "PAYGATE_GATEWAY_PORT=%d", sys.http_port);
-    snprintf(sys.env_redis, sizeof sys.env_redis, "PAYGATE_REDIS_PORT=%d", sys.redis_port);
-    snprintf(sys.env_jwt, sizeof sys.env_jwt, "PAYGATE_JWT_SECRET=%s", jwt_secret);
-    for (int i = 0; i < procs_max; i++)
-        start_process(i, 0);
-    char endpoint[64];
-    snprintf(endpoint, sizeof endpoint, "tcp://127.0.0.1:%d", broker_port);
-    sys.rpc = rpc_client_new(NULL, endpoint);
-    wait_ready();
+    sys.http_port = system_gateway_port(sys.system);
+    sys.redis_port = system_redis_port(sys.system);
     return 0;
 }
 
 static int group_teardown(void **state)
 {
     (void)state;
-    rpc_client_destroy(&sys.rpc);
-    for (int i = procs_max - 1; i >= 0; i--) {
-        if (sys.procs[i].pid > 0 && !proc_stop(&sys.procs[i], 10000))
-            fprintf(stderr, "%s did not stop cleanly (status %d)\n", proc_names[i],
-                    sys.procs[i].exit_status);
-    }
-    scratch_db_drop(sys.base_dsn, sys.db_name);
-    char command[256];
-    snprintf(command, sizeof command, "rm -rf '%s'", sys.data_dir);
-    if (system(command) != 0)
-        fprintf(stderr, "could not remove %s\n", sys.data_dir);
+    system_destroy(&sys.system);
     return 0;
 }
 
@@ -509,13 +424,13 @@ static void test_consumers_killed_during_burst(void **state)
     for (int i = 0; i < 2; i++)
         assert_int_equal(pthread_create(&threads[i], NULL, burst_main, &halves[i]), 0);
     sleep_ms(700);
-    proc_kill(&sys.procs[p_transaction]);
+    proc_kill(system_process(sys.system, system_transaction));
     sleep_ms(500);
-    proc_kill(&sys.procs[p_notification]);
+    proc_kill(system_process(sys.system, system_notification));
     sleep_ms(1500);
-    start_process(p_transaction, 1);
+    start_again(system_transaction);
     sleep_ms(700);
-    start_process(p_notification, 1);
+    start_again(system_notification);
     for (int i = 0; i < 2; i++)
         pthread_join(threads[i], NULL);
     for (int i = 0; i < payments_total; i++) {
