@@ -38,7 +38,7 @@
 #include "clock/clock.h"
 #include "http_client.h"
 #include "proc.h"
-#include "scratch_db.h"
+#include "system.h"
 
 /* No character in these needs escaping in JSON, so a leak would show as
  * the same bytes in a log file: the byte search below cannot miss it. */
@@ -46,29 +46,15 @@ static const char jwt_secret[] = "logs-test-jwt-secret-0123456789abcdefghijklmno
 static const char password[] = "Logs-Passw0rd-5e1f-never-logged";
 static const char wrong_password[] = "Wrong-Passw0rd-77aa-never-logged";
 
-enum { procs_max = 7, id_bytes = 64, log_file_bytes_max = 64 * 1024 * 1024 };
+enum { procs_max = system_processes, id_bytes = 64, log_file_bytes_max = 64 * 1024 * 1024 };
 
+/* In system_process_t order. */
 enum { p_broker, p_user, p_order, p_payment, p_transaction, p_notification, p_gateway };
 
-static const char *const proc_names[procs_max] = {
-    "broker", "user", "order", "payment", "transaction", "notification", "gateway"};
-static const char *const proc_bins[procs_max] = {
-    PAYGATE_BROKER_BIN,      PAYGATE_USER_BIN,         PAYGATE_ORDER_BIN,  PAYGATE_PAYMENT_BIN,
-    PAYGATE_TRANSACTION_BIN, PAYGATE_NOTIFICATION_BIN, PAYGATE_GATEWAY_BIN};
-
 static struct {
-    proc_t procs[procs_max];
+    system_t *system;
     pid_t pids[procs_max]; /* as they ran (proc_t forgets once reaped) */
-    char data_dir[128];
     int http_port;
-    char env_endpoint[96];
-    char env_pg[640];
-    char base_dsn[512];
-    char db_name[64];
-    char env_data[160];
-    char env_http[64];
-    char env_redis[64];
-    char env_jwt[128];
     /* what the flow produced */
     char email[96];
     char user_id[id_bytes];
@@ -84,94 +70,31 @@ static struct {
 
 /* ---- the system ----------------------------------------------------------- */
 
-static void start_process(int which)
+/* Process 'which' of the system. */
+static proc_t *procs(int which)
 {
-    const char *env[] = {sys.env_endpoint,
-                         sys.env_pg,
-                         sys.env_redis,
-                         "PAYGATE_REDIS_HOST=127.0.0.1",
-                         sys.env_jwt,
-                         sys.env_data,
-                         sys.env_http,
-                         "PAYGATE_LOG_LEVEL=debug",
-                         "PAYGATE_LOG_FORMAT=json",
-                         "PAYGATE_GATEWAY_REQUIRED_SERVICES=user,order,payment,transaction,"
-                         "notification",
-                         PROC_GATEWAY_RATE_LIMITS_OFF,
-                         NULL};
-    char name[64];
-    snprintf(name, sizeof name, "logs-%s", proc_names[which]);
-    assert_true(proc_start(&sys.procs[which], name, proc_bins[which], env));
-    sys.pids[which] = sys.procs[which].pid;
-}
-
-/* Waits until GET /readyz answers 200. */
-static void wait_ready(void)
-{
-    int64_t until = clock_now_ms() + 30000;
-    for (;;) {
-        http_response_t r;
-        bool ok = http_request(&r, sys.http_port, "GET", "/readyz", NULL, NULL);
-        int status = r.status;
-        http_response_free(&r);
-        if (ok && status == 200)
-            return;
-        for (int i = 0; i < procs_max; i++) {
-            if (proc_wait(&sys.procs[i], 0))
-                fail_msg("%s exited during start-up (status 0x%x); see %s", proc_names[i],
-                         (unsigned)sys.procs[i].exit_status, sys.procs[i].log_path);
-        }
-        if (clock_now_ms() > until)
-            fail_msg("the gateway was not ready within 30 s; see logs-*.log");
-        sleep_ms(100);
-    }
+    return system_process(sys.system, (system_process_t)which);
 }
 
 static int group_setup(void **state)
 {
     (void)state;
-    const char *dsn = getenv("PAYGATE_TEST_PG_DSN");
-    const char *redis = getenv("PAYGATE_TEST_REDIS_PORT");
-    if (dsn == NULL || *dsn == '\0' || redis == NULL || *redis == '\0') {
-        fprintf(stderr, "PAYGATE_TEST_PG_DSN and PAYGATE_TEST_REDIS_PORT must be set: run it "
-                        "with ./dev test -R integration_logs\n");
+    static const char *const env[] = {"PAYGATE_LOG_LEVEL=debug", "PAYGATE_LOG_FORMAT=json", NULL};
+    system_config_t config = {
+        .name = "logs", .jwt_secret = jwt_secret, .rate_limits_off = true, .env = env};
+    sys.system = system_new(&config);
+    if (sys.system == NULL)
         return -1;
-    }
-    int broker_port = free_tcp_port();
-    sys.http_port = free_tcp_port();
-    snprintf(sys.data_dir, sizeof sys.data_dir, "/tmp/paygate-logs-XXXXXX");
-    if (mkdtemp(sys.data_dir) == NULL)
-        return -1;
-    snprintf(sys.env_endpoint, sizeof sys.env_endpoint,
-             "PAYGATE_BROKER_ENDPOINT=tcp://127.0.0.1:%d", broker_port);
-    char own_dsn[600];
-    snprintf(sys.base_dsn, sizeof sys.base_dsn, "%s", dsn);
-    snprintf(sys.db_name, sizeof sys.db_name, "logs_%d", (int)getpid());
-    if (!scratch_db_create(dsn, sys.db_name, own_dsn, sizeof own_dsn))
-        return -1;
-    snprintf(sys.env_pg, sizeof sys.env_pg, "PAYGATE_PG_DSN=%s", own_dsn);
-    snprintf(sys.env_data, sizeof sys.env_data, "PAYGATE_BROKER_DATA_DIR=%s/bus", sys.data_dir);
-    snprintf(sys.env_http, sizeof sys.env_http, "PAYGATE_GATEWAY_PORT=%d", sys.http_port);
-    snprintf(sys.env_redis, sizeof sys.env_redis, "PAYGATE_REDIS_PORT=%s", redis);
-    snprintf(sys.env_jwt, sizeof sys.env_jwt, "PAYGATE_JWT_SECRET=%s", jwt_secret);
+    sys.http_port = system_gateway_port(sys.system);
     for (int i = 0; i < procs_max; i++)
-        start_process(i);
-    wait_ready();
+        sys.pids[i] = procs(i)->pid;
     return 0;
 }
 
 static int group_teardown(void **state)
 {
     (void)state;
-    for (int i = procs_max - 1; i >= 0; i--) {
-        if (sys.procs[i].pid > 0)
-            proc_stop(&sys.procs[i], 10000);
-    }
-    scratch_db_drop(sys.base_dsn, sys.db_name);
-    char command[256];
-    snprintf(command, sizeof command, "rm -rf '%s'", sys.data_dir);
-    if (system(command) != 0)
-        fprintf(stderr, "could not remove %s\n", sys.data_dir);
+    system_destroy(&sys.system);
     return 0;
 }
 
@@ -262,7 +185,7 @@ typedef bool (*line_match_fn)(json_t *line, const void *arg);
 static int count_lines(int which, line_match_fn match, const void *arg)
 {
     size_t size = 0;
-    char *data = file_read(sys.procs[which].log_path, &size);
+    char *data = file_read(procs(which)->log_path, &size);
     int count = 0;
     char *save = NULL;
     for (char *text = strtok_r(data, "\n", &save); text != NULL;
@@ -379,9 +302,9 @@ static void test_processes_stop_cleanly(void **state)
 {
     (void)state;
     for (int i = procs_max - 1; i >= 0; i--) {
-        if (!proc_stop(&sys.procs[i], 15000))
-            fail_msg("%s did not exit 0 on SIGTERM (status 0x%x); see %s", proc_names[i],
-                     (unsigned)sys.procs[i].exit_status, sys.procs[i].log_path);
+        if (!proc_stop(procs(i), 15000))
+            fail_msg("%s did not exit 0 on SIGTERM (status 0x%x); see %s", system_process_name(i),
+                     (unsigned)procs(i)->exit_status, procs(i)->log_path);
     }
     sys.stopped = true;
 }
@@ -389,7 +312,7 @@ static void test_processes_stop_cleanly(void **state)
 /* Checks one log line; fails naming the file and line. */
 static void check_line(int which, const char *text, size_t number)
 {
-    const char *path = sys.procs[which].log_path;
+    const char *path = procs(which)->log_path;
     json_error_t error;
     json_t *line = json_loads(text, JSON_REJECT_DUPLICATES, &error);
     if (line == NULL || !json_is_object(line))
@@ -406,8 +329,9 @@ static void check_line(int which, const char *text, size_t number)
                           strcmp(level, "warn") != 0 && strcmp(level, "error") != 0))
         fail_msg("%s:%zu: bad \"level\": %s", path, number, text);
     const char *process = str_of(line, "process");
-    if (process == NULL || strcmp(process, proc_names[which]) != 0)
-        fail_msg("%s:%zu: \"process\" is not %s: %s", path, number, proc_names[which], text);
+    if (process == NULL || strcmp(process, system_process_name(which)) != 0)
+        fail_msg("%s:%zu: \"process\" is not %s: %s", path, number, system_process_name(which),
+                 text);
     if (json_integer_value(json_object_get(line, "pid")) != sys.pids[which])
         fail_msg("%s:%zu: \"pid\" is not %d: %s", path, number, (int)sys.pids[which], text);
     /* "<process>-<host>-<pid>", "-<thread>" on a worker thread's lines */
@@ -447,11 +371,11 @@ static void test_every_line_is_a_json_object(void **state)
     assert_true(sys.stopped);
     for (int i = 0; i < procs_max; i++) {
         size_t size = 0;
-        char *data = file_read(sys.procs[i].log_path, &size);
+        char *data = file_read(procs(i)->log_path, &size);
         if (size == 0 || data[size - 1] != '\n')
-            fail_msg("%s is empty or does not end with a newline", sys.procs[i].log_path);
+            fail_msg("%s is empty or does not end with a newline", procs(i)->log_path);
         if (strlen(data) != size)
-            fail_msg("%s holds a NUL byte", sys.procs[i].log_path);
+            fail_msg("%s holds a NUL byte", procs(i)->log_path);
         size_t lines = 0;
         char *start = data;
         for (char *end = strchr(start, '\n'); end != NULL; end = strchr(start, '\n')) {
@@ -461,8 +385,8 @@ static void test_every_line_is_a_json_object(void **state)
         }
         /* a process that logged little cannot pass for one that logged */
         if (lines < 3)
-            fail_msg("%s has only %zu lines", sys.procs[i].log_path, lines);
-        printf("%-14s %5zu lines, all JSON\n", proc_names[i], lines);
+            fail_msg("%s has only %zu lines", procs(i)->log_path, lines);
+        printf("%-14s %5zu lines, all JSON\n", system_process_name(i), lines);
         free(data);
     }
 }
@@ -572,15 +496,15 @@ static void test_no_secret_in_any_log(void **state)
                                   "the access token", "the token's signature"};
     for (int i = 0; i < procs_max; i++) {
         for (size_t s = 0; s < sizeof secrets / sizeof secrets[0]; s++) {
-            long count = file_count(sys.procs[i].log_path, secrets[s]);
+            long count = file_count(procs(i)->log_path, secrets[s]);
             if (count != 0)
-                fail_msg("%s holds %s %ld times", sys.procs[i].log_path, secret_names[s], count);
+                fail_msg("%s holds %s %ld times", procs(i)->log_path, secret_names[s], count);
         }
     }
-    assert_true(file_count(sys.procs[p_user].log_path, sys.user_id) > 0);
-    assert_true(file_count(sys.procs[p_gateway].log_path, sys.rid_login) > 0);
-    assert_true(file_count(sys.procs[p_gateway].log_path, "logs-query-token") > 0);
-    assert_true(file_count(sys.procs[p_user].log_path, sys.rid_pay) > 0);
+    assert_true(file_count(procs(p_user)->log_path, sys.user_id) > 0);
+    assert_true(file_count(procs(p_gateway)->log_path, sys.rid_login) > 0);
+    assert_true(file_count(procs(p_gateway)->log_path, "logs-query-token") > 0);
+    assert_true(file_count(procs(p_user)->log_path, sys.rid_pay) > 0);
 }
 
 int main(void)
