@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
+# shellcheck source-path=SCRIPTDIR
 # cli_paygatectl.sh: paygatectl against a real system (ctest cli_paygatectl).
 #
 #   cli_paygatectl.sh --ctl PATH --log-dir DIR --bin broker=PATH --bin user=PATH
 #                     --bin order=PATH --bin payment=PATH --bin transaction=PATH
 #                     --bin notification=PATH
 #
-# Starts a broker with its event bus (PAYGATE_BROKER_DATA_DIR in a temporary
-# directory) and the user, order, payment, transaction and notification
-# services on a scratch database of their own (on the server of
-# PAYGATE_TEST_PG_DSN; Redis on PAYGATE_TEST_REDIS_PORT: ./dev test exports
-# both), then checks:
+# Starts a broker with its event bus and the user, order, payment,
+# transaction and notification services on a scratch database
+# (tests/clients/system.sh, shared with the client tests; readiness asked
+# of paygatectl), then checks (reported as tests/clients/checks.sh does):
 #   - `--help` of paygatectl and of every command exits 0 with usage text,
 #     an unknown command exits 2;
 #   - `services` lists the user service;
@@ -50,80 +50,19 @@ while (($#)); do
         *) die "unknown argument $1" ;;
     esac
 done
-services=(user order payment transaction notification)
 [[ -x "$ctl" ]] || die "--ctl PATH (paygatectl) is required"
-for name in broker "${services[@]}"; do
-    [[ -x "${bin[$name]:-}" ]] || die "--bin $name=PATH is required"
-done
-if [[ -z "${PAYGATE_TEST_PG_DSN:-}" || -z "${PAYGATE_TEST_REDIS_PORT:-}" ]]; then
-    die "PAYGATE_TEST_PG_DSN and PAYGATE_TEST_REDIS_PORT must be set: run the suite with ./dev test"
-fi
-mkdir -p "$log_dir"
 
 # ---- the system ---------------------------------------------------------------
 
-psql_bin=psql
-[[ -n "${PAYGATE_PG_BIN:-}" && -x "$PAYGATE_PG_BIN/psql" ]] && psql_bin=$PAYGATE_PG_BIN/psql
-db="cli_$$"
-work="$(mktemp -d /tmp/paygate-cli-XXXXXX)"
-declare -A pid=()
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=../clients/system.sh
+source "$here/../clients/system.sh"
+# shellcheck source=../clients/checks.sh
+source "$here/../clients/checks.sh"
+system_name=cli
 
-cleanup() {
-    local name
-    for name in notification transaction payment order user broker; do
-        [[ -n "${pid[$name]:-}" ]] && kill -TERM "${pid[$name]}" 2>/dev/null
-    done
-    for name in notification transaction payment order user broker; do
-        [[ -n "${pid[$name]:-}" ]] || continue
-        for _ in $(seq 100); do
-            kill -0 "${pid[$name]}" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "${pid[$name]}" 2>/dev/null
-        wait "${pid[$name]}" 2>/dev/null
-    done
-    "$psql_bin" -X -q -d "$PAYGATE_TEST_PG_DSN" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" \
-        >/dev/null 2>&1
-    rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-# A loopback TCP port nobody listens on (a moment ago).
-free_port() {
-    local port
-    for _ in $(seq 100); do
-        port=$((20000 + RANDOM % 40000))
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-            echo "$port"
-            return 0
-        fi
-    done
-    die "no free port"
-}
-
-"$psql_bin" -X -q -v ON_ERROR_STOP=1 -d "$PAYGATE_TEST_PG_DSN" \
-    -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db" ||
-    die "cannot create database $db on $PAYGATE_TEST_PG_DSN"
-export PAYGATE_PG_DSN="$PAYGATE_TEST_PG_DSN dbname=$db"
-export PAYGATE_REDIS_HOST=127.0.0.1
-export PAYGATE_REDIS_PORT="$PAYGATE_TEST_REDIS_PORT"
-export PAYGATE_JWT_SECRET="cli-test-secret-0123456789abcdefghijklmnopqrst"
-export PAYGATE_BROKER_DATA_DIR="$work/bus"
-
-# CURVE: with test certificates (PAYGATE_TEST_CERTS_DIR, ctest fixture
-# "certs") every process gets its own key, and paygatectl its operator key,
-# as in production; without them the environment must say
-# PAYGATE_INSECURE_PLAINTEXT=1.
-# key_of NAME prints process NAME's PAYGATE_CURVE_CERT.
-key_of() {
-    if [[ -n "${PAYGATE_TEST_CERTS_DIR:-}" ]]; then
-        printf '%s\n' "$PAYGATE_TEST_CERTS_DIR/$1.cert_secret"
-    else
-        printf '%s\n' "${PAYGATE_CURVE_CERT:-}"
-    fi
-}
+# paygatectl uses its operator key, as in production (the processes get
+# their own from system.sh).
 if [[ -n "${PAYGATE_TEST_CERTS_DIR:-}" ]]; then
     export PAYGATE_CURVE_CERT="$PAYGATE_TEST_CERTS_DIR/paygatectl.cert_secret"
     export PAYGATE_BROKER_CERT="$PAYGATE_TEST_CERTS_DIR/broker.cert"
@@ -133,96 +72,26 @@ fi
 # paygatectl talks to $PAYGATE_BROKER_ENDPOINT; calls get time (sanitizers).
 ctl() { "$ctl" --timeout 10000 "$@"; }
 
-# The broker first, on a free port; another test may take that port between
-# our pick and the bind, so a broker that cannot bind is started again on a
-# new one (a few times at most).
-for attempt in 1 2 3 4 5; do
-    broker_port="$(free_port)"
-    export PAYGATE_BROKER_ENDPOINT="tcp://127.0.0.1:$broker_port"
-    PAYGATE_CURVE_CERT="$(key_of broker)" "${bin[broker]}" >"$log_dir/cli-broker.log" 2>&1 </dev/null &
-    pid[broker]=$!
-    started=0
-    for _ in $(seq 50); do
-        kill -0 "${pid[broker]}" 2>/dev/null || break
-        if "$ctl" --timeout 500 services >/dev/null 2>&1; then
-            started=1
-            break
-        fi
-        sleep 0.1
+# ready [SERVICE...]: the broker answers, and lists an instance of each SERVICE.
+ready() {
+    local service
+    "$ctl" --timeout 500 services >/dev/null 2>&1 || return 1
+    for service; do
+        "$ctl" --timeout 1000 services --json "$service" 2>/dev/null | grep -q '"instance_id"' ||
+            return 1
     done
-    ((started)) && break
-    kill "${pid[broker]}" 2>/dev/null || true
-    wait "${pid[broker]}" 2>/dev/null || true
-    echo "broker did not start on port $broker_port (attempt $attempt): $(tail -1 "$log_dir/cli-broker.log")"
-done
-((started)) || die "the broker did not start (logs in $log_dir)"
-
-for name in "${services[@]}"; do
-    PAYGATE_CURVE_CERT="$(key_of "$name")" "${bin[$name]}" >"$log_dir/cli-$name.log" 2>&1 </dev/null &
-    pid[$name]=$!
-done
-
-# Ready when every service is registered; bounded by the clock, not by a
-# number of tries (each try may wait for the broker).
-ready=0
-deadline=$((SECONDS + 60))
-while ((SECONDS < deadline)); do
-    ready=1
-    kill -0 "${pid[broker]}" 2>/dev/null || die "the broker exited: $(tail -5 "$log_dir/cli-broker.log")"
-    for name in "${services[@]}"; do
-        kill -0 "${pid[$name]}" 2>/dev/null || die "$name exited at start-up: $(tail -5 "$log_dir/cli-$name.log")"
-        "$ctl" --timeout 1000 services --json "$name" 2>/dev/null | grep -q '"instance_id"' || ready=0
-    done
-    ((ready)) && break
-    sleep 0.2
-done
-((ready)) || die "the services did not register within 60 s (logs in $log_dir)"
-echo "system up: broker $PAYGATE_BROKER_ENDPOINT, database $db, logs in $log_dir"
+}
+system_start
 
 # ---- the checks ---------------------------------------------------------------
 
-passed=0 failed=0
 out="$work/out" err="$work/err"
-
-ok() {
-    passed=$((passed + 1))
-    echo "ok - $1"
-}
-not_ok() {
-    failed=$((failed + 1))
-    echo "not ok - $1"
-    [[ -s "$out" ]] && sed 's/^/    stdout: /' "$out" | head -20
-    [[ -s "$err" ]] && sed 's/^/    stderr: /' "$err" | head -20
-}
-
-# run NAME WANT_RC COMMAND...: runs COMMAND (stdout in $out, stderr in $err)
-# and checks its exit code; returns 0 when it matched.
-run() {
-    local name=$1 want=$2 rc
-    shift 2
-    "$@" >"$out" 2>"$err"
-    rc=$?
-    if ((rc != want)); then
-        not_ok "$name: exit code $rc, wanted $want"
-        return 1
-    fi
-    return 0
-}
 
 # check NAME COMMAND...: passes when COMMAND succeeds.
 check() {
     local name=$1
     shift
     if "$@"; then ok "$name"; else not_ok "$name"; fi
-}
-
-# expect NAME FILE PATTERN: FILE matches the extended regex PATTERN.
-expect() {
-    if grep -Eq -- "$3" "$2"; then
-        ok "$1"
-    else
-        not_ok "$1: no match for /$3/"
-    fi
 }
 
 # --help of paygatectl and of every command, and an unknown command.
@@ -293,12 +162,8 @@ check "tail stops on SIGINT with exit code 0 (it gave $rc)" test "$rc" -eq 0
 run "tail with a bad topic" 2 "$ctl" tail 'Bad Topic' && ok "tail with a bad topic is a usage error"
 
 # demo fails (exit 1, naming the step) when a service it needs is down
-kill -TERM "${pid[transaction]}"
-wait "${pid[transaction]}"
-unset 'pid[transaction]'
+system_stop transaction
 run "demo without the transaction service" 1 ctl demo --wait 0 &&
     expect "demo says which step failed and why" "$err" 'step 7 failed: transaction\.List: UNAVAILABLE no_worker'
 
-echo
-echo "$passed passed, $failed failed"
-((failed == 0))
+checks_summary
