@@ -31,7 +31,7 @@ import http from 'node:http';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 
-import { System } from './system.mjs';
+import { System, uncleanNote } from './system.mjs';
 import {
   deref,
   describeErrors,
@@ -52,7 +52,10 @@ if (!args.spec || !args['gateway-src']) {
   console.error('usage: node responses.mjs --spec SPEC --gateway-src DIR --log-dir DIR --bin NAME=PATH...');
   process.exit(2);
 }
-const bins = Object.fromEntries(args.bin.map((b) => [b.slice(0, b.indexOf('=')), b.slice(b.indexOf('=') + 1)]));
+// --bin paygate-NAME=PATH: the binary of process NAME.
+const bins = Object.fromEntries(
+  args.bin.map((b) => [b.slice(0, b.indexOf('=')).replace(/^paygate-/, ''), b.slice(b.indexOf('=') + 1)]),
+);
 
 const specText = readFileSync(args.spec, 'utf8');
 const spec = loadSpec(args.spec);
@@ -413,7 +416,7 @@ async function flow(system) {
   const limited = await api('POST', '/v1/auth/login', { json: guessed, expect: 429, code: 'rate_limited' });
   if (limited.json?.error?.limit !== 'login_email') problems.push('429: error.limit is not login_email');
 
-  const note = await system.stopProcess('transaction');
+  const note = uncleanNote('transaction', await system.stopProcess('transaction'));
   if (note) notes.push(note);
   await api('GET', '/v1/transactions', { token: tokenA, expect: 503 });
   const ready = await api('GET', '/readyz', { expect: 503, code: 'not_ready' });
@@ -462,7 +465,7 @@ try {
 } catch (err) {
   crashed = err;
 } finally {
-  for (const n of await system.stop()) notes.push(n);
+  for (const n of (await system.stop()).notes) notes.push(n);
 }
 
 console.log(`\n${checks} bodies validated; statuses seen: ${[...statusesSeen].sort().join(', ')}`);

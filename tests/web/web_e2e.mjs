@@ -23,7 +23,7 @@ import { after, before, test } from "node:test";
 
 import { chromium } from "playwright-core";
 
-import { PaygateSystem } from "./system.mjs";
+import { System } from "./system.mjs";
 
 // ---- arguments -----------------------------------------------------------------
 const options = { bins: new Map(), webDir: null, artifacts: null, logDir: null, chromium: null };
@@ -162,7 +162,12 @@ function step(name, body) {
 
 before(
     async () => {
-        system = await PaygateSystem.start({ bins: options.bins, webDir: options.webDir, logDir: options.logDir });
+        system = await System.start({
+            bins: Object.fromEntries(options.bins),
+            logDir: options.logDir,
+            prefix: "web",
+            env: { PAYGATE_GATEWAY_STATIC_DIR: options.webDir },
+        });
         profileDir = mkdtempSync(path.join(os.tmpdir(), "paygate-web-chromium-"));
         // A fresh profile each run. playwright-core drives Debian's chromium;
         // it downloads no browser of its own.
@@ -195,7 +200,7 @@ after(async () => {
     if (profileDir !== null) rmSync(profileDir, { recursive: true, force: true });
     if (system !== null) await system.stop();
 });
-process.on("exit", () => system?.killNow());
+process.on("exit", () => system?.killAll());
 
 // ---- static files ----------------------------------------------------------------
 
