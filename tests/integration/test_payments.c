@@ -40,6 +40,7 @@
 #include "clock/clock.h"
 #include "http_client.h"
 #include "proc.h"
+#include "system.h"
 
 /* The services' HS256 key (user signs, gateway verifies): 48 bytes. */
 static const char jwt_secret[] = "payments-test-secret-0123456789abcdefghijklmnopq";
@@ -70,14 +71,9 @@ typedef struct {
 } user_t;
 
 static struct {
-    const char *dsn;
+    system_t *system;
+    const char *dsn; /* the system's scratch database */
     int http_port;
-    char endpoint[64];
-    char env_endpoint[96];
-    char env_dsn[1200];
-    char env_secret[128];
-    char env_http_port[64];
-    proc_t broker, user, order, payment, gateway;
     PGconn *db;
     atomic_uint counter; /* unique emails and keys */
 } g;
@@ -412,82 +408,33 @@ static void db_orders_check(const char *user_id)
 
 /* ---- processes ------------------------------------------------------------ */
 
-/* Fails unless 'p' is still running. */
-static void expect_running(proc_t *p)
-{
-    if (p->pid > 0 && waitpid(p->pid, &p->exit_status, WNOHANG) == p->pid) {
-        p->pid = 0;
-        fail_msg("%s exited (status 0x%x); see %s", p->name, p->exit_status, p->log_path);
-    }
-    if (p->pid <= 0)
-        fail_msg("%s is not running; see %s", p->name, p->log_path);
-}
-
 static int group_setup(void **state)
 {
     (void)state;
-    int broker_port = free_tcp_port();
-    g.http_port = free_tcp_port();
-    assert_true(broker_port > 0 && g.http_port > 0 && broker_port != g.http_port);
-    snprintf(g.endpoint, sizeof g.endpoint, "tcp://127.0.0.1:%d", broker_port);
-    snprintf(g.env_endpoint, sizeof g.env_endpoint, "PAYGATE_BROKER_ENDPOINT=%s", g.endpoint);
-    snprintf(g.env_dsn, sizeof g.env_dsn, "PAYGATE_PG_DSN=%s", g.dsn);
-    snprintf(g.env_secret, sizeof g.env_secret, "PAYGATE_JWT_SECRET=%s", jwt_secret);
-    snprintf(g.env_http_port, sizeof g.env_http_port, "PAYGATE_GATEWAY_PORT=%d", g.http_port);
-    char user_threads[64], order_threads[64], payment_threads[64], gw_threads[64], gw_deadline[64];
-    snprintf(user_threads, sizeof user_threads, "PAYGATE_USER_THREADS=%d", service_threads);
-    snprintf(order_threads, sizeof order_threads, "PAYGATE_ORDER_THREADS=%d", service_threads);
-    snprintf(payment_threads, sizeof payment_threads, "PAYGATE_PAYMENT_THREADS=%d",
-             service_threads);
-    snprintf(gw_threads, sizeof gw_threads, "PAYGATE_GATEWAY_THREADS=%d", gateway_threads);
-    snprintf(gw_deadline, sizeof gw_deadline, "PAYGATE_GATEWAY_DEADLINE_MS=%d",
-             gateway_deadline_ms);
-
-    const char *broker_env[] = {g.env_endpoint, NULL};
-    assert_true(proc_start(&g.broker, "payments-broker", PAYGATE_BROKER_BIN, broker_env));
-    const char *user_env[] = {g.env_endpoint, g.env_dsn, g.env_secret, user_threads, NULL};
-    assert_true(proc_start(&g.user, "payments-user", PAYGATE_USER_BIN, user_env));
-    const char *order_env[] = {g.env_endpoint, g.env_dsn, order_threads, NULL};
-    assert_true(proc_start(&g.order, "payments-order", PAYGATE_ORDER_BIN, order_env));
-    const char *payment_env[] = {g.env_endpoint, g.env_dsn, payment_threads, NULL};
-    assert_true(proc_start(&g.payment, "payments-payment", PAYGATE_PAYMENT_BIN, payment_env));
-    const char *gateway_env[] = {g.env_endpoint,
-                                 g.env_secret,
-                                 g.env_http_port,
-                                 gw_threads,
-                                 gw_deadline,
-                                 PROC_GATEWAY_RATE_LIMITS_OFF,
-                                 NULL};
-    assert_true(proc_start(&g.gateway, "payments-gateway", PAYGATE_GATEWAY_BIN, gateway_env));
-
-    /* Ready when the gateway says so: broker up, user, order and payment
-     * registered (each after its migration). */
-    int64_t until = clock_now_ms() + ready_timeout_ms;
-    for (;;) {
-        proc_t *all[] = {&g.broker, &g.user, &g.order, &g.payment, &g.gateway};
-        for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
-            expect_running(all[i]);
-        http_response_t r;
-        bool answered = http_request(&r, g.http_port, "GET", "/readyz", NULL, NULL);
-        int status = r.status;
-        http_response_free(&r);
-        if (answered && status == 200)
-            break;
-        if (clock_now_ms() > until)
-            fail_msg("/readyz not 200 within %d ms (last: %d); see payments-*.log in "
-                     "$PAYGATE_TEST_LOG_DIR",
-                     ready_timeout_ms, status);
-        sleep_ms(100);
-    }
-    /* Every instance registered, so concurrent payments really run at once. */
-    rpc_client_t *rpc = rpc_client_new(NULL, g.endpoint);
-    assert_non_null(rpc);
-    const char *services[] = {"user", "order", "payment"};
-    for (size_t i = 0; i < 3; i++) {
-        if (discovery_wait(rpc, services[i], service_threads, 20000) < 0)
-            fail_msg("%s did not register %d instances", services[i], service_threads);
-    }
-    rpc_client_destroy(&rpc);
+    char deadline[64];
+    snprintf(deadline, sizeof deadline, "PAYGATE_GATEWAY_DEADLINE_MS=%d", gateway_deadline_ms);
+    const char *gateway_env[] = {deadline, NULL};
+    /* Ready when the gateway says so (broker up, user, order and payment
+     * registered, each after its migration) and every instance registered,
+     * so concurrent payments really run at once. */
+    system_config_t config = {
+        .name = "payments",
+        .processes = SYSTEM_ONLY(system_user) | SYSTEM_ONLY(system_order) |
+                     SYSTEM_ONLY(system_payment) | SYSTEM_ONLY(system_gateway),
+        .jwt_secret = jwt_secret,
+        .rate_limits_off = true,
+        .threads = {[system_user] = service_threads,
+                    [system_order] = service_threads,
+                    [system_payment] = service_threads,
+                    [system_gateway] = gateway_threads},
+        .ready_timeout_ms = ready_timeout_ms,
+        .process_env = {[system_gateway] = gateway_env},
+    };
+    g.system = system_new(&config);
+    if (g.system == NULL)
+        return -1;
+    g.http_port = system_gateway_port(g.system);
+    g.dsn = system_pg_dsn(g.system);
 
     g.db = PQconnectdb(g.dsn);
     if (PQstatus(g.db) != CONNECTION_OK)
@@ -502,17 +449,9 @@ static int group_teardown(void **state)
     g.db = NULL;
     /* Draining on SIGTERM and exiting 0 (no leak under ASan) is part of
      * every process's contract: check it. */
-    proc_t *all[] = {&g.gateway, &g.payment, &g.order, &g.user, &g.broker};
-    int unclean = 0;
-    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) {
-        if (!proc_stop(all[i], 15000)) {
-            fprintf(stderr,
-                    "test_payments: %s did not stop cleanly on SIGTERM (status 0x%x); see %s\n",
-                    all[i]->name, all[i]->exit_status, all[i]->log_path);
-            unclean++;
-        }
-    }
-    return unclean == 0 ? 0 : -1;
+    bool clean = system_stop(g.system);
+    system_destroy(&g.system);
+    return clean ? 0 : -1;
 }
 
 /* ---- tests: the sample flow ------------------------------------------------ */
@@ -1367,8 +1306,8 @@ static void test_concurrent_same_key_refunds_once(void **state)
 
 int main(void)
 {
-    g.dsn = getenv("PAYGATE_TEST_PG_DSN");
-    if (g.dsn == NULL || *g.dsn == '\0') {
+    const char *dsn = getenv("PAYGATE_TEST_PG_DSN");
+    if (dsn == NULL || *dsn == '\0') {
         fprintf(stderr,
                 "test_payments: FAIL: PAYGATE_TEST_PG_DSN is not set. These tests need the "
                 "test PostgreSQL: run them with ./dev test (e.g. ./dev test -R payment).\n");

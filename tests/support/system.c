@@ -26,6 +26,7 @@ enum { entry_bytes = system_env_entry_bytes_max, dsn_bytes = 1024 };
 struct _system_t {
     system_config_t config; /* the pointers in it are the test's */
     unsigned processes;
+    int ready_timeout_ms;
     proc_t procs[system_processes];
     int broker_port;
     int gateway_port;
@@ -205,7 +206,7 @@ static bool system_wait_instances(system_t *self)
         int want = self->config.threads[i];
         if (want <= 0 || !(self->processes & SYSTEM_ONLY(i)))
             continue;
-        if (discovery_wait(rpc, process_names[i], want, system_ready_timeout_ms) < 0) {
+        if (discovery_wait(rpc, process_names[i], want, self->ready_timeout_ms) < 0) {
             fprintf(stderr, "system: %s did not register %d instances; see %s\n", process_names[i],
                     want, self->procs[i].log_path);
             ok = false;
@@ -230,6 +231,8 @@ system_t *system_new(const system_config_t *config)
     self->config = *config;
     self->processes = (config->processes ? config->processes : SYSTEM_ALL) & SYSTEM_ALL;
     self->processes |= SYSTEM_ONLY(system_broker);
+    self->ready_timeout_ms =
+        config->ready_timeout_ms > 0 ? config->ready_timeout_ms : system_ready_timeout_ms;
     bool ok = system_prepare(self);
     for (int i = 0; ok && i < system_processes; i++) {
         if (self->processes & SYSTEM_ONLY(i))
@@ -278,7 +281,7 @@ void system_destroy(system_t **self_p)
 
 bool system_wait_ready(system_t *self, int port)
 {
-    int64_t until = clock_now_ms() + system_ready_timeout_ms;
+    int64_t until = clock_now_ms() + self->ready_timeout_ms;
     int status = 0;
     for (;;) {
         for (int i = 0; i < system_processes; i++) {
@@ -299,7 +302,7 @@ bool system_wait_ready(system_t *self, int port)
             fprintf(stderr,
                     "system: /readyz on port %d not 200 within %d ms (last: %d); see "
                     "%s-*.log in $PAYGATE_TEST_LOG_DIR\n",
-                    port, system_ready_timeout_ms, status, self->config.name);
+                    port, self->ready_timeout_ms, status, self->config.name);
             return false;
         }
         sleep_ms(100);

@@ -42,7 +42,7 @@ typedef enum {
 #define SYSTEM_ALL           ((1u << system_processes) - 1u)
 
 enum {
-    system_ready_timeout_ms = 30000,   /* start-up until /readyz is 200 */
+    system_ready_timeout_ms = 30000,   /* start-up until ready, unless config says */
     system_stop_timeout_ms = 15000,    /* SIGTERM until SIGKILL, per process */
     system_env_max = 64,               /* environment entries of one process */
     system_extra_env_max = 40,         /* entries a test may add to one process */
@@ -70,6 +70,9 @@ typedef struct {
     /* PAYGATE_<PROCESS>_THREADS when > 0; for a service, start-up also
      * waits until that many instances are registered. */
     int threads[system_processes];
+    /* How long start-up may take until ready; 0 means
+     * system_ready_timeout_ms. */
+    int ready_timeout_ms;
     /* Extra "KEY=VALUE" entries (NULL-ended, may be NULL) for every
      * process, then for one process; later entries win. */
     const char *const *env;
@@ -79,7 +82,7 @@ typedef struct {
 typedef struct _system_t system_t;
 
 /* Starts the system 'config' describes and waits until it is ready
- * (system_ready_timeout_ms). Needs PAYGATE_TEST_PG_DSN and
+ * (config.ready_timeout_ms). Needs PAYGATE_TEST_PG_DSN and
  * PAYGATE_TEST_REDIS_PORT (./dev test sets them). Returns NULL, having
  * said why on stderr and stopped whatever it started, on failure. */
 system_t *system_new(const system_config_t *config);
@@ -114,7 +117,7 @@ size_t system_env(const system_t *self, system_process_t which, const char **env
 
 /* Waits until GET /readyz on 'port' answers 200, failing early when any
  * process of the system exited. Returns false, saying why on stderr, when
- * it did not within system_ready_timeout_ms. */
+ * it did not within the config's ready_timeout_ms. */
 bool system_wait_ready(system_t *self, int port);
 
 /* The gateway's HTTP port (also its /metrics). */
