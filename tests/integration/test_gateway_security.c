@@ -45,7 +45,7 @@
 #include "clock/clock.h"
 #include "http_client.h"
 #include "proc.h"
-#include "scratch_db.h"
+#include "system.h"
 
 static const char jwt_secret[] = "gwsec-test-secret-0123456789abcdefghijklmnopqrs";
 static const char password[] = "Gwsec-Passw0rd-5d21";
@@ -56,7 +56,7 @@ enum {
     env_max = 32,
     ready_timeout_ms = 60000,
     wait_ms = 20000, /* for events to reach history, notifications, streams */
-    /* the strict gateway's limits (see group_setup) */
+    /* the strict gateway's limits (see strict_start) */
     strict_address_burst = 10,
     strict_user_burst = 5,
     strict_register_burst = 2,
@@ -68,23 +68,10 @@ enum {
     attempts_max = 40, /* requests sent to find a limit's end */
 };
 
-enum { p_broker, p_user, p_order, p_payment, p_transaction, p_notification, p_open, p_strict };
-enum { procs_max = 8 };
-static const char *const proc_names[procs_max] = {"broker",       "user",          "order",
-                                                  "payment",      "transaction",   "notification",
-                                                  "gateway-open", "gateway-strict"};
-static const char *const proc_bins[procs_max] = {
-    PAYGATE_BROKER_BIN,      PAYGATE_USER_BIN,         PAYGATE_ORDER_BIN,   PAYGATE_PAYMENT_BIN,
-    PAYGATE_TRANSACTION_BIN, PAYGATE_NOTIFICATION_BIN, PAYGATE_GATEWAY_BIN, PAYGATE_GATEWAY_BIN};
-
 static struct {
-    proc_t procs[procs_max];
+    system_t *system; /* its gateway is the open one: rate limits off, serving web/ */
+    proc_t strict;    /* a second gateway with tight limits, started here */
     int open_port, strict_port;
-    char data_dir[128];
-    char base_dsn[512];
-    char db_name[64];
-    char env_endpoint[96], env_pg[700], env_data[200], env_redis[64], env_jwt[128];
-    char env_open_port[64], env_strict_port[64], env_static[600];
     unsigned counter;
 } g;
 
@@ -96,113 +83,62 @@ typedef struct {
 
 /* ---- the system ----------------------------------------------------------- */
 
-static void start_process(int which)
+/* Starts the second gateway, with the environment every process shares
+ * and tight limits (the later entry of a key wins over the shared one). */
+static bool strict_start(void)
 {
-    const char *env[env_max];
-    size_t n = 0;
-    env[n++] = g.env_endpoint;
-    env[n++] = g.env_pg;
-    env[n++] = g.env_redis;
-    env[n++] = "PAYGATE_REDIS_HOST=127.0.0.1";
-    env[n++] = g.env_jwt;
-    env[n++] = g.env_data;
-    env[n++] = "PAYGATE_GATEWAY_REQUIRED_SERVICES=user,order,payment,transaction,notification";
-    if (which == p_open) {
-        static const char *const off[] = {PROC_GATEWAY_RATE_LIMITS_OFF};
-        for (size_t i = 0; i < sizeof off / sizeof off[0]; i++)
-            env[n++] = off[i];
-        env[n++] = g.env_open_port;
-        env[n++] = g.env_static;
-    } else if (which == p_strict) {
-        static const char *const strict[] = {
-            "PAYGATE_GATEWAY_RATE_ADDRESS_PER_MIN=60",
-            "PAYGATE_GATEWAY_RATE_ADDRESS_BURST=10",
-            "PAYGATE_GATEWAY_RATE_USER_PER_MIN=60",
-            "PAYGATE_GATEWAY_RATE_USER_BURST=5",
-            "PAYGATE_GATEWAY_RATE_REGISTER_ADDRESS_PER_MIN=6",
-            "PAYGATE_GATEWAY_RATE_REGISTER_ADDRESS_BURST=2",
-            "PAYGATE_GATEWAY_RATE_LOGIN_ADDRESS_PER_MIN=12",
-            "PAYGATE_GATEWAY_RATE_LOGIN_ADDRESS_BURST=4",
-            "PAYGATE_GATEWAY_RATE_LOGIN_EMAIL_PER_MIN=12",
-            "PAYGATE_GATEWAY_RATE_LOGIN_EMAIL_BURST=2",
-            "PAYGATE_GATEWAY_RATE_PAYMENT_USER_PER_MIN=12",
-            "PAYGATE_GATEWAY_RATE_PAYMENT_USER_BURST=2",
-            "PAYGATE_GATEWAY_CONNECTIONS_PER_ADDRESS_MAX=4",
-            "PAYGATE_GATEWAY_TIMEOUT_S=2",
-            "PAYGATE_GATEWAY_FORWARDED_HOPS=1",
-        };
-        for (size_t i = 0; i < sizeof strict / sizeof strict[0]; i++)
-            env[n++] = strict[i];
-        env[n++] = g.env_strict_port;
-    }
-    assert_true(n < env_max);
+    static const char *const strict[] = {
+        "PAYGATE_GATEWAY_RATE_ADDRESS_PER_MIN=60",
+        "PAYGATE_GATEWAY_RATE_ADDRESS_BURST=10",
+        "PAYGATE_GATEWAY_RATE_USER_PER_MIN=60",
+        "PAYGATE_GATEWAY_RATE_USER_BURST=5",
+        "PAYGATE_GATEWAY_RATE_REGISTER_ADDRESS_PER_MIN=6",
+        "PAYGATE_GATEWAY_RATE_REGISTER_ADDRESS_BURST=2",
+        "PAYGATE_GATEWAY_RATE_LOGIN_ADDRESS_PER_MIN=12",
+        "PAYGATE_GATEWAY_RATE_LOGIN_ADDRESS_BURST=4",
+        "PAYGATE_GATEWAY_RATE_LOGIN_EMAIL_PER_MIN=12",
+        "PAYGATE_GATEWAY_RATE_LOGIN_EMAIL_BURST=2",
+        "PAYGATE_GATEWAY_RATE_PAYMENT_USER_PER_MIN=12",
+        "PAYGATE_GATEWAY_RATE_PAYMENT_USER_BURST=2",
+        "PAYGATE_GATEWAY_CONNECTIONS_PER_ADDRESS_MAX=4",
+        "PAYGATE_GATEWAY_TIMEOUT_S=2",
+        "PAYGATE_GATEWAY_FORWARDED_HOPS=1",
+    };
+    const char *env[env_max + system_env_max];
+    size_t n = system_env(g.system, system_processes, env);
+    for (size_t i = 0; i < sizeof strict / sizeof strict[0]; i++)
+        env[n++] = strict[i];
+    char port[64];
+    snprintf(port, sizeof port, "PAYGATE_GATEWAY_PORT=%d", g.strict_port);
+    env[n++] = port;
     env[n] = NULL;
-    char name[64];
-    snprintf(name, sizeof name, "gwsec-%s", proc_names[which]);
-    assert_true(proc_start(&g.procs[which], name, proc_bins[which], env));
-}
-
-/* Waits until GET /readyz on 'port' answers 200. */
-static void wait_ready(int port)
-{
-    int64_t until = clock_now_ms() + ready_timeout_ms;
-    for (;;) {
-        for (int i = 0; i < procs_max; i++) {
-            if (proc_wait(&g.procs[i], 0))
-                fail_msg("%s exited (0x%x); see %s", g.procs[i].name, g.procs[i].exit_status,
-                         g.procs[i].log_path);
-        }
-        http_response_t r;
-        bool ok = http_request(&r, port, "GET", "/readyz", NULL, NULL);
-        int status = r.status;
-        http_response_free(&r);
-        if (ok && status == 200)
-            return;
-        if (clock_now_ms() > until)
-            fail_msg("the gateway on port %d was not ready within %d ms", port, ready_timeout_ms);
-        sleep_ms(100);
-    }
+    return proc_start(&g.strict, "gwsec-gateway-strict", PAYGATE_GATEWAY_BIN, env);
 }
 
 static int group_setup(void **state)
 {
     (void)state;
-    const char *dsn = getenv("PAYGATE_TEST_PG_DSN");
-    const char *redis = getenv("PAYGATE_TEST_REDIS_PORT");
-    if (dsn == NULL || *dsn == '\0' || redis == NULL || *redis == '\0') {
-        fprintf(stderr, "test_gateway_security: FAIL: PAYGATE_TEST_PG_DSN and "
-                        "PAYGATE_TEST_REDIS_PORT must be set: run the suite with ./dev test\n");
-        return -1;
-    }
     if (sodium_init() < 0)
         return -1;
-    int broker_port = free_tcp_port();
-    g.open_port = free_tcp_port();
+    char static_dir[600];
+    snprintf(static_dir, sizeof static_dir, "PAYGATE_GATEWAY_STATIC_DIR=%s", PAYGATE_WEB_DIR);
+    const char *open_env[] = {static_dir, NULL};
+    system_config_t config = {.name = "gwsec",
+                              .jwt_secret = jwt_secret,
+                              .rate_limits_off = true,
+                              .ready_timeout_ms = ready_timeout_ms,
+                              .process_env = {[system_gateway] = open_env}};
+    g.system = system_new(&config);
+    if (g.system == NULL)
+        return -1;
+    g.open_port = system_gateway_port(g.system);
     g.strict_port = free_tcp_port();
-    if (broker_port <= 0 || g.open_port <= 0 || g.strict_port <= 0 ||
-        g.open_port == g.strict_port || broker_port == g.open_port || broker_port == g.strict_port)
+    if (g.strict_port <= 0 || g.strict_port == g.open_port || !strict_start() ||
+        !system_wait_ready(g.system, g.strict_port)) {
+        fprintf(stderr, "test_gateway_security: FAIL: the strict gateway did not start; see %s\n",
+                g.strict.log_path);
         return -1;
-    snprintf(g.data_dir, sizeof g.data_dir, "/tmp/paygate-gwsec-XXXXXX");
-    if (mkdtemp(g.data_dir) == NULL)
-        return -1;
-    snprintf(g.base_dsn, sizeof g.base_dsn, "%s", dsn);
-    snprintf(g.db_name, sizeof g.db_name, "gwsec_%d", (int)getpid());
-    char own_dsn[600];
-    if (!scratch_db_create(dsn, g.db_name, own_dsn, sizeof own_dsn))
-        return -1;
-    snprintf(g.env_endpoint, sizeof g.env_endpoint, "PAYGATE_BROKER_ENDPOINT=tcp://127.0.0.1:%d",
-             broker_port);
-    snprintf(g.env_pg, sizeof g.env_pg, "PAYGATE_PG_DSN=%s", own_dsn);
-    snprintf(g.env_data, sizeof g.env_data, "PAYGATE_BROKER_DATA_DIR=%s/bus", g.data_dir);
-    snprintf(g.env_redis, sizeof g.env_redis, "PAYGATE_REDIS_PORT=%s", redis);
-    snprintf(g.env_jwt, sizeof g.env_jwt, "PAYGATE_JWT_SECRET=%s", jwt_secret);
-    snprintf(g.env_open_port, sizeof g.env_open_port, "PAYGATE_GATEWAY_PORT=%d", g.open_port);
-    snprintf(g.env_strict_port, sizeof g.env_strict_port, "PAYGATE_GATEWAY_PORT=%d", g.strict_port);
-    snprintf(g.env_static, sizeof g.env_static, "PAYGATE_GATEWAY_STATIC_DIR=%s", PAYGATE_WEB_DIR);
-    for (int i = 0; i < procs_max; i++)
-        start_process(i);
-    wait_ready(g.open_port);
-    wait_ready(g.strict_port);
+    }
     return 0;
 }
 
@@ -211,18 +147,14 @@ static int group_teardown(void **state)
     (void)state;
     http_client_set_source(NULL);
     int unclean = 0;
-    for (int i = procs_max - 1; i >= 0; i--) {
-        if (g.procs[i].pid > 0 && !proc_stop(&g.procs[i], 15000)) {
-            fprintf(stderr, "test_gateway_security: %s did not stop cleanly (0x%x); see %s\n",
-                    g.procs[i].name, g.procs[i].exit_status, g.procs[i].log_path);
-            unclean++;
-        }
+    if (g.strict.pid > 0 && !proc_stop(&g.strict, system_stop_timeout_ms)) {
+        fprintf(stderr, "test_gateway_security: %s did not stop cleanly (0x%x); see %s\n",
+                g.strict.name, g.strict.exit_status, g.strict.log_path);
+        unclean++;
     }
-    scratch_db_drop(g.base_dsn, g.db_name);
-    char command[256];
-    snprintf(command, sizeof command, "rm -rf '%s'", g.data_dir);
-    if (system(command) != 0)
-        fprintf(stderr, "could not remove %s\n", g.data_dir);
+    if (!system_stop(g.system))
+        unclean++;
+    system_destroy(&g.system);
     return unclean == 0 ? 0 : -1;
 }
 
@@ -993,7 +925,7 @@ static void test_size_and_string_limits(void **state)
     call(&r, "GET", "/v1/orders?limit=100", &u, NULL, NULL);
     assert_int_equal(r.status, 200);
     http_response_free(&r);
-    assert_true(proc_wait(&g.procs[p_open], 0) == false);
+    assert_true(proc_wait(system_process(g.system, system_gateway), 0) == false);
 }
 
 /* Every kind of response carries the security headers: API success and

@@ -92,17 +92,21 @@ size_t system_env(const system_t *self, system_process_t which, const char **env
     env[n++] = self->env_bus;
     env[n++] = self->env_gateway_port;
     env[n++] = self->env_required;
-    if (self->env_metrics[which][0] != '\0')
-        env[n++] = self->env_metrics[which];
-    if (self->env_threads[which][0] != '\0')
-        env[n++] = self->env_threads[which];
-    if (self->config.rate_limits_off && which == system_gateway)
-        env_append(env, &n, limits_off);
-    bool fits = env_append(env, &n, self->config.env);
-    fits &= env_append(env, &n, self->config.process_env[which]);
+    bool fits = true;
+    if (which < system_processes) {
+        if (self->env_metrics[which][0] != '\0')
+            env[n++] = self->env_metrics[which];
+        if (self->env_threads[which][0] != '\0')
+            env[n++] = self->env_threads[which];
+        if (self->config.rate_limits_off && which == system_gateway)
+            fits &= env_append(env, &n, limits_off);
+    }
+    fits &= env_append(env, &n, self->config.env);
+    if (which < system_processes)
+        fits &= env_append(env, &n, self->config.process_env[which]);
     if (!fits)
         fprintf(stderr, "system: more than %d environment entries for %s; the rest dropped\n",
-                system_env_max, process_names[which]);
+                system_env_max, system_process_name(which));
     env[n] = NULL;
     return n;
 }

@@ -111,8 +111,13 @@ bool system_start_process(system_t *self, system_process_t which, const char *su
 
 /* Fills 'env' (room for system_env_max entries) with the environment
  * process 'which' gets, NULL-ended, for a test that starts a process of
- * its own alongside (another gateway, a restarted victim); the strings
- * belong to the system. Returns the number of entries before the NULL. */
+ * its own alongside (another gateway, a restarted victim); 'which' ==
+ * system_processes gives what every process shares (the broker endpoint,
+ * the database, Redis, the JWT secret, the bus, the gateway port and its
+ * required services, config.env) without any process's own entries. A
+ * test adds its own after these: the later entry of a key wins. The
+ * strings belong to the system. Returns the number of entries before the
+ * NULL. */
 size_t system_env(const system_t *self, system_process_t which, const char **env);
 
 /* Waits until GET /readyz on 'port' answers 200, failing early when any
