@@ -46,6 +46,7 @@
 #include "clock/clock.h"
 #include "http_client.h"
 #include "proc.h"
+#include "system.h"
 #include "rpc/rpc.h"
 #include "token/token.h"
 #include "user.pb-c.h"
@@ -78,14 +79,10 @@ typedef struct {
 } user_t;
 
 static struct {
-    const char *dsn;
+    system_t *system;
+    const char *dsn; /* the system's scratch database */
     int http_port;
-    char endpoint[64];
-    char env_endpoint[96];
-    char env_dsn[1200];
-    char env_secret[128];
-    char env_http_port[64];
-    proc_t broker, user, gateway;
+    proc_t *broker, *user, *gateway; /* the system's */
     rpc_client_t *rpc;
     token_keyring_t *keys; /* the services' key: issues tokens to test with */
     unsigned counter;      /* for unique emails, keys and references */
@@ -525,55 +522,31 @@ static int group_setup(void **state)
     g.keys = token_keyring_new("k1", jwt_secret, strlen(jwt_secret), "paygate", "paygate-api",
                                TOKEN_TTL_S_DEFAULT);
     assert_non_null(g.keys);
-    int broker_port = free_tcp_port();
-    g.http_port = free_tcp_port();
-    assert_true(broker_port > 0 && g.http_port > 0 && broker_port != g.http_port);
-    snprintf(g.endpoint, sizeof g.endpoint, "tcp://127.0.0.1:%d", broker_port);
-    snprintf(g.env_endpoint, sizeof g.env_endpoint, "PAYGATE_BROKER_ENDPOINT=%s", g.endpoint);
-    snprintf(g.env_dsn, sizeof g.env_dsn, "PAYGATE_PG_DSN=%s", g.dsn);
-    snprintf(g.env_secret, sizeof g.env_secret, "PAYGATE_JWT_SECRET=%s", jwt_secret);
-    snprintf(g.env_http_port, sizeof g.env_http_port, "PAYGATE_GATEWAY_PORT=%d", g.http_port);
-
-    const char *broker_env[] = {g.env_endpoint, NULL};
-    assert_true(proc_start(&g.broker, "user_gateway-broker", PAYGATE_BROKER_BIN, broker_env));
-    const char *user_env[] = {g.env_endpoint, g.env_dsn, g.env_secret, "PAYGATE_USER_THREADS=2",
-                              NULL};
-    assert_true(proc_start(&g.user, "user_gateway-user", PAYGATE_USER_BIN, user_env));
     char body_max[64];
     snprintf(body_max, sizeof body_max, "PAYGATE_GATEWAY_BODY_BYTES_MAX=%d", body_bytes_max);
-    /* Only the user service runs here: /readyz waits for it alone. */
-    const char *gateway_env[] = {g.env_endpoint,
-                                 g.env_secret,
-                                 g.env_http_port,
-                                 "PAYGATE_GATEWAY_BIND=127.0.0.1",
-                                 "PAYGATE_GATEWAY_REQUIRED_SERVICES=user",
-                                 body_max,
-                                 PROC_GATEWAY_RATE_LIMITS_OFF,
-                                 NULL};
-    assert_true(proc_start(&g.gateway, "user_gateway-gateway", PAYGATE_GATEWAY_BIN, gateway_env));
-    g.rpc = rpc_client_new(NULL, g.endpoint);
+    const char *gateway_env[] = {"PAYGATE_GATEWAY_BIND=127.0.0.1", body_max, NULL};
+    /* Only the user service runs here: /readyz waits for it alone. Ready
+     * when the gateway says so and both user instances are registered, so
+     * load really spreads over two. */
+    system_config_t config = {
+        .name = "user_gateway",
+        .processes = SYSTEM_ONLY(system_user) | SYSTEM_ONLY(system_gateway),
+        .jwt_secret = jwt_secret,
+        .rate_limits_off = true,
+        .threads = {[system_user] = 2},
+        .ready_timeout_ms = ready_timeout_ms,
+        .process_env = {[system_gateway] = gateway_env},
+    };
+    g.system = system_new(&config);
+    if (g.system == NULL)
+        return -1;
+    g.dsn = system_pg_dsn(g.system);
+    g.http_port = system_gateway_port(g.system);
+    g.broker = system_process(g.system, system_broker);
+    g.user = system_process(g.system, system_user);
+    g.gateway = system_process(g.system, system_gateway);
+    g.rpc = rpc_client_new(NULL, system_broker_endpoint(g.system));
     assert_non_null(g.rpc);
-
-    /* Ready when the gateway says so: broker up, user service registered. */
-    int64_t until = clock_now_ms() + ready_timeout_ms;
-    for (;;) {
-        expect_running(&g.broker);
-        expect_running(&g.user);
-        expect_running(&g.gateway);
-        http_response_t r;
-        bool answered = http_request(&r, g.http_port, "GET", "/readyz", NULL, NULL);
-        int status = r.status;
-        http_response_free(&r);
-        if (answered && status == 200)
-            break;
-        if (clock_now_ms() > until)
-            fail_msg("/readyz not 200 within %d ms (last: %d); see the logs in "
-                     "$PAYGATE_TEST_LOG_DIR",
-                     ready_timeout_ms, status);
-        sleep_ms(100);
-    }
-    /* Both user instances registered, so load really spreads over two. */
-    assert_true(discovery_wait(g.rpc, "user", 2, 10000) >= 0);
     return 0;
 }
 
@@ -582,9 +555,10 @@ static int group_teardown(void **state)
     (void)state;
     pg_ensure_running();
     rpc_client_destroy(&g.rpc);
-    proc_kill(&g.gateway);
-    proc_kill(&g.user);
-    proc_kill(&g.broker);
+    proc_kill(g.gateway);
+    proc_kill(g.user);
+    proc_kill(g.broker);
+    system_destroy(&g.system);
     token_keyring_destroy(&g.keys);
     return 0;
 }
@@ -730,7 +704,7 @@ static void test_malformed_http_refused(void **state)
     call(&r, "GET", "/healthz", NULL, NULL, NULL);
     expect_status(&r, 200);
     http_response_free(&r);
-    expect_running(&g.gateway);
+    expect_running(g.gateway);
 }
 
 /* ---- tests: accounts ----------------------------------------------------- */
@@ -1600,7 +1574,7 @@ static void test_postgres_restart(void **state)
     user_new(&u, "ugw-restart");
     assert_int_equal(topup_ok(&u, 700), 700);
     assert_true(pg_running());
-    pid_t user_pid = g.user.pid, gateway_pid = g.gateway.pid;
+    pid_t user_pid = g.user->pid, gateway_pid = g.gateway->pid;
 
     assert_true(pg_stop());
     http_response_t r;
@@ -1661,10 +1635,10 @@ static void test_postgres_restart(void **state)
     expect_status(&r, 201);
     wallet_touched(json_text(r.json, "id"));
     http_response_free(&r);
-    expect_running(&g.user);
-    expect_running(&g.gateway);
-    assert_int_equal(g.user.pid, user_pid);
-    assert_int_equal(g.gateway.pid, gateway_pid);
+    expect_running(g.user);
+    expect_running(g.gateway);
+    assert_int_equal(g.user->pid, user_pid);
+    assert_int_equal(g.gateway->pid, gateway_pid);
 }
 
 /* ---- tests: the end ------------------------------------------------------- */
@@ -1687,19 +1661,19 @@ static void test_every_wallet_matches_its_ledger(void **state)
 static void test_processes_survived_and_logs_clean(void **state)
 {
     (void)state;
-    expect_running(&g.broker);
-    expect_running(&g.user);
-    expect_running(&g.gateway);
+    expect_running(g.broker);
+    expect_running(g.user);
+    expect_running(g.gateway);
     /* the logs are the right ones: the user service logged our accounts */
     assert_true(g.wallet_count > 0);
-    assert_true(file_count(g.user.log_path, g.wallets[0]) > 0);
+    assert_true(file_count(g.user->log_path, g.wallets[0]) > 0);
 
-    bool gateway_clean = proc_stop(&g.gateway, 15000);
-    int gateway_status = g.gateway.exit_status;
-    bool user_clean = proc_stop(&g.user, 15000);
-    int user_status = g.user.exit_status;
+    bool gateway_clean = proc_stop(g.gateway, 15000);
+    int gateway_status = g.gateway->exit_status;
+    bool user_clean = proc_stop(g.user, 15000);
+    int user_status = g.user->exit_status;
 
-    const proc_t *procs[] = {&g.broker, &g.user, &g.gateway};
+    const proc_t *procs[] = {g.broker, g.user, g.gateway};
     const char *secrets[] = {password, wrong_password, jwt_secret, g.a_token};
     for (size_t p = 0; p < 3; p++) {
         for (size_t s = 0; s < 4; s++) {
@@ -1713,16 +1687,16 @@ static void test_processes_survived_and_logs_clean(void **state)
     }
     if (!gateway_clean)
         fail_msg("the gateway did not exit 0 on SIGTERM (wait status 0x%x); see %s",
-                 (unsigned)gateway_status, g.gateway.log_path);
+                 (unsigned)gateway_status, g.gateway->log_path);
     if (!user_clean)
         fail_msg("the user service did not exit 0 on SIGTERM (wait status 0x%x); see %s",
-                 (unsigned)user_status, g.user.log_path);
+                 (unsigned)user_status, g.user->log_path);
 }
 
 int main(void)
 {
-    g.dsn = getenv("PAYGATE_TEST_PG_DSN");
-    if (g.dsn == NULL || g.dsn[0] == '\0') {
+    const char *dsn = getenv("PAYGATE_TEST_PG_DSN");
+    if (dsn == NULL || dsn[0] == '\0') {
         fprintf(stderr, "test_user_gateway: FAIL: PAYGATE_TEST_PG_DSN is not set. This test "
                         "needs the test PostgreSQL: run it with ./dev test -R user_gateway.\n");
         return 1;
