@@ -68,6 +68,7 @@
 #include "clock/clock.h"
 #include "http_client.h"
 #include "proc.h"
+#include "system.h"
 
 static const char jwt_secret[] = "payment-crash-secret-0123456789abcdefghijklmnop";
 _Static_assert(sizeof jwt_secret - 1 == 47, "the test secret is 47 characters");
@@ -159,10 +160,9 @@ typedef struct {
 /* A service the fault thread kills and restarts. */
 typedef struct {
     const char *service; /* broker name: "payment", "user", "order" */
-    const char *bin;
-    const char *env[12];
-    int threads; /* instances it registers */
-    proc_t proc;
+    system_process_t which;
+    int threads;  /* instances it registers */
+    proc_t *proc; /* the system's */
     int incarnation;
 } victim_t;
 
@@ -179,23 +179,10 @@ typedef struct {
 } fixture_config_t;
 
 static struct {
-    const char *dsn;
+    system_t *system;
+    const char *dsn; /* the system's scratch database */
     int http_port;
-    char endpoint[64];
-    char env_endpoint[96];
-    char env_dsn[1200];
-    char env_secret[128];
-    char env_http_port[64];
-    char env_threads[3][64];
-    char env_lease[64];
-    char env_recovery[64];
-    char env_call_deadline[64];
-    char env_user_in_flight[64];
-    char env_grace[64];
-    char env_gw_threads[64];
-    char env_gw_deadline[64];
     const fixture_config_t *config;
-    proc_t broker, gateway;
     victim_t victims[3];
     PGconn *db;
     atomic_uint counter;
@@ -453,12 +440,13 @@ static void *client_main(void *arg)
 
 /* ---- faults ------------------------------------------------------------------ */
 
-/* Starts the next incarnation of 'v' (its log: <prefix>-<service>-<n>.log). */
+/* Starts the next incarnation of 'v' (its log: <prefix>-<service>-<n>.log;
+ * the first one's is <prefix>-<service>.log). */
 static bool victim_start(victim_t *v)
 {
-    char name[64];
-    snprintf(name, sizeof name, "%s-%s-%d", g.config->prefix, v->service, v->incarnation++);
-    return proc_start(&v->proc, name, v->bin, v->env);
+    char suffix[16];
+    snprintf(suffix, sizeof suffix, "-%d", ++v->incarnation);
+    return system_start_process(g.system, v->which, suffix);
 }
 
 /* Notes a problem of the fault thread for the main thread to report. */
@@ -466,7 +454,7 @@ static void fault_problem(const char *what, const victim_t *v)
 {
     g.fault_problems++;
     snprintf(g.fault_problem, sizeof g.fault_problem, "%s %s (see %s)", what, v->service,
-             v->proc.log_path);
+             v->proc->log_path);
 }
 
 /* The fault schedule: 'fault_rounds' rounds, each killing payment, user
@@ -477,7 +465,7 @@ static void *fault_main(void *arg)
 {
     (void)arg;
     uint64_t rng = (uint64_t)seed * 7919u + 17u;
-    rpc_client_t *rpc = rpc_client_new(NULL, g.endpoint);
+    rpc_client_t *rpc = rpc_client_new(NULL, system_broker_endpoint(g.system));
     for (int round = 0; rpc != NULL && round < fault_rounds; round++) {
         int order[3] = {0, 1, 2};
         for (int i = 2; i > 0; i--) {
@@ -489,11 +477,11 @@ static void *fault_main(void *arg)
         for (int k = 0; k < 3; k++) {
             victim_t *v = &g.victims[order[k]];
             sleep_ms(rng_between(&rng, fault_gap_ms_min, fault_gap_ms_max));
-            if (v->proc.pid <= 0 || waitpid(v->proc.pid, &v->proc.exit_status, WNOHANG) != 0) {
-                v->proc.pid = 0;
+            if (v->proc->pid <= 0 || waitpid(v->proc->pid, &v->proc->exit_status, WNOHANG) != 0) {
+                v->proc->pid = 0;
                 fault_problem("died by itself:", v);
             }
-            proc_kill(&v->proc);
+            proc_kill(v->proc);
             g.faults++;
             sleep_ms(rng_between(&rng, downtime_ms_min, downtime_ms_max));
             if (!victim_start(v)) {
@@ -772,116 +760,61 @@ static bool running(proc_t *p)
     return p->pid > 0;
 }
 
-/* Adds "KEY=VALUE" 'entry' to 'env' unless it is "" (the default). */
-static void env_add(const char **env, size_t *n, const char *entry)
-{
-    if (entry[0] != '\0')
-        env[(*n)++] = entry;
-}
-
 /* Starts broker, payment, user, order and gateway as 'config' says, waits
  * until /readyz answers 200 and every instance is registered, and connects
  * to the database. */
 static void fixture_start(const fixture_config_t *config)
 {
     g.config = config;
-    int broker_port = free_tcp_port();
-    g.http_port = free_tcp_port();
-    assert_true(broker_port > 0 && g.http_port > 0 && broker_port != g.http_port);
-    snprintf(g.endpoint, sizeof g.endpoint, "tcp://127.0.0.1:%d", broker_port);
-    snprintf(g.env_endpoint, sizeof g.env_endpoint, "PAYGATE_BROKER_ENDPOINT=%s", g.endpoint);
-    snprintf(g.env_dsn, sizeof g.env_dsn, "PAYGATE_PG_DSN=%s", g.dsn);
-    snprintf(g.env_secret, sizeof g.env_secret, "PAYGATE_JWT_SECRET=%s", jwt_secret);
-    snprintf(g.env_http_port, sizeof g.env_http_port, "PAYGATE_GATEWAY_PORT=%d", g.http_port);
-    snprintf(g.env_lease, sizeof g.env_lease, "PAYGATE_PAYMENT_LEASE_MS=%d", config->lease_ms);
-    snprintf(g.env_recovery, sizeof g.env_recovery, "PAYGATE_PAYMENT_RECOVERY_INTERVAL_MS=%d",
+    char lease[64], recovery[64], call_deadline[64], in_flight[64], grace[64], gw_deadline[64];
+    snprintf(lease, sizeof lease, "PAYGATE_PAYMENT_LEASE_MS=%d", config->lease_ms);
+    snprintf(recovery, sizeof recovery, "PAYGATE_PAYMENT_RECOVERY_INTERVAL_MS=%d",
              config->recovery_interval_ms);
-    g.env_call_deadline[0] = g.env_user_in_flight[0] = g.env_grace[0] = '\0';
-    if (config->call_deadline_ms > 0)
-        snprintf(g.env_call_deadline, sizeof g.env_call_deadline,
-                 "PAYGATE_PAYMENT_CALL_DEADLINE_MS=%d", config->call_deadline_ms);
-    if (config->user_max_in_flight > 0)
-        snprintf(g.env_user_in_flight, sizeof g.env_user_in_flight, "PAYGATE_USER_MAX_IN_FLIGHT=%d",
-                 config->user_max_in_flight);
-    if (config->broker_grace_ms > 0)
-        snprintf(g.env_grace, sizeof g.env_grace, "PAYGATE_BROKER_UNAVAILABLE_GRACE_MS=%d",
-                 config->broker_grace_ms);
-    snprintf(g.env_gw_threads, sizeof g.env_gw_threads, "PAYGATE_GATEWAY_THREADS=%d",
-             gateway_threads);
-    snprintf(g.env_gw_deadline, sizeof g.env_gw_deadline, "PAYGATE_GATEWAY_DEADLINE_MS=%d",
+    snprintf(call_deadline, sizeof call_deadline, "PAYGATE_PAYMENT_CALL_DEADLINE_MS=%d",
+             config->call_deadline_ms);
+    snprintf(in_flight, sizeof in_flight, "PAYGATE_USER_MAX_IN_FLIGHT=%d",
+             config->user_max_in_flight);
+    snprintf(grace, sizeof grace, "PAYGATE_BROKER_UNAVAILABLE_GRACE_MS=%d",
+             config->broker_grace_ms);
+    snprintf(gw_deadline, sizeof gw_deadline, "PAYGATE_GATEWAY_DEADLINE_MS=%d",
              gateway_deadline_ms);
-    const char *names[3] = {"PAYMENT", "USER", "ORDER"};
-    const int threads[3] = {config->service_threads, config->user_threads, config->service_threads};
-    for (int i = 0; i < 3; i++)
-        snprintf(g.env_threads[i], sizeof g.env_threads[i], "PAYGATE_%s_THREADS=%d", names[i],
-                 threads[i]);
+    /* 0 means the binary's default: the entry is left out. */
+    const char *payment_env[] = {lease, recovery,
+                                 config->call_deadline_ms > 0 ? call_deadline : NULL, NULL};
+    const char *user_env[] = {config->user_max_in_flight > 0 ? in_flight : NULL, NULL};
+    const char *broker_env[] = {config->broker_grace_ms > 0 ? grace : NULL, NULL};
+    const char *gateway_env[] = {gw_deadline, NULL};
+    system_config_t system_config = {
+        .name = config->prefix,
+        .processes = SYSTEM_ONLY(system_payment) | SYSTEM_ONLY(system_user) |
+                     SYSTEM_ONLY(system_order) | SYSTEM_ONLY(system_gateway),
+        .jwt_secret = jwt_secret,
+        .rate_limits_off = true,
+        .threads = {[system_payment] = config->service_threads,
+                    [system_user] = config->user_threads,
+                    [system_order] = config->service_threads,
+                    [system_gateway] = gateway_threads},
+        .ready_timeout_ms = ready_timeout_ms,
+        .process_env = {[system_broker] = broker_env,
+                        [system_payment] = payment_env,
+                        [system_user] = user_env,
+                        [system_gateway] = gateway_env},
+    };
+    g.system = system_new(&system_config);
+    if (g.system == NULL)
+        fail_msg("the system did not start; see %s-*.log", config->prefix);
+    g.http_port = system_gateway_port(g.system);
+    g.dsn = system_pg_dsn(g.system);
     const char *services[3] = {"payment", "user", "order"};
-    const char *bins[3] = {PAYGATE_PAYMENT_BIN, PAYGATE_USER_BIN, PAYGATE_ORDER_BIN};
+    const system_process_t which[3] = {system_payment, system_user, system_order};
     for (int i = 0; i < 3; i++) {
         victim_t *v = &g.victims[i];
         memset(v, 0, sizeof *v);
         v->service = services[i];
-        v->bin = bins[i];
-        v->threads = threads[i];
-        size_t n = 0;
-        env_add(v->env, &n, g.env_endpoint);
-        env_add(v->env, &n, g.env_dsn);
-        env_add(v->env, &n, g.env_threads[i]);
-        if (i == 0) {
-            env_add(v->env, &n, g.env_lease);
-            env_add(v->env, &n, g.env_recovery);
-            env_add(v->env, &n, g.env_call_deadline);
-        } else if (i == 1) {
-            env_add(v->env, &n, g.env_secret);
-            env_add(v->env, &n, g.env_user_in_flight);
-        }
-        v->env[n] = NULL;
+        v->which = which[i];
+        v->threads = system_config.threads[which[i]];
+        v->proc = system_process(g.system, which[i]);
     }
-
-    char name[64];
-    const char *broker_env[] = {g.env_endpoint, g.env_grace[0] ? g.env_grace : NULL, NULL};
-    snprintf(name, sizeof name, "%s-broker", config->prefix);
-    assert_true(proc_start(&g.broker, name, PAYGATE_BROKER_BIN, broker_env));
-    for (int i = 0; i < 3; i++)
-        assert_true(victim_start(&g.victims[i]));
-    const char *gateway_env[] = {g.env_endpoint,
-                                 g.env_secret,
-                                 g.env_http_port,
-                                 g.env_gw_threads,
-                                 g.env_gw_deadline,
-                                 PROC_GATEWAY_RATE_LIMITS_OFF,
-                                 NULL};
-    snprintf(name, sizeof name, "%s-gateway", config->prefix);
-    assert_true(proc_start(&g.gateway, name, PAYGATE_GATEWAY_BIN, gateway_env));
-
-    int64_t until = clock_now_ms() + ready_timeout_ms;
-    for (;;) {
-        proc_t *all[] = {&g.broker, &g.gateway, &g.victims[0].proc, &g.victims[1].proc,
-                         &g.victims[2].proc};
-        for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) {
-            if (!running(all[i]))
-                fail_msg("%s exited (status 0x%x); see %s", all[i]->name, all[i]->exit_status,
-                         all[i]->log_path);
-        }
-        http_response_t r;
-        bool answered = http_request(&r, g.http_port, "GET", "/readyz", NULL, NULL);
-        int status = r.status;
-        http_response_free(&r);
-        if (answered && status == 200)
-            break;
-        if (clock_now_ms() > until)
-            fail_msg("/readyz not 200 within %d ms (last: %d); see %s-*.log", ready_timeout_ms,
-                     status, config->prefix);
-        sleep_ms(100);
-    }
-    rpc_client_t *rpc = rpc_client_new(NULL, g.endpoint);
-    assert_non_null(rpc);
-    for (int i = 0; i < 3; i++) {
-        if (discovery_wait(rpc, g.victims[i].service, g.victims[i].threads, 20000) < 0)
-            fail_msg("%s did not register %d instances", g.victims[i].service,
-                     g.victims[i].threads);
-    }
-    rpc_client_destroy(&rpc);
     g.db = PQconnectdb(g.dsn);
     if (PQstatus(g.db) != CONNECTION_OK)
         fail_msg("cannot connect to the test database: %s", PQerrorMessage(g.db));
@@ -893,19 +826,9 @@ static int fixture_stop(void)
 {
     PQfinish(g.db);
     g.db = NULL;
-    proc_t *all[] = {&g.gateway, &g.victims[0].proc, &g.victims[1].proc, &g.victims[2].proc,
-                     &g.broker};
-    int unclean = 0;
-    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) {
-        if (!proc_stop(all[i], 15000)) {
-            fprintf(stderr,
-                    "test_payment_crash: %s did not stop cleanly on SIGTERM (status 0x%x); "
-                    "see %s\n",
-                    all[i]->name, all[i]->exit_status, all[i]->log_path);
-            unclean++;
-        }
-    }
-    return unclean == 0 ? 0 : -1;
+    bool clean = system_stop(g.system);
+    system_destroy(&g.system);
+    return clean ? 0 : -1;
 }
 
 /* The crash run: short lease and recovery interval (sagas a crash left
@@ -1009,9 +932,9 @@ static void test_crashes_leave_money_consistent(void **state)
     if (g.fault_problems > 0)
         violation("fault thread: %d problems, last: %s", g.fault_problems, g.fault_problem);
     for (int i = 0; i < 3; i++) {
-        if (!running(&g.victims[i].proc))
+        if (!running(g.victims[i].proc))
             violation("%s is not running after the run; see %s", g.victims[i].service,
-                      g.victims[i].proc.log_path);
+                      g.victims[i].proc->log_path);
     }
 
     /* Let the recovery loop finish what the crashes left behind. */
@@ -1162,9 +1085,9 @@ static void test_stale_driver_never_completes_a_failed_payment(void **state)
 
     /* The user service goes away. */
     victim_t *user = &g.victims[1];
-    rpc_client_t *rpc = rpc_client_new(NULL, g.endpoint);
+    rpc_client_t *rpc = rpc_client_new(NULL, system_broker_endpoint(g.system));
     assert_non_null(rpc);
-    proc_kill(&user->proc);
+    proc_kill(user->proc);
     assert_true(discovery_wait(rpc, "user", 0, 10000) >= 0);
 
     /* The payment: its debit waits at the broker. */
@@ -1281,8 +1204,8 @@ static void test_stale_driver_never_completes_a_failed_payment(void **state)
 
 int main(void)
 {
-    g.dsn = getenv("PAYGATE_TEST_PG_DSN");
-    if (g.dsn == NULL || *g.dsn == '\0') {
+    const char *dsn = getenv("PAYGATE_TEST_PG_DSN");
+    if (dsn == NULL || *dsn == '\0') {
         fprintf(stderr, "test_payment_crash: FAIL: PAYGATE_TEST_PG_DSN is not set. This test "
                         "needs the test PostgreSQL: run it with ./dev test (e.g. ./dev test -R "
                         "payment).\n");
