@@ -91,19 +91,7 @@ static int group_teardown(void **state)
 static int api(http_response_t *r, const user_t *u, const char *method, const char *path,
                const char *key, const char *body)
 {
-    char key_header[128];
-    const char *headers[4];
-    size_t n = 0;
-    if (u != NULL)
-        headers[n++] = u->auth;
-    if (body != NULL)
-        headers[n++] = "Content-Type: application/json";
-    if (key != NULL) {
-        snprintf(key_header, sizeof key_header, "Idempotency-Key: %s", key);
-        headers[n++] = key_header;
-    }
-    headers[n] = NULL;
-    if (!http_request(r, sys.http_port, method, path, headers, body))
+    if (!http_api_request(r, sys.http_port, method, path, u ? u->token : NULL, key, body, NULL))
         fail_msg("%s %s: %s", method, path, r->error);
     return r->status;
 }

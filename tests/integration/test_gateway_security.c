@@ -169,24 +169,9 @@ static int call_from(http_response_t *r, int port, const char *source, const cha
                      const char *path, const user_t *u, const char *key, const char *body,
                      const char *extra)
 {
-    char auth[token_bytes_max + 32], idem[400];
-    const char *headers[6];
-    size_t n = 0;
-    if (u != NULL) {
-        snprintf(auth, sizeof auth, "Authorization: Bearer %s", u->token);
-        headers[n++] = auth;
-    }
-    if (key != NULL) {
-        snprintf(idem, sizeof idem, "Idempotency-Key: %s", key);
-        headers[n++] = idem;
-    }
-    if (body != NULL)
-        headers[n++] = "Content-Type: application/json";
-    if (extra != NULL)
-        headers[n++] = extra;
-    headers[n] = NULL;
+    const char *extras[] = {extra, NULL};
     assert_true(http_client_set_source(source));
-    bool ok = http_request(r, port, method, path, headers, body);
+    bool ok = http_api_request(r, port, method, path, u ? u->token : NULL, key, body, extras);
     http_client_set_source(NULL);
     if (!ok)
         fail_msg("%s %s (port %d, from %s): %s", method, path, port, source ? source : "any",

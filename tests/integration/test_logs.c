@@ -106,25 +106,11 @@ static int group_teardown(void **state)
 static int call(http_response_t *r, const char *method, const char *path, const char *request_id,
                 bool auth, const char *key, const char *body)
 {
-    char rid_header[128], auth_header[1100], key_header[128];
-    const char *headers[5];
-    size_t n = 0;
-    if (request_id != NULL) {
-        snprintf(rid_header, sizeof rid_header, "X-Request-Id: %s", request_id);
-        headers[n++] = rid_header;
-    }
-    if (auth) {
-        snprintf(auth_header, sizeof auth_header, "Authorization: Bearer %s", sys.token);
-        headers[n++] = auth_header;
-    }
-    if (key != NULL) {
-        snprintf(key_header, sizeof key_header, "Idempotency-Key: %s", key);
-        headers[n++] = key_header;
-    }
-    if (body != NULL)
-        headers[n++] = "Content-Type: application/json";
-    headers[n] = NULL;
-    if (!http_request(r, sys.http_port, method, path, headers, body))
+    char rid_header[128];
+    snprintf(rid_header, sizeof rid_header, "X-Request-Id: %s", request_id ? request_id : "");
+    const char *extra[] = {request_id ? rid_header : NULL, NULL};
+    if (!http_api_request(r, sys.http_port, method, path, auth ? sys.token : NULL, key, body,
+                          extra))
         fail_msg("%s %s: %s", method, path, r->error);
     const char *echoed = http_header(r, "X-Request-Id");
     if (request_id != NULL && (echoed == NULL || strcmp(echoed, request_id) != 0))

@@ -186,22 +186,10 @@ static double family_sum(const scrape_t *s, int which, const char *name, const c
 
 /* ---- the API -------------------------------------------------------------- */
 
-static int api(http_response_t *r, const char *auth, const char *method, const char *path,
+static int api(http_response_t *r, const char *token, const char *method, const char *path,
                const char *key, const char *body)
 {
-    char key_header[128];
-    const char *headers[4];
-    size_t n = 0;
-    if (auth != NULL)
-        headers[n++] = auth;
-    if (body != NULL)
-        headers[n++] = "Content-Type: application/json";
-    if (key != NULL) {
-        snprintf(key_header, sizeof key_header, "Idempotency-Key: %s", key);
-        headers[n++] = key_header;
-    }
-    headers[n] = NULL;
-    if (!http_request(r, sys.http_port, method, path, headers, body))
+    if (!http_api_request(r, sys.http_port, method, path, token, key, body, NULL))
         fail_msg("%s %s: %s", method, path, r->error);
     return r->status;
 }
@@ -217,7 +205,7 @@ static void string_field(const http_response_t *r, const char *name, char *out, 
 /* The traffic whose effect the test checks: 8 requests to the gateway. */
 static void drive_traffic(void)
 {
-    char body[256], auth[1200], token[1100], order_paid[id_bytes], order_unpaid[id_bytes];
+    char body[256], token[1100], order_paid[id_bytes], order_unpaid[id_bytes];
     http_response_t r;
     snprintf(body, sizeof body,
              "{\"email\":\"m-%d@metrics.example\",\"password\":\"%s\",\"name\":\"Meera\"}",
@@ -229,29 +217,28 @@ static void drive_traffic(void)
     assert_int_equal(api(&r, NULL, "POST", "/v1/auth/login", NULL, body), 200);
     string_field(&r, "access_token", token, sizeof token);
     http_response_free(&r);
-    snprintf(auth, sizeof auth, "Authorization: Bearer %s", token);
 
-    assert_int_equal(api(&r, auth, "POST", "/v1/wallet/topups", "top-1", "{\"amount\":100000}"),
+    assert_int_equal(api(&r, token, "POST", "/v1/wallet/topups", "top-1", "{\"amount\":100000}"),
                      201);
     http_response_free(&r);
-    assert_int_equal(api(&r, auth, "POST", "/v1/orders", NULL, "{\"amount\":60000}"), 201);
+    assert_int_equal(api(&r, token, "POST", "/v1/orders", NULL, "{\"amount\":60000}"), 201);
     string_field(&r, "id", order_paid, sizeof order_paid);
     http_response_free(&r);
-    assert_int_equal(api(&r, auth, "POST", "/v1/orders", NULL, "{\"amount\":500000}"), 201);
+    assert_int_equal(api(&r, token, "POST", "/v1/orders", NULL, "{\"amount\":500000}"), 201);
     string_field(&r, "id", order_unpaid, sizeof order_unpaid);
     http_response_free(&r);
 
     snprintf(body, sizeof body, "{\"order_id\":\"%s\"}", order_paid);
-    assert_int_equal(api(&r, auth, "POST", "/v1/payments", "pay-1", body), 201);
+    assert_int_equal(api(&r, token, "POST", "/v1/payments", "pay-1", body), 201);
     http_response_free(&r);
     snprintf(body, sizeof body, "{\"order_id\":\"%s\"}", order_unpaid);
-    assert_int_equal(api(&r, auth, "POST", "/v1/payments", "pay-2", body), 402);
+    assert_int_equal(api(&r, token, "POST", "/v1/payments", "pay-2", body), 402);
     const char *code = json_string_value(json_object_get(json_object_get(r.json, "error"), "code"));
     assert_non_null(code);
     assert_string_equal(code, "insufficient_funds");
     http_response_free(&r);
 
-    assert_int_equal(api(&r, auth, "GET", "/v1/no-such-thing", NULL, NULL), 404);
+    assert_int_equal(api(&r, token, "GET", "/v1/no-such-thing", NULL, NULL), 404);
     http_response_free(&r);
 }
 

@@ -245,21 +245,7 @@ static void violation(const char *fmt, ...)
 static bool api_try(http_response_t *r, const char *token, const char *method, const char *path,
                     const char *key, const char *body)
 {
-    char auth[token_bytes_max + 32], idem[300];
-    const char *headers[4];
-    size_t n = 0;
-    if (token != NULL) {
-        snprintf(auth, sizeof auth, "Authorization: Bearer %s", token);
-        headers[n++] = auth;
-    }
-    if (key != NULL) {
-        snprintf(idem, sizeof idem, "Idempotency-Key: %s", key);
-        headers[n++] = idem;
-    }
-    if (body != NULL)
-        headers[n++] = "Content-Type: application/json";
-    headers[n] = NULL;
-    return http_request(r, g.http_port, method, path, headers, body);
+    return http_api_request(r, g.http_port, method, path, token, key, body, NULL);
 }
 
 /* The error code of 'r' ("" when it is no error). */

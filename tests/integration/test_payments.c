@@ -95,25 +95,10 @@ static void unique(char *out, size_t size, const char *what)
 static bool api_try(http_response_t *r, const user_t *u, const char *method, const char *path,
                     const char *key, const char *request_id, const char *body)
 {
-    char auth[token_bytes_max + 32], idem[300], rid[100];
-    const char *headers[5];
-    size_t n = 0;
-    if (u != NULL) {
-        snprintf(auth, sizeof auth, "Authorization: Bearer %s", u->token);
-        headers[n++] = auth;
-    }
-    if (key != NULL) {
-        snprintf(idem, sizeof idem, "Idempotency-Key: %s", key);
-        headers[n++] = idem;
-    }
-    if (request_id != NULL) {
-        snprintf(rid, sizeof rid, "X-Request-Id: %s", request_id);
-        headers[n++] = rid;
-    }
-    if (body != NULL)
-        headers[n++] = "Content-Type: application/json";
-    headers[n] = NULL;
-    return http_request(r, g.http_port, method, path, headers, body);
+    char rid[100];
+    snprintf(rid, sizeof rid, "X-Request-Id: %s", request_id ? request_id : "");
+    const char *extra[] = {request_id ? rid : NULL, NULL};
+    return http_api_request(r, g.http_port, method, path, u ? u->token : NULL, key, body, extra);
 }
 
 /* api_try that fails the test when no complete response came. Returns

@@ -99,19 +99,7 @@ static struct {
 static void call(http_response_t *r, const char *method, const char *path, const char *token,
                  const char *body, const char *const extra[])
 {
-    const char *headers[24];
-    size_t n = 0;
-    static _Thread_local char auth[TOKEN_BYTES_MAX + 32];
-    if (body != NULL)
-        headers[n++] = "Content-Type: application/json";
-    if (token != NULL) {
-        snprintf(auth, sizeof auth, "Authorization: Bearer %s", token);
-        headers[n++] = auth;
-    }
-    for (size_t i = 0; extra != NULL && extra[i] != NULL && n < 23; i++)
-        headers[n++] = extra[i];
-    headers[n] = NULL;
-    if (!http_request(r, g.http_port, method, path, headers, body))
+    if (!http_api_request(r, g.http_port, method, path, token, NULL, body, extra))
         fail_msg("%s %s: %s", method, path, r->error);
 }
 

@@ -360,3 +360,40 @@ void http_response_free(http_response_t *response)
     json_decref(response->json);
     response->json = NULL;
 }
+
+bool http_api_request(http_response_t *out, int port, const char *method, const char *path,
+                      const char *token, const char *key, const char *body,
+                      const char *const extra[])
+{
+    char auth[http_token_bytes_max + 32], idem[http_idempotency_key_bytes_max + 32];
+    const char *headers[http_extra_headers_max + 4];
+    size_t n = 0;
+    bool fits = true;
+    if (token != NULL) {
+        fits &= strlen(token) <= http_token_bytes_max;
+        snprintf(auth, sizeof auth, "Authorization: Bearer %s", token);
+        headers[n++] = auth;
+    }
+    if (key != NULL) {
+        fits &= strlen(key) <= http_idempotency_key_bytes_max;
+        snprintf(idem, sizeof idem, "Idempotency-Key: %s", key);
+        headers[n++] = idem;
+    }
+    if (body != NULL)
+        headers[n++] = "Content-Type: application/json";
+    for (size_t i = 0; extra != NULL && extra[i] != NULL; i++) {
+        if (i >= http_extra_headers_max) {
+            fits = false;
+            break;
+        }
+        headers[n++] = extra[i];
+    }
+    headers[n] = NULL;
+    if (!fits) {
+        memset(out, 0, sizeof *out);
+        snprintf(out->error, sizeof out->error,
+                 "http_api_request: a token, key or header list over its limit");
+        return false;
+    }
+    return http_request(out, port, method, path, headers, body);
+}

@@ -26,6 +26,9 @@ enum {
     http_headers_max = 64,
     http_header_name_bytes_max = 127,
     http_header_value_bytes_max = 2047,
+    http_token_bytes_max = 8192, /* http_api_request's bearer token (tests send oversized ones) */
+    http_idempotency_key_bytes_max = 1024, /* http_api_request's Idempotency-Key (likewise) */
+    http_extra_headers_max = 16,           /* http_api_request's 'extra' */
 };
 
 typedef struct {
@@ -52,6 +55,17 @@ typedef struct {
  * within http_timeout_ms. */
 bool http_request(http_response_t *out, int port, const char *method, const char *path,
                   const char *const headers[], const char *body);
+
+/* http_request in the gateway API's conventions: 'token' (or NULL) goes as
+ * "Authorization: Bearer <token>" (at most http_token_bytes_max bytes),
+ * 'key' (or NULL) as the Idempotency-Key (at most
+ * http_idempotency_key_bytes_max), 'body' (or NULL) as application/json,
+ * then 'extra' whole headers ("Name: value", NULL-ended; may be NULL; at
+ * most http_extra_headers_max). Returns like http_request; a token, key or
+ * header list over its limit is not sent: false, with 'out->error' set. */
+bool http_api_request(http_response_t *out, int port, const char *method, const char *path,
+                      const char *token, const char *key, const char *body,
+                      const char *const extra[]);
 
 /* Sends 'len' raw bytes 'bytes' to 127.0.0.1:'port' as they are, then reads
  * a response like http_request. A server that closes the connection while
