@@ -57,7 +57,7 @@ static void usage(void)
           "The HTTP gateway. Configured by environment:\n"
           "  PAYGATE_GATEWAY_BIND               IPv4 address to listen on (127.0.0.1)\n"
           "  PAYGATE_GATEWAY_PORT               port (8080)\n"
-          "  PAYGATE_GATEWAY_THREADS            HTTP worker threads (4)\n"
+          "  PAYGATE_GATEWAY_THREADS            HTTP worker threads (16)\n"
           "  PAYGATE_GATEWAY_BODY_BYTES_MAX     largest request body (65536)\n"
           "  PAYGATE_GATEWAY_HEADER_BYTES_MAX   memory for a request's head (32768)\n"
           "  PAYGATE_GATEWAY_CONNECTIONS_MAX    open connections (1024)\n"
@@ -102,7 +102,7 @@ int main(int argc, char **argv)
     int64_t port, threads, body_max, header_max, connections, timeout_s, deadline_ms;
     bool ok = config_str("PAYGATE_GATEWAY_BIND", "127.0.0.1", 64, &config.bind_address);
     ok &= config_int("PAYGATE_GATEWAY_PORT", 8080, 1, 65535, &port);
-    ok &= config_int("PAYGATE_GATEWAY_THREADS", 4, 1, 256, &threads);
+    ok &= config_int("PAYGATE_GATEWAY_THREADS", 16, 1, 256, &threads);
     ok &= config_int("PAYGATE_GATEWAY_BODY_BYTES_MAX", 65536, 256, 16 * 1024 * 1024, &body_max);
     ok &= config_int("PAYGATE_GATEWAY_HEADER_BYTES_MAX", 32768, 4096, 1024 * 1024, &header_max);
     ok &= config_int("PAYGATE_GATEWAY_CONNECTIONS_MAX", 1024, 1, 100000, &connections);

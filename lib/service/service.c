@@ -9,7 +9,8 @@
 #include "config/config.h"
 #include "log/log.h"
 
-bool service_config_read(const char *name, bool needs_pg, service_config_t *out)
+bool service_config_read(const char *name, bool needs_pg, unsigned default_threads,
+                         service_config_t *out)
 {
     char upper[32], threads_name[64], in_flight_name[64];
     size_t n = 0;
@@ -23,7 +24,7 @@ bool service_config_read(const char *name, bool needs_pg, service_config_t *out)
         config_str("PAYGATE_BROKER_ENDPOINT", "tcp://127.0.0.1:55555", 255, &out->broker_endpoint);
     ok &= config_str("PAYGATE_PG_DSN", NULL, 1024, &out->pg_dsn);
     ok &= config_str("PAYGATE_INSTANCE_ID", NULL, 100, &out->instance);
-    ok &= config_int(threads_name, 2, 1, 64, &threads);
+    ok &= config_int(threads_name, (int64_t)default_threads, 1, 64, &threads);
     ok &= config_int(in_flight_name, 4, 1, 1024, &max_in_flight);
     if (!ok)
         return false;

@@ -19,14 +19,16 @@ typedef struct {
     const char *broker_endpoint; /* PAYGATE_BROKER_ENDPOINT */
     const char *pg_dsn;          /* PAYGATE_PG_DSN (required when asked for) */
     const char *instance;        /* PAYGATE_INSTANCE_ID, NULL: derived */
-    unsigned threads;            /* PAYGATE_<NAME>_THREADS, 1..64, default 2 */
+    unsigned threads;            /* PAYGATE_<NAME>_THREADS, 1..64 (default: the caller's) */
     uint32_t max_in_flight;      /* PAYGATE_<NAME>_MAX_IN_FLIGHT, 1..1024, default 4 */
 } service_config_t;
 
 /* Reads the common settings of service 'name' ("order" reads
- * PAYGATE_ORDER_THREADS, ...). With 'needs_pg', PAYGATE_PG_DSN must be
- * set. Returns false after logging which setting is wrong. */
-bool service_config_read(const char *name, bool needs_pg, service_config_t *out);
+ * PAYGATE_ORDER_THREADS, ...), 'default_threads' when that is unset.
+ * With 'needs_pg', PAYGATE_PG_DSN must be set. Returns false after logging which setting is wrong.
+ */
+bool service_config_read(const char *name, bool needs_pg, unsigned default_threads,
+                         service_config_t *out);
 
 /* Brings 'schema' up to date with 'migrations' on a connection of its own
  * (pg_migrate), so that no instance serves before the tables are right.

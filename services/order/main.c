@@ -21,6 +21,9 @@
 extern const pg_migration_t order_migrations[];
 extern const size_t order_migrations_count;
 
+/* Worker instances (threads, one database connection each) by default:
+ * the payment service's threads call Get and MarkPaid. */
+enum { order_threads_default = 4 };
 static const rpc_method_t order_methods[] = {
     {"Create", &paygate__v1__create_order_request__descriptor, &paygate__v1__order__descriptor,
      order_create},
@@ -74,7 +77,7 @@ static void usage(void)
           "  PAYGATE_BROKER_PUBLIC_KEY   the broker's public key (40 Z85 characters)\n"
           "  PAYGATE_INSECURE_PLAINTEXT  1: no CURVE, no certificate (tests only)\n"
           "  PAYGATE_PG_DSN              PostgreSQL connection string (required)\n"
-          "  PAYGATE_ORDER_THREADS       worker instances in this process (2)\n"
+          "  PAYGATE_ORDER_THREADS       worker instances in this process (4)\n"
           "  PAYGATE_ORDER_MAX_IN_FLIGHT requests an instance may hold (4)\n"
           "  PAYGATE_INSTANCE_ID         instance id prefix (order-<host>-<pid>)\n"
           "  PAYGATE_METRICS_PORT         Prometheus /metrics port; 0/unset: none\n"
@@ -94,7 +97,7 @@ int main(int argc, char **argv)
     if (!log_init("order") || sodium_init() < 0)
         return 2;
     service_config_t config;
-    if (!service_config_read("order", true, &config))
+    if (!service_config_read("order", true, order_threads_default, &config))
         return 2;
     if (!service_migrate(config.pg_dsn, "orders", order_migrations, order_migrations_count))
         return 1;

@@ -25,6 +25,11 @@
 #include "payment_migrations.h"
 #include "payment_service.h"
 
+/* Worker instances (threads, one database connection each) by default:
+ * a thread drives one saga at a time and waits on its
+ * calls to user and order, so threads are how many payments one process
+ * has in flight (./dev bench payments: 2 -> 8 threads, 322 -> 429/s). */
+enum { payment_threads_default = 8 };
 static const rpc_method_t payment_methods[] = {
     {"Create", &paygate__v1__create_payment_request__descriptor, &paygate__v1__payment__descriptor,
      payment_create},
@@ -109,7 +114,7 @@ static void usage(void)
           "  PAYGATE_BROKER_PUBLIC_KEY             the broker's public key (40 Z85 characters)\n"
           "  PAYGATE_INSECURE_PLAINTEXT            1: no CURVE, no certificate (tests only)\n"
           "  PAYGATE_PG_DSN                        PostgreSQL connection string (required)\n"
-          "  PAYGATE_PAYMENT_THREADS               worker instances in this process (2)\n"
+          "  PAYGATE_PAYMENT_THREADS               worker instances in this process (8)\n"
           "  PAYGATE_PAYMENT_MAX_IN_FLIGHT         requests an instance may hold (4)\n"
           "  PAYGATE_PAYMENT_LEASE_MS              a saga driver's lease (10000)\n"
           "  PAYGATE_PAYMENT_CALL_DEADLINE_MS      deadline of each call to user/order (2000)\n"
@@ -135,7 +140,7 @@ int main(int argc, char **argv)
     payment_app_t app;
     memset(&app, 0, sizeof app);
     service_config_t config;
-    if (!service_config_read("payment", true, &config))
+    if (!service_config_read("payment", true, payment_threads_default, &config))
         return 2;
     app.broker_endpoint = config.broker_endpoint;
     app.pg_dsn = config.pg_dsn;

@@ -31,6 +31,10 @@
 #include "transaction_service.h"
 #include "wire/wire.h"
 
+/* Worker instances (threads, one database connection each) by default:
+ * it serves history reads; its event consumer has a thread
+ * of its own. */
+enum { transaction_threads_default = 2 };
 static const rpc_method_t transaction_methods[] = {
     {"Get", &paygate__v1__get_transaction_request__descriptor,
      &paygate__v1__transaction__descriptor, transaction_get},
@@ -119,7 +123,7 @@ int main(int argc, char **argv)
     if (!log_init("transaction") || sodium_init() < 0)
         return 2;
     service_config_t config;
-    if (!service_config_read("transaction", true, &config))
+    if (!service_config_read("transaction", true, transaction_threads_default, &config))
         return 2;
     const char *endpoint = config.broker_endpoint, *pg_dsn = config.pg_dsn;
 

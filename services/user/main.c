@@ -23,6 +23,10 @@
 #include "user_migrations.h"
 #include "user_service.h"
 
+/* Worker instances (threads, one database connection each) by default:
+ * logins (Argon2id) and wallet movements wait on the CPU and
+ * on commits; the payment service's threads call Debit/Credit. */
+enum { user_threads_default = 4 };
 static const rpc_method_t user_methods[] = {
     {"Register", &paygate__v1__register_request__descriptor, &paygate__v1__user__descriptor,
      user_register},
@@ -77,7 +81,7 @@ static void usage(void)
           "  PAYGATE_BROKER_PUBLIC_KEY  the broker's public key (40 Z85 characters)\n"
           "  PAYGATE_INSECURE_PLAINTEXT 1: no CURVE, no certificate (tests only)\n"
           "  PAYGATE_PG_DSN             PostgreSQL connection string (required)\n"
-          "  PAYGATE_USER_THREADS       worker instances in this process (2)\n"
+          "  PAYGATE_USER_THREADS       worker instances in this process (4)\n"
           "  PAYGATE_USER_MAX_IN_FLIGHT requests an instance may hold (4)\n"
           "  PAYGATE_INSTANCE_ID        instance id prefix (user-<host>-<pid>)\n"
           "  PAYGATE_JWT_SECRET         HS256 key, at least 32 bytes (required)\n"
@@ -99,7 +103,7 @@ int main(int argc, char **argv)
     if (!log_init("user") || sodium_init() < 0)
         return 2;
     service_config_t config;
-    if (!service_config_read("user", true, &config))
+    if (!service_config_read("user", true, user_threads_default, &config))
         return 2;
     const char *endpoint = config.broker_endpoint, *pg_dsn = config.pg_dsn;
     token_keyring_t *keys = token_keyring_from_env();

@@ -59,14 +59,25 @@ typedef struct {
     char *text[procs_max];
 } scrape_t;
 
+/* Worker instances of each service in this run, as discovery and the
+ * broker's metrics must count them. */
+enum { service_threads = 3 };
+
 /* ---- the system ----------------------------------------------------------- */
 
 static int group_setup(void **state)
 {
     (void)state;
     static const char *const env[] = {"PAYGATE_BROKER_METRICS_INTERVAL_MS=100", NULL};
-    system_config_t config = {
-        .name = "metrics", .jwt_secret = jwt_secret, .metrics = true, .env = env};
+    system_config_t config = {.name = "metrics",
+                              .jwt_secret = jwt_secret,
+                              .metrics = true,
+                              .env = env,
+                              .threads = {[system_user] = service_threads,
+                                          [system_order] = service_threads,
+                                          [system_payment] = service_threads,
+                                          [system_transaction] = service_threads,
+                                          [system_notification] = service_threads}};
     sys.system = system_new(&config);
     if (sys.system == NULL)
         return -1;
@@ -429,7 +440,7 @@ static void test_counters_move_as_the_traffic_says(void **state)
     for (size_t i = 0; i < 5; i++) {
         char key[128];
         snprintf(key, sizeof key, "paygate_broker_workers{service=\"%s\"}", services[i]);
-        assert_true(must(&after, p_broker, key) == 2); /* PAYGATE_<NAME>_THREADS default */
+        assert_true(must(&after, p_broker, key) == service_threads); /* PAYGATE_<NAME>_THREADS */
         snprintf(key, sizeof key, "paygate_broker_queued_requests{service=\"%s\"}", services[i]);
         assert_true(must(&after, p_broker, key) == 0);
     }
