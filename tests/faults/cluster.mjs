@@ -16,12 +16,14 @@
 // killAll() is for a signal arriving mid-run.
 import { execFile, spawn } from 'node:child_process';
 import { closeSync, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 
 import { PrivatePostgres } from './postgres.mjs';
+// freePort: a free loopback port; curveEnv: a process's CURVE key from the
+// test certificates (the ctest fixture "certs"), one key per kind.
+import { curveEnv, freePort } from '../support/system.mjs';
 
 const run = promisify(execFile);
 export const SERVICES = ['user', 'order', 'payment', 'transaction', 'notification'];
@@ -31,34 +33,6 @@ const PROBE_TIMEOUT_MS = 1000;
 export const STOP_GRACE_MS = 10_000; // a process must exit this soon after SIGTERM
 
 export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
-
-// A TCP port on 127.0.0.1 that was free a moment ago.
-export function freePort() {
-  return new Promise((resolve, reject) => {
-    const server = net.createServer();
-    server.unref();
-    server.on('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address();
-      server.close(() => resolve(port));
-    });
-  });
-}
-
-// The CURVE key of a process of 'kind' (broker, user, ..., gateway): the
-// test certificates of PAYGATE_TEST_CERTS_DIR (tests/support/
-// make_test_certs.sh, the ctest fixture "certs"), one key per kind as in
-// production; instances of one kind share it. The broker's certificate
-// and the directory of the keys it admits come with it.
-function curveEnv(kind) {
-  const dir = process.env.PAYGATE_TEST_CERTS_DIR;
-  if (!dir) throw new Error('PAYGATE_TEST_CERTS_DIR is not set (the ctest fixture "certs" makes it)');
-  return {
-    PAYGATE_CURVE_CERT: path.join(dir, `${kind}.cert_secret`),
-    PAYGATE_BROKER_CERT: path.join(dir, 'broker.cert'),
-    PAYGATE_CURVE_CLIENTS_DIR: path.join(dir, 'clients'),
-  };
-}
 
 export class Cluster {
   // 'bins': {'paygate-broker': path, ..., paygatectl: path};
@@ -97,7 +71,7 @@ export class Cluster {
     const env = {
       PAYGATE_BROKER_ENDPOINT: this.brokerEndpoint,
       PAYGATE_LOG_LEVEL: s.logLevel ?? 'info',
-      ...curveEnv(kind),
+      ...curveEnv(kind), // instances of one kind share its key
     };
     if (kind === 'broker') {
       Object.assign(env, {

@@ -62,7 +62,7 @@ function psql(dsn, sql) {
 // (PAYGATE_TEST_CERTS_DIR, ctest fixture "certs"): like proc_start, every
 // process its own key, as in production. Without them, nothing (the
 // environment must then say PAYGATE_INSECURE_PLAINTEXT=1).
-function curveEnv(name) {
+export function curveEnv(name) {
   const dir = process.env.PAYGATE_TEST_CERTS_DIR;
   if (!dir) return {};
   return {
