@@ -4,7 +4,7 @@
 set -euo pipefail
 clang_format=${1:-clang-format}
 cd "$(dirname "$0")/.."
-mapfile -t files < <(find lib broker services gateway-http tests bench tools fuzz \
+mapfile -t files < <(find lib broker services gateway-http tests bench tools fuzz clients \
     -name '*.[ch]' -not -path '*/build/*' 2>/dev/null | sort)
 bad=()
 for f in "${files[@]}"; do

@@ -32,8 +32,8 @@ enum {
     count_default = 8,
     count_max = 1000,
     deadline_ms = 5000,
-    reply_margin_ms = 1000,    /* after the deadline the broker has answered */
-    service_wait_ms = 10000,   /* for the worker to register */
+    reply_margin_ms = 1000,  /* after the deadline the broker has answered */
+    service_wait_ms = 10000, /* for the worker to register */
     payload_bytes_max = 64,
 };
 
@@ -119,9 +119,9 @@ static bool caller_wait_for_service(rpc_client_t *client, const char *method)
     for (;;) {
         ProtobufCMessage *reply = NULL;
         rpc_status_t status;
-        Paygate__V1__Code code = rpc_client_call(client, service, method, &request.base,
-                                                 &paygate__v1__echo_reply__descriptor, &reply,
-                                                 &opts, &status);
+        Paygate__V1__Code code =
+            rpc_client_call(client, service, method, &request.base,
+                            &paygate__v1__echo_reply__descriptor, &reply, &opts, &status);
         if (code == PAYGATE__V1__CODE__OK) {
             protobuf_c_message_free_unpacked(reply, NULL);
             return true;
@@ -180,8 +180,8 @@ static bool caller_pipeline(rpc_client_t *client, const char *method, int count)
             print_failure(method, &status);
             ok = false;
         } else {
-            Paygate__V1__EchoReply *reply = paygate__v1__echo_reply__unpack(
-                NULL, zmq_msg_size(&body), zmq_msg_data(&body));
+            Paygate__V1__EchoReply *reply =
+                paygate__v1__echo_reply__unpack(NULL, zmq_msg_size(&body), zmq_msg_data(&body));
             snprintf(text, sizeof text, "HELLO %d", i + 1);
             ok = reply != NULL && reply->payload.len == strlen(text) &&
                  memcmp(reply->payload.data, text, reply->payload.len) == 0;

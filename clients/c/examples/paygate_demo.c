@@ -253,8 +253,9 @@ static bool demo_pay(demo_t *d, const char *run_id, char topup_id[id_bytes_max +
         demo_report(d, "create order", "order.Create", "%s, %s, PENDING", order->id,
                     rupees(order->amount, a));
     else
-        demo_wrong(d, "order '%s' of %" PRId64 " for '%s' in state %d, expected a PENDING ord_... "
-                      "of %d for %s",
+        demo_wrong(d,
+                   "order '%s' of %" PRId64 " for '%s' in state %d, expected a PENDING ord_... "
+                   "of %d for %s",
                    order->id, order->amount, order->user_id, (int)order->status, order_paise,
                    d->user_id);
     free_reply(order);
@@ -267,8 +268,8 @@ static bool demo_pay(demo_t *d, const char *run_id, char topup_id[id_bytes_max +
     payment_request.order_id = order_id;
     payment_request.idempotency_key = key;
     Paygate__V1__Payment *payment = NULL;
-    if (!demo_call(d, "payment", "Create", &payment_request.base,
-                   &paygate__v1__payment__descriptor, (ProtobufCMessage **)&payment))
+    if (!demo_call(d, "payment", "Create", &payment_request.base, &paygate__v1__payment__descriptor,
+                   (ProtobufCMessage **)&payment))
         return false;
     ok = payment->status == PAYGATE__V1__PAYMENT_STATUS__SUCCEEDED &&
          strcmp(payment->order_id, order_id) == 0 && payment->amount == order_paise;
@@ -278,8 +279,8 @@ static bool demo_pay(demo_t *d, const char *run_id, char topup_id[id_bytes_max +
                     rupees(payment->amount, a));
     else
         demo_wrong(d, "payment %s of %" PRId64 " for '%s' is in state %d (%s: %s)", payment->id,
-                   payment->amount, payment->order_id, (int)payment->status,
-                   payment->failure_code, payment->failure_message);
+                   payment->amount, payment->order_id, (int)payment->status, payment->failure_code,
+                   payment->failure_message);
     free_reply(payment);
     if (!ok)
         return false;
@@ -294,8 +295,7 @@ static bool demo_pay(demo_t *d, const char *run_id, char topup_id[id_bytes_max +
     ok = paid->status == PAYGATE__V1__ORDER_STATUS__COMPLETED &&
          strcmp(paid->payment_id, payment_id) == 0;
     if (ok)
-        demo_report(d, "order paid", "order.Get", "%s COMPLETED by %s", paid->id,
-                    paid->payment_id);
+        demo_report(d, "order paid", "order.Get", "%s COMPLETED by %s", paid->id, paid->payment_id);
     else
         demo_wrong(d, "order is in state %d with payment '%s', expected COMPLETED with %s",
                    (int)paid->status, paid->payment_id, payment_id);
