@@ -49,7 +49,6 @@
 #include <sys/socket.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
-#include <sys/utsname.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -617,33 +616,17 @@ static void bench_report_settings(const bench_t *self, FILE *out)
  * or -1 after saying why. */
 static int bench_write_markdown(const bench_t *self)
 {
-    const char *dir = self->config.results_dir;
-    if (mkdir(dir, 0755) != 0 && errno != EEXIST) {
-        fprintf(stderr, "bench: cannot create %s: %s\n", dir, strerror(errno));
+    FILE *out = machine_report_open(self->config.results_dir, "broker_hop.md");
+    if (out == NULL)
         return -1;
-    }
-    char path[1100];
-    snprintf(path, sizeof path, "%s/broker_hop.md", dir);
-    FILE *out = fopen(path, "w");
-    if (out == NULL) {
-        fprintf(stderr, "bench: cannot write %s: %s\n", path, strerror(errno));
-        return -1;
-    }
-    char when[64], cpu[128];
-    time_t now = time(NULL);
-    strftime(when, sizeof when, "%Y-%m-%d %H:%M UTC", gmtime(&now));
-    machine_cpu_model(cpu, sizeof cpu);
-    struct utsname system;
-    if (uname(&system) != 0)
-        snprintf(system.release, sizeof system.release, "unknown");
-    int major = 0, minor = 0, patch = 0;
-    zmq_version(&major, &minor, &patch);
+    machine_facts_t facts;
+    machine_facts(&facts);
 
     fputs("# Broker hop: direct vs. minimal relay vs. paygate-broker\n\n"
           "Written by `bench_broker_hop` (see bench/README.md); do not edit by hand.\n\n",
           out);
-    fprintf(out, "- when: %s\n- machine: %s, kernel %s, libzmq %d.%d.%d\n- setup: ", when, cpu,
-            system.release, major, minor, patch);
+    fprintf(out, "- when: %s\n- machine: %s, kernel %s, libzmq %d.%d.%d\n- setup: ", facts.when,
+            facts.cpu, facts.kernel, facts.zmq_major, facts.zmq_minor, facts.zmq_patch);
     bench_report_settings(self, out);
     fputs("- client, relay or broker, and echo service are separate processes on the same "
           "machine; the broker case uses the real `paygate-broker` and `paygate-echo-worker` "
@@ -652,7 +635,7 @@ static int bench_write_markdown(const bench_t *self)
     bench_report(self, out, true);
     int rc = fclose(out) == 0 ? 0 : -1;
     if (rc == 0)
-        fprintf(stderr, "bench: wrote %s\n", path);
+        fprintf(stderr, "bench: wrote %s/broker_hop.md\n", self->config.results_dir);
     return rc;
 }
 

@@ -54,7 +54,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/utsname.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -738,27 +737,11 @@ static void bench_report(const bench_t *self, FILE *out, bool markdown)
  * or -1 after saying why. */
 static int bench_write_markdown(const bench_t *self)
 {
-    const char *dir = self->config.results_dir;
-    if (mkdir(dir, 0755) != 0 && errno != EEXIST) {
-        fprintf(stderr, "bench: cannot create %s: %s\n", dir, strerror(errno));
+    FILE *out = machine_report_open(self->config.results_dir, "event_bus.md");
+    if (out == NULL)
         return -1;
-    }
-    char path[1100];
-    snprintf(path, sizeof path, "%s/event_bus.md", dir);
-    FILE *out = fopen(path, "w");
-    if (out == NULL) {
-        fprintf(stderr, "bench: cannot write %s: %s\n", path, strerror(errno));
-        return -1;
-    }
-    char when[64], cpu[128];
-    time_t now = time(NULL);
-    strftime(when, sizeof when, "%Y-%m-%d %H:%M UTC", gmtime(&now));
-    machine_cpu_model(cpu, sizeof cpu);
-    struct utsname system;
-    if (uname(&system) != 0)
-        snprintf(system.release, sizeof system.release, "unknown");
-    int major = 0, minor = 0, patch = 0;
-    zmq_version(&major, &minor, &patch);
+    machine_facts_t facts;
+    machine_facts(&facts);
 
     fputs("# Event bus: paygate-broker vs. Redis Streams, fsync before every acknowledgement\n\n"
           "Written by `bench_event_bus` (see bench/README.md); do not edit by hand.\n\n",
@@ -766,8 +749,8 @@ static int bench_write_markdown(const bench_t *self)
     fprintf(out,
             "- when: %s\n- machine: %s, kernel %s, libzmq %d.%d.%d, hiredis %d.%d.%d, "
             "redis-server from %s\n- setup: ",
-            when, cpu, system.release, major, minor, patch, HIREDIS_MAJOR, HIREDIS_MINOR,
-            HIREDIS_PATCH, self->config.redis_bin);
+            facts.when, facts.cpu, facts.kernel, facts.zmq_major, facts.zmq_minor, facts.zmq_patch,
+            HIREDIS_MAJOR, HIREDIS_MINOR, HIREDIS_PATCH, self->config.redis_bin);
     bench_report_settings(self, out);
     fputs("- paygate: the real `paygate-broker` with `PAYGATE_BROKER_DATA_DIR` (fdatasync before "
           "each PUBLISH is answered, one per loop iteration), publishers with "
@@ -782,7 +765,7 @@ static int bench_write_markdown(const bench_t *self)
     bench_report(self, out, true);
     int rc = fclose(out) == 0 ? 0 : -1;
     if (rc == 0)
-        fprintf(stderr, "bench: wrote %s\n", path);
+        fprintf(stderr, "bench: wrote %s/event_bus.md\n", self->config.results_dir);
     return rc;
 }
 

@@ -14,10 +14,13 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/utsname.h>
 #include <sys/sysmacros.h>
 #include <sys/vfs.h>
 #include <time.h>
 #include <unistd.h>
+
+#include <zmq.h>
 
 enum { machine_probe_write_bytes = 4096 };
 
@@ -227,4 +230,29 @@ int64_t machine_disk_flushes(const char *path)
         fields++;
     fclose(f);
     return fields >= 16 ? (int64_t)field[15] : -1;
+}
+
+void machine_facts(machine_facts_t *out)
+{
+    time_t now = time(NULL);
+    strftime(out->when, sizeof out->when, "%Y-%m-%d %H:%M UTC", gmtime(&now));
+    machine_cpu_model(out->cpu, sizeof out->cpu);
+    struct utsname system;
+    snprintf(out->kernel, sizeof out->kernel, "%s",
+             uname(&system) == 0 ? system.release : "unknown");
+    zmq_version(&out->zmq_major, &out->zmq_minor, &out->zmq_patch);
+}
+
+FILE *machine_report_open(const char *dir, const char *name)
+{
+    if (mkdir(dir, 0755) != 0 && errno != EEXIST) {
+        fprintf(stderr, "bench: cannot create %s: %s\n", dir, strerror(errno));
+        return NULL;
+    }
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    FILE *out = fopen(path, "w");
+    if (out == NULL)
+        fprintf(stderr, "bench: cannot write %s: %s\n", path, strerror(errno));
+    return out;
 }

@@ -6,14 +6,15 @@
  * takes to make a small write durable. Numbers only: this module never
  * decides what is noisy or slow, the benchmark does.
  *
- * bench_broker_hop has private copies of the CPU and port helpers (it came
- * first); new benchmarks use these.
+ * Also the two things every report needs: its file, and the facts of its
+ * "machine" line.
  */
 #ifndef BENCH_MACHINE_H
 #define BENCH_MACHINE_H
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <sys/types.h>
 
 enum {
@@ -71,5 +72,20 @@ int64_t machine_disk_flushes(const char *path);
  * "tmpfs", "btrfs", "overlay" or "0x<magic>"). A tmpfs makes fsync free,
  * so durability numbers measured there mean nothing. */
 void machine_fs_type(const char *path, char *out, size_t size);
+
+/* What a report says of when and where it was measured. */
+typedef struct {
+    char when[64];   /* now, "YYYY-MM-DD HH:MM UTC" */
+    char cpu[128];   /* machine_cpu_model */
+    char kernel[65]; /* uname's release, or "unknown" */
+    int zmq_major, zmq_minor, zmq_patch;
+} machine_facts_t;
+
+/* Fills 'out' with the facts of this machine, now. */
+void machine_facts(machine_facts_t *out);
+
+/* Creates 'dir' if it is missing and opens 'dir'/'name' for writing
+ * (truncated). NULL after saying why on stderr. */
+FILE *machine_report_open(const char *dir, const char *name);
 
 #endif
