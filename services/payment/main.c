@@ -174,7 +174,8 @@ int main(int argc, char **argv)
     outbox_relay_config_t relay_config = {.pg_dsn = app.pg_dsn,
                                           .schema = "payments",
                                           .broker_endpoint = app.broker_endpoint,
-                                          .metrics = metrics};
+                                          /* no listener: no backlog count(*) each second */
+                                          .metrics = metrics_server != NULL ? metrics : NULL};
     outbox_relay_t *relay = outbox_relay_start(&relay_config);
     if (relay == NULL) {
         log_error("payment: cannot start the outbox relay");

@@ -123,8 +123,12 @@ int main(int argc, char **argv)
         token_keyring_destroy(&keys);
         return 1;
     }
-    outbox_relay_config_t relay_config = {
-        .pg_dsn = pg_dsn, .schema = "users", .broker_endpoint = endpoint, .metrics = metrics};
+    /* No /metrics listener, no outbox metrics: the backlog is a count(*)
+     * the relay would run every second for nobody. */
+    outbox_relay_config_t relay_config = {.pg_dsn = pg_dsn,
+                                          .schema = "users",
+                                          .broker_endpoint = endpoint,
+                                          .metrics = metrics_server != NULL ? metrics : NULL};
     outbox_relay_t *relay = outbox_relay_start(&relay_config);
     if (relay == NULL) {
         token_keyring_destroy(&keys);
