@@ -70,6 +70,13 @@ typedef struct {
      * just took, so the first step needs no renewal of its own; 0: not
      * known, renew before acting. */
     int64_t lease_until_ms;
+    /* Filled by saga_drive when it records the outcome itself (SUCCEEDED
+     * or FAILED), so that the caller can answer without reading the row
+     * back: the row's times (RFC 3339) and, for FAILED, why. */
+    char created_at[32];
+    char updated_at[32];
+    const char *failure_code;
+    const char *failure_message;
 } saga_payment_t;
 
 typedef enum {
@@ -79,11 +86,13 @@ typedef enum {
 } saga_outcome_t;
 
 /* saga.c: drives 'p' from its recorded step as far as it can, while it
- * holds the payment's lease (p->lease_token). Every step is recorded
- * before the next acts, every call is keyed by the payment id, and a
- * driver that lost its lease records nothing and stops, so running it
- * twice, or after a crash, is safe. */
-saga_outcome_t saga_drive(payment_env_t *env, const saga_payment_t *p, const char *request_id);
+ * holds the payment's lease (p->lease_token). Every call is keyed by the
+ * payment id and repeating any of them changes nothing, a step is
+ * recorded before a call that could not be repeated safely from the
+ * step before, and a driver that lost its lease records nothing and
+ * stops, so running it twice, or after a crash, is safe. On SUCCEEDED
+ * or FAILED it sets p's updated_at and failure fields. */
+saga_outcome_t saga_drive(payment_env_t *env, saga_payment_t *p, const char *request_id);
 
 /* refunds.c: credits the wallet for PENDING refund 'refund_id' and marks
  * it SUCCEEDED. Returns true when done. */

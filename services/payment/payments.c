@@ -40,7 +40,8 @@ static const char insert_sql[] =
     " VALUES ($1, $2, $3, $4, $5::bigint, $6, $7, $8, $9,"
     "         now() + make_interval(secs => $10::int / 1000.0))"
     " ON CONFLICT (user_id, idempotency_key) DO NOTHING"
-    " RETURNING id, lease_token, (extract(epoch FROM locked_until) * 1000)::bigint";
+    " RETURNING id, lease_token, (extract(epoch FROM locked_until) * 1000)::bigint, " PGRPC_TIME(
+        "created_at");
 
 /* Takes over a payment whose driver's lease ended (plus the clock-skew
  * margin $3): a new fencing token, and the step as it is now. */
@@ -110,10 +111,18 @@ static void payment_from_row(rpc_ctx_t *ctx, const PGresult *rows, int row,
  * SUCCEEDED; the error (with the payment id) when it FAILED; "still
  * processing" otherwise. The same row always gives the same answer, which
  * is what makes replays return the first response. */
+static Paygate__V1__Code payment_answer_code(rpc_ctx_t *ctx, Paygate__V1__Payment *reply);
+
 static Paygate__V1__Code payment_answer(rpc_ctx_t *ctx, const PGresult *rows,
                                         Paygate__V1__Payment *reply)
 {
     payment_from_row(ctx, rows, 0, reply);
+    return payment_answer_code(ctx, reply);
+}
+
+/* The answer for payment 'reply', filled in: see payment_answer. */
+static Paygate__V1__Code payment_answer_code(rpc_ctx_t *ctx, Paygate__V1__Payment *reply)
+{
     rpc_ctx_detail(ctx, "payment_id", reply->id);
     switch (reply->status) {
     case PAYGATE__V1__PAYMENT_STATUS__SUCCEEDED:
@@ -197,10 +206,13 @@ static Paygate__V1__Code payment_known_key(rpc_ctx_t *ctx, payment_env_t *env, c
 }
 
 /* Asks the order service for 'order_id' as the caller. Returns OK with
- * the amount and status, or fails the call. */
-static Paygate__V1__Code payment_load_order(rpc_ctx_t *ctx, payment_env_t *env,
-                                            const char *order_id, const char *user, int64_t *amount,
-                                            Paygate__V1__OrderStatus *status)
+ * the amount and status; otherwise the code to answer with and, in
+ * '*reason' and '*message', why (the call is not failed yet: a known
+ * idempotency key answers first). */
+static Paygate__V1__Code payment_load_order(payment_env_t *env, const char *order_id,
+                                            const char *user, int64_t *amount,
+                                            Paygate__V1__OrderStatus *status, const char **reason,
+                                            const char **message)
 {
     Paygate__V1__GetOrderRequest request = PAYGATE__V1__GET_ORDER_REQUEST__INIT;
     request.id = (char *)order_id;
@@ -211,19 +223,68 @@ static Paygate__V1__Code payment_load_order(rpc_ctx_t *ctx, payment_env_t *env,
     rpc_status_t st;
     Paygate__V1__Code code = rpc_client_call(env->rpc, "order", "Get", &request.base,
                                              &paygate__v1__order__descriptor, &reply, &opts, &st);
+    *reason = "order_not_found";
+    *message = "no such order";
     if (code == PAYGATE__V1__CODE__NOT_FOUND || code == PAYGATE__V1__CODE__INVALID_ARGUMENT)
-        return rpc_ctx_fail(ctx, PAYGATE__V1__CODE__NOT_FOUND, "order_not_found", "no such order");
-    if (code != PAYGATE__V1__CODE__OK)
-        return rpc_ctx_fail(ctx, PAYGATE__V1__CODE__UNAVAILABLE, "order_service_unavailable",
-                            "the order could not be checked; retry with the same key");
+        return PAYGATE__V1__CODE__NOT_FOUND;
+    if (code != PAYGATE__V1__CODE__OK) {
+        *reason = "order_service_unavailable";
+        *message = "the order could not be checked; retry with the same key";
+        return PAYGATE__V1__CODE__UNAVAILABLE;
+    }
     const Paygate__V1__Order *order = (const Paygate__V1__Order *)reply;
     *amount = order->amount;
     *status = order->status;
     bool owned = strcmp(order->user_id, user) == 0;
     protobuf_c_message_free_unpacked(reply, NULL);
     if (!owned) /* the order service already scopes by caller; never trust it blindly */
-        return rpc_ctx_fail(ctx, PAYGATE__V1__CODE__NOT_FOUND, "order_not_found", "no such order");
+        return PAYGATE__V1__CODE__NOT_FOUND;
     return PAYGATE__V1__CODE__OK;
+}
+
+/* Looks up the caller's payment with this idempotency key; when there is
+ * one, sets '*known' and answers as for a known key (replay, take over
+ * or refuse). */
+static Paygate__V1__Code payment_by_key(rpc_ctx_t *ctx, payment_env_t *env, const char *user,
+                                        const Paygate__V1__CreatePaymentRequest *request,
+                                        Paygate__V1__Payment *reply, bool *known)
+{
+    *known = false;
+    const char *key_params[] = {user, request->idempotency_key};
+    PGresult *rows = NULL;
+    pg_result_t result =
+        pg_exec_prepared(env->pg, "payment_by_key", by_key_sql, 2, key_params, &rows);
+    if (result != PG_OK) {
+        *known = true; /* answered: with the error */
+        return pgrpc_fail(ctx, env->pg, result, "create payment");
+    }
+    Paygate__V1__Code code = PAYGATE__V1__CODE__OK;
+    if (PQntuples(rows) == 1) {
+        *known = true;
+        code = payment_known_key(ctx, env, rows, request->order_id, reply);
+    }
+    PQclear(rows);
+    return code;
+}
+
+/* The answer for a payment this request's saga just finished, from what
+ * the saga recorded (no read of the row). */
+static Paygate__V1__Code answer_finished(rpc_ctx_t *ctx, const saga_payment_t *saga, bool succeeded,
+                                         Paygate__V1__Payment *reply)
+{
+    reply->id = rpc_ctx_strdup(ctx, saga->id);
+    reply->order_id = rpc_ctx_strdup(ctx, saga->order_id);
+    reply->user_id = rpc_ctx_strdup(ctx, saga->user_id);
+    reply->amount = saga->amount;
+    reply->currency = (char *)"INR";
+    reply->status =
+        succeeded ? PAYGATE__V1__PAYMENT_STATUS__SUCCEEDED : PAYGATE__V1__PAYMENT_STATUS__FAILED;
+    reply->amount_refunded = 0;
+    reply->failure_code = rpc_ctx_strdup(ctx, saga->failure_code);
+    reply->failure_message = rpc_ctx_strdup(ctx, saga->failure_message);
+    reply->created_at = rpc_ctx_strdup(ctx, saga->created_at);
+    reply->updated_at = rpc_ctx_strdup(ctx, saga->updated_at);
+    return payment_answer_code(ctx, reply);
 }
 
 Paygate__V1__Code payment_create(rpc_ctx_t *ctx, const ProtobufCMessage *request_msg,
@@ -244,67 +305,70 @@ Paygate__V1__Code payment_create(rpc_ctx_t *ctx, const ProtobufCMessage *request
         return rpc_ctx_fail(ctx, PAYGATE__V1__CODE__INVALID_ARGUMENT, "idempotency_key_required",
                             "an idempotency key of 1..255 printable characters is required");
 
-    for (int attempt = 0; attempt < 2; attempt++) {
-        const char *key_params[] = {user, request->idempotency_key};
-        PGresult *rows = NULL;
-        pg_result_t result =
-            pg_exec_prepared(env->pg, "payment_by_key", by_key_sql, 2, key_params, &rows);
-        if (result != PG_OK)
-            return pgrpc_fail(ctx, env->pg, result, "create payment");
-        if (PQntuples(rows) == 1) {
-            Paygate__V1__Code code = payment_known_key(ctx, env, rows, request->order_id, reply);
-            PQclear(rows);
-            return code;
-        }
-        PQclear(rows);
-
-        int64_t amount = 0;
-        Paygate__V1__OrderStatus order_status = PAYGATE__V1__ORDER_STATUS__ORDER_STATUS_UNSPECIFIED;
-        Paygate__V1__Code code =
-            payment_load_order(ctx, env, request->order_id, user, &amount, &order_status);
-        if (code != PAYGATE__V1__CODE__OK)
-            return code;
-        bool payable = order_status == PAYGATE__V1__ORDER_STATUS__PENDING;
-
-        char id[id_bytes_max], amount_text[24], lease[16];
-        id_new("pay", id, sizeof id);
-        snprintf(amount_text, sizeof amount_text, "%" PRId64, amount);
-        snprintf(lease, sizeof lease, "%u", env->settings->lease_ms);
-        const char *insert_params[] = {id,
-                                       user,
-                                       request->order_id,
-                                       request->idempotency_key,
-                                       amount_text,
-                                       payable ? "PROCESSING" : "FAILED",
-                                       payable ? "ORDER_CHECKED" : "DONE",
-                                       payable ? "" : "order_not_payable",
-                                       payable ? "" : "the order is not PENDING",
-                                       lease};
-        PGresult *inserted = NULL;
-        result =
-            pg_exec_prepared(env->pg, "payment_insert", insert_sql, 10, insert_params, &inserted);
-        if (result != PG_OK)
-            return pgrpc_fail(ctx, env->pg, result, "create payment");
-        bool created = PQntuples(inserted) == 1;
-        int64_t token = created ? strtoll(PQgetvalue(inserted, 0, 1), NULL, 10) : 0;
-        int64_t lease_until_ms = created ? strtoll(PQgetvalue(inserted, 0, 2), NULL, 10) : 0;
-        PQclear(inserted);
-        if (!created)
-            continue; /* a concurrent request with this key won: read its row */
-        if (payable) {
-            saga_payment_t saga = {.amount = amount};
-            snprintf(saga.id, sizeof saga.id, "%s", id);
-            snprintf(saga.user_id, sizeof saga.user_id, "%s", user);
-            snprintf(saga.order_id, sizeof saga.order_id, "%s", request->order_id);
-            snprintf(saga.step, sizeof saga.step, "ORDER_CHECKED");
-            saga.lease_token = token;
-            saga.lease_until_ms = lease_until_ms;
-            saga_drive(env, &saga, rpc_ctx_request_id(ctx));
-        }
-        return answer_by_id(ctx, env, id, user, reply);
+    /* New keys are the common case: check the order and insert, and read
+     * the key's row only when the insert finds it there (or the order
+     * cannot be checked: a known key is answered as recorded, whatever
+     * the order service says now). */
+    int64_t amount = 0;
+    Paygate__V1__OrderStatus order_status = PAYGATE__V1__ORDER_STATUS__ORDER_STATUS_UNSPECIFIED;
+    const char *reason = NULL, *message = NULL;
+    Paygate__V1__Code code =
+        payment_load_order(env, request->order_id, user, &amount, &order_status, &reason, &message);
+    bool known = false;
+    if (code != PAYGATE__V1__CODE__OK) {
+        Paygate__V1__Code answer = payment_by_key(ctx, env, user, request, reply, &known);
+        if (known)
+            return answer;
+        return rpc_ctx_fail(ctx, code, reason, "%s", message);
     }
-    return rpc_ctx_fail(ctx, PAYGATE__V1__CODE__FAILED_PRECONDITION, "idempotency_in_progress",
-                        "a request with this Idempotency-Key is still in progress");
+    bool payable = order_status == PAYGATE__V1__ORDER_STATUS__PENDING;
+
+    char id[id_bytes_max], amount_text[24], lease[16];
+    id_new("pay", id, sizeof id);
+    snprintf(amount_text, sizeof amount_text, "%" PRId64, amount);
+    snprintf(lease, sizeof lease, "%u", env->settings->lease_ms);
+    const char *insert_params[] = {id,
+                                   user,
+                                   request->order_id,
+                                   request->idempotency_key,
+                                   amount_text,
+                                   payable ? "PROCESSING" : "FAILED",
+                                   payable ? "ORDER_CHECKED" : "DONE",
+                                   payable ? "" : "order_not_payable",
+                                   payable ? "" : "the order is not PENDING",
+                                   lease};
+    PGresult *inserted = NULL;
+    pg_result_t result =
+        pg_exec_prepared(env->pg, "payment_insert", insert_sql, 10, insert_params, &inserted);
+    if (result != PG_OK)
+        return pgrpc_fail(ctx, env->pg, result, "create payment");
+    if (PQntuples(inserted) == 0) { /* the key is known (maybe from a request racing this one) */
+        PQclear(inserted);
+        Paygate__V1__Code answer = payment_by_key(ctx, env, user, request, reply, &known);
+        if (known)
+            return answer;
+        return rpc_ctx_fail(ctx, PAYGATE__V1__CODE__FAILED_PRECONDITION, "idempotency_in_progress",
+                            "a request with this Idempotency-Key is still in progress");
+    }
+    saga_payment_t saga = {.amount = amount};
+    snprintf(saga.id, sizeof saga.id, "%s", id);
+    snprintf(saga.user_id, sizeof saga.user_id, "%s", user);
+    snprintf(saga.order_id, sizeof saga.order_id, "%s", request->order_id);
+    snprintf(saga.step, sizeof saga.step, "ORDER_CHECKED");
+    saga.lease_token = strtoll(PQgetvalue(inserted, 0, 1), NULL, 10);
+    saga.lease_until_ms = strtoll(PQgetvalue(inserted, 0, 2), NULL, 10);
+    snprintf(saga.created_at, sizeof saga.created_at, "%s", PQgetvalue(inserted, 0, 3));
+    PQclear(inserted);
+    if (!payable) {
+        snprintf(saga.updated_at, sizeof saga.updated_at, "%s", saga.created_at);
+        saga.failure_code = "order_not_payable";
+        saga.failure_message = "the order is not PENDING";
+        return answer_finished(ctx, &saga, false, reply);
+    }
+    saga_outcome_t outcome = saga_drive(env, &saga, rpc_ctx_request_id(ctx));
+    if (outcome == SAGA_PENDING) /* another driver may have finished it meanwhile */
+        return answer_by_id(ctx, env, id, user, reply);
+    return answer_finished(ctx, &saga, outcome == SAGA_SUCCEEDED, reply);
 }
 
 Paygate__V1__Code payment_get(rpc_ctx_t *ctx, const ProtobufCMessage *request_msg,

@@ -1,14 +1,23 @@
 /*
- * saga: the steps of a payment, each recorded before the next one acts.
+ * saga: the steps of a payment.
  *
  *   ORDER_CHECKED: debit the wallet (user.Debit, reference = payment id)
- *       ok                 -> DEBITED
+ *       ok                 -> complete the order (below); nothing recorded
  *       insufficient funds -> FAILED insufficient_funds (nothing moved)
- *   DEBITED: complete the order (order.MarkPaid, keyed by payment id)
+ *   then complete the order (order.MarkPaid, keyed by payment id)
  *       ok                 -> SUCCEEDED
  *       order not payable  -> COMPENSATING
  *   COMPENSATING: give the money back (user.Credit, reference = payment id)
  *       ok                 -> FAILED order_not_payable
+ *
+ * The debit is not recorded here as a step of its own: the user service
+ * keeps it under the payment id, so a driver that takes over at
+ * ORDER_CHECKED asks for the debit again and gets the same one back
+ * (replayed), never a second one, and goes on to the order. That saves
+ * a commit per payment. COMPENSATING is recorded before the credit,
+ * because from ORDER_CHECKED a new driver would complete the order, not
+ * refund it. (Rows written by older versions may still be at step
+ * DEBITED: a driver goes on from there to the order.)
  *
  * Any other answer (a service down, a deadline, a lost worker) leaves the
  * payment PROCESSING at its step: the outcome of that call is unknown, and
@@ -35,6 +44,7 @@
 #include "wire/wire.h"
 #include "order.pb-c.h"
 #include "payment_service.h"
+#include "pgrpc/pgrpc.h"
 #include "user.pb-c.h"
 
 /* Renews the lease of the driver holding token $2 at step $3, before it
@@ -54,15 +64,21 @@ static const char advance_sql[] =
     " RETURNING (extract(epoch FROM locked_until) * 1000)::bigint";
 
 /* The final status and its event, in one statement: the event exists if
- * and only if the payment finished (lib/outbox relays it). */
+ * and only if the payment finished (lib/outbox relays it). Answers the
+ * row's times, so the request needs no read of its own; no row: this
+ * driver no longer held the payment. */
 static const char finish_sql[] =
     "WITH done AS ("
     "  UPDATE payments SET status = $2, step = 'DONE', failure_code = $3, failure_message = $4,"
     "         updated_at = now()"
-    "   WHERE id = $1 AND status = 'PROCESSING' AND lease_token = $8::bigint RETURNING id)"
-    " INSERT INTO outbox (event_id, topic, key, payload)"
-    " SELECT $5, 'payments', $6, decode($7, 'hex') FROM done"
-    " ON CONFLICT (event_id) DO NOTHING";
+    "   WHERE id = $1 AND status = 'PROCESSING' AND lease_token = $8::bigint"
+    "  RETURNING id, " PGRPC_TIME("created_at") " AS created, " PGRPC_TIME(
+        "updated_at") " AS updated),"
+                      " event AS ("
+                      "  INSERT INTO outbox (event_id, topic, key, payload)"
+                      "  SELECT $5, 'payments', $6, decode($7, 'hex') FROM done"
+                      "  ON CONFLICT (event_id) DO NOTHING)"
+                      " SELECT created, updated FROM done";
 
 /* Renews this driver's lease before it acts at 'step'; sets '*until_ms'
  * to the lease's end. False when the lease is lost (another driver took
@@ -115,7 +131,7 @@ static bool saga_advance(payment_env_t *env, const saga_payment_t *p, const char
 }
 
 /* Records the final status of 'p'. */
-static saga_outcome_t saga_finish(payment_env_t *env, const saga_payment_t *p, bool succeeded,
+static saga_outcome_t saga_finish(payment_env_t *env, saga_payment_t *p, bool succeeded,
                                   const char *failure_code, const char *failure_message)
 {
     char event_id[96], occurred_at[32];
@@ -151,7 +167,13 @@ static saga_outcome_t saga_finish(payment_env_t *env, const saga_payment_t *p, b
     }
     /* The statement inserts the event row exactly when it finished the
      * payment: no row means this driver no longer held it. */
-    bool finished = atoi(PQcmdTuples(rows)) == 1;
+    bool finished = PQntuples(rows) == 1;
+    if (finished) {
+        snprintf(p->created_at, sizeof p->created_at, "%s", PQgetvalue(rows, 0, 0));
+        snprintf(p->updated_at, sizeof p->updated_at, "%s", PQgetvalue(rows, 0, 1));
+        p->failure_code = failure_code;
+        p->failure_message = failure_message;
+    }
     PQclear(rows);
     if (!finished) {
         log_info("saga %s: lease %" PRId64 " lost before finishing; outcome not recorded", p->id,
@@ -218,7 +240,7 @@ static Paygate__V1__Code saga_mark_paid(payment_env_t *env, const saga_payment_t
     return code;
 }
 
-saga_outcome_t saga_drive(payment_env_t *env, const saga_payment_t *p, const char *request_id)
+saga_outcome_t saga_drive(payment_env_t *env, saga_payment_t *p, const char *request_id)
 {
     rpc_status_t status;
     char step[sizeof p->step];
@@ -247,8 +269,8 @@ saga_outcome_t saga_drive(payment_env_t *env, const saga_payment_t *p, const cha
                      wire_code_name(code), status.message);
             return SAGA_PENDING;
         }
-        if (!saga_advance(env, p, "DEBITED", &lease_until_ms))
-            return SAGA_PENDING;
+        /* Not recorded (see the top of this file): on to the order
+         * under the same lease. */
         snprintf(step, sizeof step, "DEBITED");
     }
 
