@@ -4,9 +4,10 @@
  *
  * A pass: BEGIN; lock up to outbox_batch_max unsent rows in id order (SKIP
  * LOCKED, so that several instances of a service share the work);
- * publish each, waiting for the broker's durable acknowledgement; mark it
- * sent; stop at the first failure (order is kept: the next pass starts
- * there); COMMIT. Sent rows older than a day are deleted now and then.
+ * publish each, waiting for the broker's durable acknowledgement; stop at
+ * the first failure (order is kept: the next pass starts there); mark the
+ * published ones sent, all in one statement; COMMIT. Sent rows older than
+ * a day are deleted now and then.
  */
 #include "outbox.h"
 
@@ -43,7 +44,8 @@ struct outbox_relay {
 static const char pick_sql[] =
     "SELECT id, event_id, topic, key, encode(payload, 'hex') FROM outbox"
     " WHERE sent_at IS NULL ORDER BY id LIMIT $1::int FOR UPDATE SKIP LOCKED";
-static const char mark_sql[] = "UPDATE outbox SET sent_at = now() WHERE id = $1::bigint";
+/* $1: the ids, as an array literal "{1,2,3}" */
+static const char mark_sql[] = "UPDATE outbox SET sent_at = now() WHERE id = ANY($1::bigint[])";
 static const char cleanup_sql[] =
     "DELETE FROM outbox WHERE sent_at IS NOT NULL AND sent_at < now() - interval '1 day'";
 static const char backlog_sql[] = "SELECT count(*) FROM outbox WHERE sent_at IS NULL";
@@ -81,6 +83,18 @@ void outbox_now_rfc3339(char *out, size_t out_size)
              tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, now.tv_nsec / 1000000);
 }
 
+/* The value of hex digit 'c', or -1. */
+static int hex_digit(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
 /* Decodes 'hex' into a new buffer; sets '*len'. NULL on bad input. */
 static uint8_t *hex_decode(const char *hex, size_t *len)
 {
@@ -91,12 +105,12 @@ static uint8_t *hex_decode(const char *hex, size_t *len)
     if (out == NULL)
         return NULL;
     for (size_t i = 0; i < n / 2; i++) {
-        unsigned value;
-        if (sscanf(hex + 2 * i, "%2x", &value) != 1) {
+        int high = hex_digit(hex[2 * i]), low = hex_digit(hex[2 * i + 1]);
+        if (high < 0 || low < 0) {
             free(out);
             return NULL;
         }
-        out[i] = (uint8_t)value;
+        out[i] = (uint8_t)(high << 4 | low);
     }
     *len = n / 2;
     return out;
@@ -113,7 +127,8 @@ static void relay_count_backlog(outbox_relay_t *self, pg_conn_t *pg)
     PQclear(rows);
 }
 
-/* One pass; returns rows published, or -1 when it could not work. */
+/* One pass; returns rows published, or -1 when it could not work or a
+ * publish failed (those before it are marked sent all the same). */
 static int relay_pass(outbox_relay_t *self, pg_conn_t *pg, rpc_client_t *rpc)
 {
     if (pg_begin(pg) != PG_OK)
@@ -127,6 +142,11 @@ static int relay_pass(outbox_relay_t *self, pg_conn_t *pg, rpc_client_t *rpc)
         return -1;
     }
     int published = 0;
+    bool failed = false;
+    /* "{id,id,...}": up to outbox_batch_max ids of at most 20 digits */
+    char ids[2 + outbox_batch_max * 21];
+    size_t ids_len = 0;
+    ids[ids_len++] = '{';
     for (int i = 0; i < PQntuples(rows); i++) {
         size_t len = 0;
         uint8_t *payload = hex_decode(PQgetvalue(rows, i, 4), &len);
@@ -144,14 +164,20 @@ static int relay_pass(outbox_relay_t *self, pg_conn_t *pg, rpc_client_t *rpc)
                 log_warn("outbox: publish of %s failed (%s: %s); will retry",
                          PQgetvalue(rows, i, 1), wire_code_name(code), status.message);
             self->last_failure = code;
-            published = -1;
+            failed = true;
             break;
         }
         self->last_failure = PAYGATE__V1__CODE__OK;
-        const char *mark[] = {PQgetvalue(rows, i, 0)};
-        if (pg_exec_prepared(pg, "outbox_mark", mark_sql, 1, mark, NULL) != PG_OK)
-            break;
+        ids_len += (size_t)snprintf(ids + ids_len, sizeof ids - ids_len, "%s%s",
+                                    published > 0 ? "," : "", PQgetvalue(rows, i, 0));
         published++;
+    }
+    snprintf(ids + ids_len, sizeof ids - ids_len, "}");
+    /* One statement marks the batch (one per row cost a round trip each). */
+    const char *mark[] = {ids};
+    if (published > 0 && pg_exec_prepared(pg, "outbox_mark", mark_sql, 1, mark, NULL) != PG_OK) {
+        published = 0; /* not marked: they go again next pass */
+        failed = true;
     }
     PQclear(rows);
     if (pg_commit(pg) != PG_OK)
@@ -160,7 +186,7 @@ static int relay_pass(outbox_relay_t *self, pg_conn_t *pg, rpc_client_t *rpc)
         self->published += (uint64_t)published;
         metrics_counter_add(self->published_metric, (uint64_t)published);
     }
-    return published;
+    return failed ? -1 : published;
 }
 
 static void *relay_main(void *arg)
