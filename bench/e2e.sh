@@ -292,6 +292,123 @@ e2e_cpu_ticks() {
     printf '%s\n' "$sum"
 }
 
+# --- cost accounting -------------------------------------------------------------
+# What one payment (or wallet read) costs the machine beside what one
+# pgbench transaction costs it, counted by the kernel and PostgreSQL, not
+# sampled: CPU time and context switches of every server process, and the
+# database's commits and WAL flushes, before and after a measured run,
+# divided by the work done. For the runs named in E2E_COST_KEYS.
+
+E2E_COST_KEYS=" payments.c8 tpcb.c8 wallet.c64 selectonly.c64 "
+E2E_COST_WAIT=()
+
+# e2e_cost_wanted KEY succeeds when KEY's run is costed (each time it runs:
+# the summary quotes the median).
+e2e_cost_wanted() { [[ "$E2E_COST_KEYS" == *" $1 "* ]]; }
+
+# e2e_cost_snapshot FILE [WATCH] writes the counters now: "NAME PID TICKS
+# SWITCHES" for each paygate process, each PostgreSQL process (NAME
+# postgres) and Redis: CPU time in clock ticks (user + system; for the
+# postmaster also that of its children that ended and were reaped, as
+# PostgreSQL's backends are) and context switches (voluntary and
+# involuntary, all threads); "ended" when process WATCH was no longer
+# running after they were read; then "db XID WAL_BYTES TIME_US": a new
+# transaction id, the WAL position and the time (Unix us) when the query
+# ran, which may be a while later under load (PostgreSQL's statistics
+# views would lag up to a second behind busy backends; these are exact).
+# The processes are read by two commands in all (cat and grep), so that a
+# snapshot takes milliseconds even when 64 busy clients leave it little
+# CPU, and before the query, so its backend is not among them. A process
+# that ends while it is read counts as nothing. The "db" line goes to
+# FILE.db; with WATCH, in the background (under 64 busy clients a new
+# connection may take seconds; its pid is added to E2E_COST_WAIT).
+e2e_cost_snapshot() {
+    local file=$1 watch=${2:-} name pid pg redis
+    local -a procs pids stats tasks
+    mapfile -t procs < <(e2e_pids)
+    pg=$(pg_pid "$(pg_base_dir pg)")
+    [[ -n "$pg" ]] && mapfile -t pids < <(pgrep -P "$pg" || true)
+    redis=$(redis_pid "$PID_DIR/redis.pid")
+    [[ -n "$pg" ]] && procs+=("postmaster $pg") && for pid in "${pids[@]}"; do procs+=("postgres $pid"); done
+    [[ -n "$redis" ]] && procs+=("redis $redis")
+    for name in "${procs[@]}"; do
+        pid=${name#* }
+        stats+=("/proc/$pid/stat")
+        tasks+=("/proc/$pid/task/"*/status)
+    done
+    {
+        {
+            printf 'map %s\n' "${procs[@]}"
+            cat "${stats[@]}" 2>/dev/null || true
+            grep -s -H ctxt_switches "${tasks[@]}" || true
+        } | awk '
+            $1 == "map" { name[$3] = $2; order[++n] = $3; next }
+            /^\/proc\// { split($1, path, "/"); switches[path[3]] += $2; next }
+            {
+                pid = $1; sub(/^.*\) /, "")
+                ticks[pid] = $12 + $13 + (name[pid] == "postmaster" ? $14 + $15 : 0)
+            }
+            END {
+                for (i = 1; i <= n; i++) {
+                    p = order[i]; nm = name[p] == "postmaster" ? "postgres" : name[p]
+                    if (p in ticks) printf "%s %s %d %d\n", nm, p, ticks[p], switches[p]
+                }
+            }'
+        [[ -n "$watch" ]] && ! kill -0 "$watch" 2>/dev/null && echo "ended"
+    } >"$file"
+    if [[ -n "$watch" ]]; then
+        e2e_cost_db_line >"$file.db" &
+        E2E_COST_WAIT+=($!)
+    else
+        e2e_cost_db_line >"$file.db"
+    fi
+}
+
+# e2e_cost_db_line prints the "db" line of a snapshot (see above).
+e2e_cost_db_line() {
+    printf 'db %s\n' "$(pg_admin_sql "$PG_PORT" \
+        "select txid_current(), pg_current_wal_lsn() - '0/0', (extract(epoch from clock_timestamp()) * 1000000)::bigint" |
+        tr '|' ' ')"
+}
+
+# e2e_cost_record KEY UNITS DB_UNITS BEFORE AFTER [ONLY] records, per unit
+# of work (UNITS payments or transactions between the process counters of
+# snapshot files BEFORE and AFTER, DB_UNITS between their database lines):
+# CPU ms and context switches of each process group (only group ONLY, when
+# given: pgbench is costed on PostgreSQL alone, not on the idle paygate
+# processes beside it) and in all; the database's write transactions
+# (transaction ids handed out, the snapshots' own not counted) and WAL
+# bytes; under cost.KEY.*. A process that ended between the snapshots
+# (an autovacuum worker, say) counts its CPU through the postmaster's
+# children time; its last context switches are not counted.
+e2e_cost_record() {
+    local key=$1 units=$2 db_units=$3
+    ((units > 0 && db_units > 0)) || return 0
+    awk -v key="$key" -v units="$units" -v db_units="$db_units" -v hz="$(getconf CLK_TCK)" -v only="${6:-}" '
+        FNR == NR {
+            if ($1 == "db") { x0 = $2; w0 = $3 } else { name[$2] = $1; t0[$2] = $3; s0[$2] = $4 }
+            next
+        }
+        $1 == "db" { x1 = $2; w1 = $3; next }
+        $1 == "ended" { next }
+        { name[$2] = $1; t1[$2] = $3; s1[$2] = $4; seen[$2] = 1 }
+        END {
+            for (p in name) {
+                n = name[p]
+                if (only != "" && n != only) continue
+                groups[n] = 1
+                if (p in seen) { cpu[n] += t1[p] - t0[p]; sw[n] += s1[p] - s0[p] }
+                else cpu[n] -= t0[p] # ended: its whole time is in the postmaster children time
+            }
+            for (n in groups) {
+                printf "cost.%s.cpu_ms.%s %.3f\ncost.%s.switches.%s %.1f\n", key, n, cpu[n] * 1000 / hz / units, key, n, sw[n] / units
+                all_cpu += cpu[n]; all_sw += sw[n]
+            }
+            printf "cost.%s.cpu_ms %.3f\ncost.%s.switches %.1f\n", key, all_cpu * 1000 / hz / units, key, all_sw / units
+            printf "cost.%s.write_xacts %.2f\ncost.%s.wal_bytes %.0f\n", key, (x1 - x0 - 1) / db_units, key, (w1 - w0) / db_units
+        }' <(cat "$4" "$4.db") <(cat "$5" "$5.db") >>"$E2E_RUN_DIR/results.txt"
+}
+
 # e2e_settle waits until the paygate processes and PostgreSQL are idle (the
 # transaction and notification services consume the last run's events after
 # it ends), at most E2E_SETTLE_TIMEOUT_S, so runs do not overlap.
@@ -425,15 +542,17 @@ e2e_orders_take() {
     E2E_ORDERS_USED=$((E2E_ORDERS_USED + want))
 }
 
-# e2e_payments_wrk CONNECTIONS SECONDS sets E2E_LINE to the BENCH line of one
-# payments run on fresh orders; when a thread ran out of orders it is run
-# again with more of them.
+# e2e_payments_wrk CONNECTIONS SECONDS [COST] sets E2E_LINE to the BENCH line
+# of one payments run on fresh orders; when a thread ran out of orders it is
+# run again with more of them. With COST it takes the cost snapshot
+# cost.before just before the run (after making orders).
 e2e_payments_wrk() {
-    local connections=$1 seconds=$2 want line try rate
+    local connections=$1 seconds=$2 cost=${3:-} want line try rate
     for ((try = 0; try < 4; try++)); do
         rate=$((E2E_RATE_MAX > E2E_RATE_GUESS ? E2E_RATE_MAX : E2E_RATE_GUESS))
         want=$(((rate * seconds * 3 / 2 + 200 + connections * 4) << try))
         e2e_orders_take "$want"
+        [[ -n "$cost" ]] && e2e_cost_snapshot "$E2E_RUN_DIR/cost.before"
         e2e_wrk "$connections" "$seconds" payments.lua /v1/payments \
             BENCH_TOKENS="$E2E_RUN_DIR/tokens.txt" BENCH_ORDERS="$E2E_RUN_DIR/run-orders.txt"
         line=$E2E_LINE
@@ -473,8 +592,16 @@ e2e_payments_measure() {
     e2e_settle
     e2e_payments_wrk "$connections" "$(e2e_seconds_warmup)"
     e2e_settle
-    e2e_payments_wrk "$connections" "$E2E_SECONDS"
+    e2e_payments_wrk "$connections" "$E2E_SECONDS" "$(e2e_cost_wanted "$key" && echo 1)"
     line=$E2E_LINE
+    if e2e_cost_wanted "$key"; then
+        # The events of these payments are consumed after wrk ends: wait for
+        # that work too, it is part of what a payment costs.
+        e2e_settle
+        e2e_cost_snapshot "$E2E_RUN_DIR/cost.after"
+        e2e_cost_record "$key" "$(e2e_field ok "$line")" "$(e2e_field ok "$line")" \
+            "$E2E_RUN_DIR/cost.before" "$E2E_RUN_DIR/cost.after"
+    fi
     e2e_record_wrk "$key" "$line"
     rate=$(e2e_rate "$line")
     rate=${rate%.*}
@@ -496,11 +623,21 @@ e2e_pgbench_init() {
     E2E_PGBENCH_READY=1
 }
 
+# e2e_pgbench_count LOGDIR FROM_US TO_US prints how many transactions in
+# pgbench's per-transaction logs under LOGDIR ended from FROM_US to TO_US
+# (Unix us). Each log line: client, transaction, latency us, script, end
+# time s, us.
+e2e_pgbench_count() {
+    cat "$1"/pgbench_log.* |
+        awk -v a="$2" -v b="$3" '{ t = $5 * 1000000 + $6 } t >= a && t < b { n++ } END { print n + 0 }'
+}
+
 # e2e_pgbench CLIENTS SECONDS KEY [ARGS...] runs pgbench (TPC-B-like, or -S)
 # after a warm-up and records its TPS and p99 (ms, from its per-transaction
 # log) under KEY.
 e2e_pgbench() {
     local clients=$1 seconds=$2 key=$3 out tps p99 failed jobs logdir="$E2E_RUN_DIR/pgbench-log"
+    local pid start_us from_us to_us costed=0
     shift 3
     jobs=$((clients < 2 ? clients : 2))
     e2e_pgbench_init
@@ -509,8 +646,42 @@ e2e_pgbench() {
         -h 127.0.0.1 -p "$PG_PORT" -U postgres pgbench >/dev/null 2>&1 || die "pgbench warm-up failed"
     rm -rf "$logdir"
     mkdir -p "$logdir"
-    out=$(cd "$logdir" && "$PG_BIN/pgbench" -n -c "$clients" -j "$jobs" -T "$seconds" -l "$@" \
-        -h 127.0.0.1 -p "$PG_PORT" -U postgres pgbench 2>&1) || die "pgbench failed: $out"
+    start_us=$(($(date +%s%N) / 1000))
+    (cd "$logdir" && exec "$PG_BIN/pgbench" -n -c "$clients" -j "$jobs" -T "$seconds" -l "$@" \
+        -h 127.0.0.1 -p "$PG_PORT" -U postgres pgbench >"$E2E_RUN_DIR/pgbench.out" 2>&1) &
+    pid=$!
+    if e2e_cost_wanted "$key" && ((seconds >= 3)); then
+        # pgbench's backends exit with it (their switches would be lost), so
+        # it is costed inside the run, from 1 s after the start, counting
+        # the transactions its log times between the snapshots (their
+        # process counters, then their database lines, which come later).
+        # The second snapshot starts 1 s before pgbench's end, however long
+        # the first took.
+        sleep 1
+        from_us=$(($(date +%s%N) / 1000))
+        e2e_cost_snapshot "$E2E_RUN_DIR/cost.before" "$pid"
+        to_us=$(($(date +%s%N) / 1000))
+        if ((to_us < start_us + (seconds - 1) * 1000000)); then
+            sleep "$(awk -v us=$((start_us + (seconds - 1) * 1000000 - to_us)) 'BEGIN { printf "%.3f\n", us / 1e6 }')"
+        fi
+        to_us=$(($(date +%s%N) / 1000))
+        e2e_cost_snapshot "$E2E_RUN_DIR/cost.after" "$pid"
+        if grep -q '^ended' "$E2E_RUN_DIR/cost.before" "$E2E_RUN_DIR/cost.after"; then
+            warn "bench: $key not costed: pgbench ended before the second snapshot"
+        else
+            costed=1
+        fi
+    fi
+    wait "$pid" || die "pgbench failed: $(cat "$E2E_RUN_DIR/pgbench.out")"
+    ((${#E2E_COST_WAIT[@]} == 0)) || wait "${E2E_COST_WAIT[@]}"
+    E2E_COST_WAIT=()
+    out=$(cat "$E2E_RUN_DIR/pgbench.out")
+    if ((costed)); then
+        e2e_cost_record "$key" "$(e2e_pgbench_count "$logdir" "$from_us" "$to_us")" \
+            "$(e2e_pgbench_count "$logdir" "$(awk '{ print $4 }' "$E2E_RUN_DIR/cost.before.db")" \
+                "$(awk '{ print $4 }' "$E2E_RUN_DIR/cost.after.db")")" \
+            "$E2E_RUN_DIR/cost.before" "$E2E_RUN_DIR/cost.after" postgres
+    fi
     tps=$(sed -n 's/^tps = \([0-9.]*\) (without initial connection time)/\1/p' <<<"$out" |
         awk '{ printf "%.1f\n", $1 }')
     failed=$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' <<<"$out")
@@ -572,8 +743,14 @@ e2e_get_measure() {
     shift 3
     e2e_settle
     e2e_wrk "$connections" "$(e2e_seconds_warmup)" get.lua "$path" "$@"
+    e2e_cost_wanted "$key" && e2e_cost_snapshot "$E2E_RUN_DIR/cost.before"
     e2e_wrk "$connections" "$E2E_SECONDS" get.lua "$path" "$@"
     line=$E2E_LINE
+    if e2e_cost_wanted "$key"; then
+        e2e_cost_snapshot "$E2E_RUN_DIR/cost.after"
+        e2e_cost_record "$key" "$(e2e_field ok "$line")" "$(e2e_field ok "$line")" \
+            "$E2E_RUN_DIR/cost.before" "$E2E_RUN_DIR/cost.after"
+    fi
     e2e_record_wrk "$key" "$line"
 }
 
@@ -763,6 +940,31 @@ e2e_summary() {
             [[ -n "$(e2e_recorded "$name.rate")" ]] && printf ' %s %s;' "$name" "$(e2e_errors_of "$name")"
         done
         echo
+        if [[ -n "$(e2e_recorded cost.payments.c8.cpu_ms)$(e2e_recorded cost.wallet.c64.cpu_ms)" ]]; then
+            echo
+            echo "Where the time goes: what one unit of work costs the server processes (counted by the kernel and PostgreSQL over the measured run, median of $E2E_REPEATS; load generators not counted; pgbench's own figures are PostgreSQL's alone):"
+            echo
+            echo "| per unit of work | payment, 8 connections | pgbench TPC-B-like transaction, 8 clients | wallet read, 64 connections | pgbench -S transaction, 64 clients |"
+            echo "| --- | ---: | ---: | ---: | ---: |"
+            for v in "CPU ms, all server processes:cpu_ms" "CPU ms, PostgreSQL:cpu_ms.postgres" \
+                "context switches, all:switches" "context switches, PostgreSQL:switches.postgres" \
+                "database write transactions:write_xacts" "WAL bytes:wal_bytes"; do
+                printf '| %s |' "${v%%:*}"
+                for name in payments.c8 tpcb.c8 wallet.c64 selectonly.c64; do
+                    printf ' %s |' "$(e2e_median_of "cost.$name.${v#*:}")"
+                done
+                echo
+            done
+            echo
+            echo "| process | payment: CPU ms | payment: context switches | wallet read: CPU ms | wallet read: context switches |"
+            echo "| --- | ---: | ---: | ---: | ---: |"
+            mapfile -t names < <(awk '$1 ~ /^cost\.(payments\.c8|wallet\.c64)\.cpu_ms\./ { sub(/^cost\.[a-z]+\.c[0-9]+\.cpu_ms\./, "", $1); print $1 }' "$E2E_RUN_DIR/results.txt" | sort -u)
+            for name in "${names[@]}"; do
+                printf '| %s | %s | %s | %s | %s |\n' "$name" \
+                    "$(e2e_median_of "cost.payments.c8.cpu_ms.$name")" "$(e2e_median_of "cost.payments.c8.switches.$name")" \
+                    "$(e2e_median_of "cost.wallet.c64.cpu_ms.$name")" "$(e2e_median_of "cost.wallet.c64.switches.$name")"
+            done
+        fi
         if [[ -n "$(e2e_recorded memory.idle.total)" ]]; then
             echo
             echo "| process | PSS idle KiB | VmRSS idle KiB | PSS end of benchmark 1 KiB | VmRSS end of benchmark 1 KiB | VmHWM (peak) KiB |"
