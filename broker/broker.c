@@ -584,14 +584,20 @@ int broker_run(broker_t *self)
         if (zap_index >= 0 && (items[zap_index].revents & ZMQ_POLLIN))
             auth_zap_serve(self->auth);
         ready = items[0].revents & ZMQ_POLLIN;
-        for (int i = 0; ready > 0 && i < broker_batch_max; i++) {
+        bool input_waiting = false; /* the batch stopped before the socket was empty */
+        for (int i = 0; ready > 0; i++) {
+            if (i == broker_batch_max) {
+                input_waiting = true;
+                break;
+            }
             wire_message_t msg;
             const char *detail = NULL;
             int rc = wire_recv(self->socket, true, self->config.message_bytes_max, ZMQ_DONTWAIT,
                                &msg, &detail);
             if (rc < 0) {
+                input_waiting = errno != EAGAIN; /* EAGAIN: drained */
                 wire_message_clear(&msg);
-                break; /* EAGAIN: drained; EINTR: back to the stop check */
+                break; /* EINTR: back to the stop check */
             }
             now = clock_now_ms();
             if (rc == WIRE_OK)
@@ -600,11 +606,13 @@ int broker_run(broker_t *self)
                 broker_reject(self, &msg, rc, detail);
             wire_message_clear(&msg);
         }
-        /* Group commit: the sync thread fsyncs each topic once for
-         * everything appended while its previous fsync ran; the loop goes
-         * on routing meanwhile, and answers the publishes (and makes the
-         * deliveries) once their events are durable. */
-        bus_flush(self->bus, clock_now_ms());
+        /* Group commit: each topic is fsynced once for everything appended
+         * in this batch (or, on the sync thread, while its previous fsync
+         * ran); the publishes are answered (and the deliveries made) once
+         * their events are durable. With the socket drained the loop
+         * fsyncs itself; with input waiting the sync thread does, and the
+         * loop goes on routing (bus_flush). */
+        bus_flush(self->bus, input_waiting, clock_now_ms());
     }
     log_info("broker: stopping; answering waiting requests");
     bus_flush_all(self->bus, clock_now_ms());

@@ -1184,6 +1184,30 @@ static void bus_sync_dispatch(bus_t *self)
     self->sync_in_flight = true;
 }
 
+/* Syncs every topic appended to since the last sync here, on the loop's
+ * own thread (waiting for the disk), when the sync thread holds no batch.
+ * Returns true when a topic was synced (or failed): then new records may
+ * be durable. */
+static bool bus_sync_inline(bus_t *self)
+{
+    assert(!self->sync_in_flight); /* a job of these logs may be running */
+    bool synced = false;
+    for (list_node_t *n = self->topics.next; n != &self->topics; n = n->next) {
+        topic_t *t = list_entry(n, topic_t, all_link);
+        if (!t->dirty)
+            continue;
+        t->dirty = false;
+        synced = true;
+        if (eventlog_sync(t->log) != 0) {
+            log_error("bus: fsync of topic %s failed; refusing its publishes", t->name);
+            t->sync_failed = true;
+            continue;
+        }
+        t->durable_end = eventlog_durable_end_offset(t->log);
+    }
+    return synced;
+}
+
 /* Answers the publishes whose events are durable now (or can never be),
  * keeping the others, in order, for a later batch. */
 static void bus_answer_publishes(bus_t *self)
@@ -1221,12 +1245,21 @@ int bus_sync_fd(const bus_t *self)
     return self->sync_event_fd;
 }
 
-void bus_flush(bus_t *self, int64_t now)
+void bus_flush(bus_t *self, bool input_waiting, int64_t now)
 {
     if (!bus_enabled(self))
         return;
     bool synced = bus_sync_collect(self);
-    bus_sync_dispatch(self);
+    /* Adaptive: with the sync thread idle and nothing else to route, the
+     * loop fsyncs itself (no wake-up of the thread, none of the loop when
+     * it is done); with input waiting, the thread does it and the loop
+     * goes on routing. */
+    if (!self->sync_in_flight && !input_waiting) {
+        if (bus_sync_inline(self))
+            synced = true;
+    } else {
+        bus_sync_dispatch(self);
+    }
     /* A duplicate of a durable event is answered at once. */
     if (self->ack_count > 0)
         bus_answer_publishes(self);
@@ -1244,7 +1277,7 @@ void bus_flush_all(bus_t *self, int64_t now)
     if (!bus_enabled(self))
         return;
     for (;;) {
-        bus_flush(self, now);
+        bus_flush(self, true, now);
         if (!self->sync_in_flight)
             break;
         struct pollfd pfd = {.fd = self->sync_event_fd, .events = POLLIN};

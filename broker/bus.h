@@ -101,10 +101,14 @@ bool bus_peer_heartbeat(bus_t *self, const uint8_t *identity, size_t identity_le
 bool bus_peer_disconnect(bus_t *self, const uint8_t *identity, size_t identity_len, int64_t now);
 
 /* After a batch of messages, and whenever bus_sync_fd is readable: takes
- * the sync thread's finished fsyncs (answering the publishes and making
- * the deliveries they made durable), and hands the topics written to
- * since to the sync thread. Never waits for a disk. */
-void bus_flush(bus_t *self, int64_t now);
+ * the sync thread's finished fsyncs, makes the topics written to since
+ * durable, answers the publishes and makes the deliveries that became
+ * possible. 'input_waiting' says whether the caller has more messages to
+ * handle right away: if not, and the sync thread is idle, the fsyncs run
+ * here (the loop waits for the disk, which saves two thread wake-ups per
+ * batch); otherwise they go to the sync thread and this never waits for a
+ * disk. */
+void bus_flush(bus_t *self, bool input_waiting, int64_t now);
 
 /* bus_flush until nothing is left to sync or to answer (waits for the
  * disk): for shutdown. */

@@ -1104,14 +1104,27 @@ int eventlog_sync_end(eventlog_t *self, const eventlog_sync_job_t *job)
     return 0;
 }
 
+/* The same as begin + run + end, without the dup()s and close()s a job
+ * needs (two system calls fewer per sync): the broker calls this on its
+ * loop thread for every sync it does not hand to its sync thread. */
 int eventlog_sync(eventlog_t *self)
 {
     assert(self != NULL);
-    eventlog_sync_job_t job;
-    if (eventlog_sync_begin(self, &job) != 0)
+    if (self->failed)
         return -1;
-    eventlog_sync_run(&job);
-    return eventlog_sync_end(self, &job);
+    segment_t *active = active_segment(self);
+    if (active->bytes != self->active_durable_bytes && fdatasync(self->active_fd) != 0) {
+        eventlog_fail(self, "fdatasync");
+        return -1;
+    }
+    if (self->dir_dirty && fsync(self->dir_fd) != 0) {
+        eventlog_fail(self, "fsync of the directory");
+        return -1;
+    }
+    self->dir_dirty = false;
+    self->active_durable_bytes = active->bytes;
+    self->durable_end_offset = self->end_offset;
+    return 0;
 }
 
 /* ---- offsets, seek and read ------------------------------------------------- */

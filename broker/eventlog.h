@@ -94,7 +94,9 @@ int eventlog_append(eventlog_t *self, const char *event_id, const char *key, con
  * and fsync of the directory after a roll-over; a roll-over itself fsyncs
  * the segment it closes). Returns 0, or -1: then no record appended since
  * the last successful sync may be acknowledged, and the log must be
- * reopened (which keeps what really reached the disk). */
+ * reopened (which keeps what really reached the disk). Waits for the
+ * disk on the calling thread; cheaper than a job (no descriptors are
+ * duplicated). */
 int eventlog_sync(eventlog_t *self);
 
 /* eventlog_sync in three steps, so that the slow part (the fdatasync) can
