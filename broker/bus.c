@@ -975,11 +975,11 @@ static void group_fill(bus_t *self, group_t *g)
                 return;
             g->read_position_valid = true;
         }
-        eventlog_entry_t entry;
-        memset(&entry, 0, sizeof entry);
-        int rc = eventlog_read(t->log, g->read_position, &entry);
+        /* The key and the next position only: the payload is read (and
+         * its checksum checked) when the slot is delivered. */
+        eventlog_peek_t entry;
+        int rc = eventlog_peek(t->log, g->read_position, &entry);
         if (rc != 1 || entry.offset != offset) {
-            eventlog_entry_clear(&entry);
             if (!g->stalled_logged)
                 log_error("bus: %s offset %" PRIu64 " cannot be read; group %s stalls there",
                           t->name, offset, g->name);
@@ -995,7 +995,6 @@ static void group_fill(bus_t *self, group_t *g)
         s->state = SLOT_WAITING;
         g->read_position = entry.next_position;
         g->len++;
-        eventlog_entry_clear(&entry);
     }
 }
 
@@ -1015,6 +1014,8 @@ static void group_pump(bus_t *self, group_t *g, int64_t now)
             peer_remove(self, c->peer, "unreachable", now);
             return; /* peer_remove pumped again */
         }
+        if (s->state == SLOT_WAITING)
+            return; /* unreadable (logged): the group stalls here, nothing after it goes */
     }
 }
 

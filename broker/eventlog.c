@@ -32,6 +32,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -63,6 +64,7 @@ enum {
     indexed_segments_max = 8,      /* older segments holding an index at once */
     read_fds_max = 4,              /* fds of older segments kept open for reads */
     scan_buffer_bytes = 64 * 1024, /* read-ahead of the recovery and seek scans */
+    read_ahead_bytes = 2048,       /* first read of a record: a small one whole */
 };
 
 static_assert(record_bytes_max < UINT32_MAX, "a record's length must fit its u32 field");
@@ -106,15 +108,49 @@ static const uint32_t crc32c_table[256] = {
     0x79b737ba, 0x8bdcb4b9, 0x988c474d, 0x6ae7c44e, 0xbe2da0a5, 0x4c4623a6, 0x5f16d052, 0xad7d5351,
 };
 
-/* The usual byte-at-a-time table CRC: pre- and post-inverted, so that
- * crc32c(crc32c(0, a), b) == crc32c(0, a followed by b). */
-uint32_t eventlog_crc32c(uint32_t crc, const void *data, size_t len)
+/* The usual byte-at-a-time table CRC, without the pre- and post-inversion. */
+static uint32_t crc32c_table_update(uint32_t crc, const uint8_t *p, size_t len)
 {
-    const uint8_t *p = data;
-    crc = ~crc;
     for (size_t i = 0; i < len; i++)
         crc = crc32c_table[(crc ^ p[i]) & 0xffu] ^ (crc >> 8);
-    return ~crc;
+    return crc;
+}
+
+#if defined(__x86_64__)
+/* The same with SSE4.2's crc32 instruction (which computes exactly this
+ * CRC-32C, 8 bytes per instruction): the log computes one per append and
+ * one per read, over every byte of the record. */
+__attribute__((target("sse4.2"))) static uint32_t crc32c_sse42_update(uint32_t crc,
+                                                                      const uint8_t *p, size_t len)
+{
+    uint64_t c = crc;
+    for (; len >= 8; len -= 8, p += 8) {
+        uint64_t word;
+        memcpy(&word, p, sizeof word);
+        c = __builtin_ia32_crc32di(c, word);
+    }
+    uint32_t c32 = (uint32_t)c;
+    for (; len > 0; len--, p++)
+        c32 = __builtin_ia32_crc32qi(c32, *p);
+    return c32;
+}
+#endif
+
+/* Pre- and post-inverted, so that crc32c(crc32c(0, a), b) ==
+ * crc32c(0, a followed by b); the instruction where the CPU has it. */
+uint32_t eventlog_crc32c(uint32_t crc, const void *data, size_t len)
+{
+#if defined(__x86_64__)
+    static atomic_int has_sse42 = -1; /* -1: not asked yet (any thread may ask) */
+    int has = atomic_load_explicit(&has_sse42, memory_order_relaxed);
+    if (has < 0) {
+        has = __builtin_cpu_supports("sse4.2") ? 1 : 0;
+        atomic_store_explicit(&has_sse42, has, memory_order_relaxed);
+    }
+    if (has)
+        return ~crc32c_sse42_update(~crc, data, len);
+#endif
+    return ~crc32c_table_update(~crc, data, len);
 }
 
 /* ---- the record ------------------------------------------------------------- */
@@ -1199,11 +1235,27 @@ static void entry_reset(eventlog_entry_t *out, eventlog_position_t position)
     out->next_position = position;
 }
 
-int eventlog_read(eventlog_t *self, eventlog_position_t position, eventlog_entry_t *out)
+/* A record found by record_fetch: where it is and its first bytes. */
+typedef struct {
+    eventlog_position_t position; /* of the record (the next segment's start for a segment end) */
+    size_t segment_index;
+    bool active; /* in the active segment */
+    int fd;
+    record_header_t header;
+    uint8_t head[read_ahead_bytes]; /* the record's first bytes, header included */
+    size_t head_len;                /* bytes in 'head': min(record, read_ahead_bytes) */
+} fetched_record_t;
+
+/* What eventlog_read and eventlog_peek share: finds the durable record at
+ * 'position' (continuing with the next segment at the end of an older
+ * one), reads its first bytes (header, event id, key and a small payload:
+ * usually the whole record, with one system call) into 'r' and checks its
+ * header (lengths, offset, the record within the durable bytes; not the
+ * checksum). Returns 1, 0 at the end of the durable log (r->position set),
+ * or -1 as eventlog_read (logged). */
+static int record_fetch(eventlog_t *self, eventlog_position_t position, fetched_record_t *r)
 {
-    assert(self != NULL && out != NULL);
-    memset(out, 0, sizeof *out);
-    out->position = out->next_position = position;
+    r->position = position;
     ptrdiff_t found = segment_find_base(self, position.segment_base);
     if (found < 0)
         return -1; /* not retained (or never a segment) */
@@ -1213,86 +1265,150 @@ int eventlog_read(eventlog_t *self, eventlog_position_t position, eventlog_entry
         i++;
         position = (eventlog_position_t){.segment_base = self->segments[i].base};
     }
+    r->position = position;
+    r->segment_index = i;
     segment_t *s = &self->segments[i];
-    bool active = i + 1 == self->segment_count;
+    r->active = i + 1 == self->segment_count;
     /* Only durable bytes are served: in the active segment, up to the last
      * sync; older segments were made durable when they were closed. */
-    uint64_t limit = active ? self->active_durable_bytes : s->bytes;
-    out->position = out->next_position = position;
-    if (active && position.file_offset >= limit && position.file_offset <= s->bytes)
+    uint64_t limit = r->active ? self->active_durable_bytes : s->bytes;
+    if (r->active && position.file_offset >= limit && position.file_offset <= s->bytes)
         return 0;
     if (position.file_offset > limit || limit - position.file_offset < record_header_bytes)
         return -1;
 
-    int fd = segment_fd(self, i);
-    if (fd < 0)
+    r->fd = segment_fd(self, i);
+    if (r->fd < 0)
         return -1;
-    uint8_t head[record_header_bytes];
-    struct iovec head_iov = {.iov_base = head, .iov_len = sizeof head};
-    if (io_all_at(fd, &head_iov, 1, position.file_offset, false) != 0) {
+    /* Every byte up to 'limit' is in the file: a short read is an error. */
+    uint64_t available = limit - position.file_offset;
+    r->head_len = available < read_ahead_bytes ? (size_t)available : read_ahead_bytes;
+    struct iovec head_iov = {.iov_base = r->head, .iov_len = r->head_len};
+    if (io_all_at(r->fd, &head_iov, 1, position.file_offset, false) != 0) {
         log_error("eventlog %s: reading segment %" PRIu64 " at byte %" PRIu64 ": %s", self->dir,
                   s->base, position.file_offset, errno ? strerror(errno) : "end of file");
         return -1;
     }
-    record_header_t h;
-    record_header_decode(head, &h);
-    uint64_t total = record_header_bytes_total(&h);
-    uint64_t offset_end = active ? self->end_offset : self->segments[i + 1].base;
+    record_header_t *h = &r->header;
+    record_header_decode(r->head, h);
+    uint64_t total = record_header_bytes_total(h);
+    uint64_t offset_end = r->active ? self->end_offset : self->segments[i + 1].base;
     const char *bad = NULL;
     if (total == 0)
         bad = "bad length";
-    else if (total > limit - position.file_offset)
+    else if (total > available)
         bad = "record past the end of the segment";
-    else if (h.offset < s->base || h.offset >= offset_end ||
-             (position.file_offset == 0 && h.offset != s->base))
+    else if (h->offset < s->base || h->offset >= offset_end ||
+             (position.file_offset == 0 && h->offset != s->base))
         bad = "offset outside the segment";
     if (bad != NULL) {
         log_warn("eventlog %s: segment %" PRIu64 " byte %" PRIu64 ": %s: not served", self->dir,
                  s->base, position.file_offset, bad);
         return -1;
     }
+    return 1;
+}
+
+/* The position of the record after 'r' (the start of the next segment
+ * after the last record of an older one). */
+static eventlog_position_t record_next_position(const eventlog_t *self, const fetched_record_t *r)
+{
+    const segment_t *s = &self->segments[r->segment_index];
+    uint64_t next = r->position.file_offset + record_header_bytes_total(&r->header);
+    if (!r->active && next == s->bytes)
+        return (eventlog_position_t){.segment_base = self->segments[r->segment_index + 1].base};
+    return (eventlog_position_t){.segment_base = s->base, .file_offset = next};
+}
+
+int eventlog_read(eventlog_t *self, eventlog_position_t position, eventlog_entry_t *out)
+{
+    assert(self != NULL && out != NULL);
+    memset(out, 0, sizeof *out);
+    out->position = out->next_position = position;
+    fetched_record_t r;
+    int rc = record_fetch(self, position, &r);
+    out->position = out->next_position = r.position;
+    if (rc != 1)
+        return rc;
+    const record_header_t *h = &r.header;
+    segment_t *s = &self->segments[r.segment_index];
 
     /* The lengths are checked: at most the limits are allocated. */
-    out->event_id = malloc((size_t)h.event_id_len + 1);
-    out->key = malloc((size_t)h.key_len + 1);
-    out->payload = malloc(h.payload_len > 0 ? h.payload_len : 1);
+    out->event_id = malloc((size_t)h->event_id_len + 1);
+    out->key = malloc((size_t)h->key_len + 1);
+    out->payload = malloc(h->payload_len > 0 ? h->payload_len : 1);
     if (out->event_id == NULL || out->key == NULL || out->payload == NULL) {
-        log_error("eventlog %s: out of memory reading offset %" PRIu64, self->dir, h.offset);
-        entry_reset(out, position);
+        log_error("eventlog %s: out of memory reading offset %" PRIu64, self->dir, h->offset);
+        entry_reset(out, r.position);
         return -1;
     }
+    /* The three strings follow the header: copy what the first read got,
+     * read the rest (a large payload) straight into place. */
     struct iovec iov[3] = {
-        {.iov_base = out->event_id, .iov_len = h.event_id_len},
-        {.iov_base = out->key, .iov_len = h.key_len},
-        {.iov_base = out->payload, .iov_len = h.payload_len},
+        {.iov_base = out->event_id, .iov_len = h->event_id_len},
+        {.iov_base = out->key, .iov_len = h->key_len},
+        {.iov_base = out->payload, .iov_len = h->payload_len},
     };
-    if (io_all_at(fd, iov, 3, position.file_offset + record_header_bytes, false) != 0) {
-        log_error("eventlog %s: reading offset %" PRIu64 ": %s", self->dir, h.offset,
+    size_t have = r.head_len - record_header_bytes;
+    const uint8_t *from = r.head + record_header_bytes;
+    int first_missing = 0;
+    for (; first_missing < 3 && have > 0; first_missing++) {
+        size_t n = iov[first_missing].iov_len < have ? iov[first_missing].iov_len : have;
+        memcpy(iov[first_missing].iov_base, from, n);
+        from += n;
+        have -= n;
+        iov[first_missing].iov_base = (uint8_t *)iov[first_missing].iov_base + n;
+        iov[first_missing].iov_len -= n;
+        if (iov[first_missing].iov_len > 0)
+            break; /* the first read ended inside this part */
+    }
+    if (first_missing < 3 && io_all_at(r.fd, iov + first_missing, 3 - first_missing,
+                                       r.position.file_offset + r.head_len, false) != 0) {
+        log_error("eventlog %s: reading offset %" PRIu64 ": %s", self->dir, h->offset,
                   errno ? strerror(errno) : "end of file");
-        entry_reset(out, position);
+        entry_reset(out, r.position);
         return -1;
     }
-    uint32_t crc = eventlog_crc32c(0, head + record_checked_offset, record_checked_header_bytes);
-    crc = eventlog_crc32c(crc, out->event_id, h.event_id_len);
-    crc = eventlog_crc32c(crc, out->key, h.key_len);
-    crc = eventlog_crc32c(crc, out->payload, h.payload_len);
-    if (crc != h.crc) {
+    uint32_t crc = eventlog_crc32c(0, r.head + record_checked_offset, record_checked_header_bytes);
+    crc = eventlog_crc32c(crc, out->event_id, h->event_id_len);
+    crc = eventlog_crc32c(crc, out->key, h->key_len);
+    crc = eventlog_crc32c(crc, out->payload, h->payload_len);
+    if (crc != h->crc) {
         log_warn("eventlog %s: offset %" PRIu64 " (segment %" PRIu64 " byte %" PRIu64
                  "): checksum mismatch: not served",
-                 self->dir, h.offset, s->base, position.file_offset);
-        entry_reset(out, position);
+                 self->dir, h->offset, s->base, r.position.file_offset);
+        entry_reset(out, r.position);
         return -1;
     }
-    out->event_id[h.event_id_len] = '\0';
-    out->key[h.key_len] = '\0';
-    out->payload_len = h.payload_len;
-    out->offset = h.offset;
-    out->timestamp_ms = h.timestamp_ms;
-    uint64_t next = position.file_offset + total;
-    if (!active && next == s->bytes)
-        out->next_position = (eventlog_position_t){.segment_base = self->segments[i + 1].base};
-    else
-        out->next_position = (eventlog_position_t){.segment_base = s->base, .file_offset = next};
+    out->event_id[h->event_id_len] = '\0';
+    out->key[h->key_len] = '\0';
+    out->payload_len = h->payload_len;
+    out->offset = h->offset;
+    out->timestamp_ms = h->timestamp_ms;
+    out->next_position = record_next_position(self, &r);
+    return 1;
+}
+
+int eventlog_peek(eventlog_t *self, eventlog_position_t position, eventlog_peek_t *out)
+{
+    assert(self != NULL && out != NULL);
+    memset(out, 0, sizeof *out);
+    out->position = out->next_position = position;
+    fetched_record_t r;
+    int rc = record_fetch(self, position, &r);
+    out->position = out->next_position = r.position;
+    if (rc != 1)
+        return rc;
+    const record_header_t *h = &r.header;
+    /* header + id + key <= 32 + 128 + 256 bytes: within the first read. */
+    static_assert(read_ahead_bytes >=
+                      record_header_bytes + eventlog_event_id_bytes_max + eventlog_key_bytes_max,
+                  "the first read of a record holds its key");
+    assert(r.head_len >= record_header_bytes + (size_t)h->event_id_len + h->key_len);
+    memcpy(out->key, r.head + record_header_bytes + h->event_id_len, h->key_len);
+    out->key[h->key_len] = '\0';
+    out->offset = h->offset;
+    out->next_position = record_next_position(self, &r);
     return 1;
 }
 

@@ -157,6 +157,23 @@ int eventlog_seek(eventlog_t *self, uint64_t offset, eventlog_position_t *positi
  * entry first); on 0 and -1 it holds no data. */
 int eventlog_read(eventlog_t *self, eventlog_position_t position, eventlog_entry_t *out);
 
+/* What eventlog_peek tells of a record: enough to walk the log and to
+ * order a group's deliveries by key, without the payload. */
+typedef struct {
+    uint64_t offset;
+    char key[eventlog_key_bytes_max + 1]; /* NUL-terminated */
+    eventlog_position_t position;         /* of this record */
+    eventlog_position_t next_position;    /* of the record after it */
+} eventlog_peek_t;
+
+/* Like eventlog_read without the payload and without checking the
+ * checksum: the record's offset, key and the next position, with one read
+ * and no allocation. Its lengths and offset are checked as for a read; the
+ * checksum is not, so a peeked key may be wrong on a corrupt record, which
+ * eventlog_read then refuses to serve. Returns 1, 0 at the end of the
+ * durable log, -1 as eventlog_read. */
+int eventlog_peek(eventlog_t *self, eventlog_position_t position, eventlog_peek_t *out);
+
 /* Frees what 'entry' holds. */
 void eventlog_entry_clear(eventlog_entry_t *entry);
 
