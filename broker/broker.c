@@ -6,6 +6,7 @@
 
 #include <czmq.h>
 #include <errno.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -23,6 +24,7 @@ enum {
     logged_peers_max = 1024, /* peers remembered for log-once */
     broker_linger_ms = 1000, /* flush time for the last answers on exit */
     broker_drain_ms = 300,   /* answering and letting peers read, on exit */
+    broker_gather_us = 150,  /* longest wait for returning publishers before a sync */
 };
 
 struct broker {
@@ -548,6 +550,58 @@ static void broker_drain(broker_t *self)
     }
 }
 
+/* Reads and handles the messages waiting on the socket, at most
+ * broker_batch_max. Returns true when it stopped with input still waiting
+ * (the batch limit, or EINTR), false when the socket was drained. */
+static bool broker_read_batch(broker_t *self)
+{
+    for (int i = 0; i < broker_batch_max; i++) {
+        wire_message_t msg;
+        const char *detail = NULL;
+        int rc = wire_recv(self->socket, true, self->config.message_bytes_max, ZMQ_DONTWAIT, &msg,
+                           &detail);
+        if (rc < 0) {
+            bool drained = errno == EAGAIN;
+            wire_message_clear(&msg);
+            return !drained; /* EINTR: back to the stop check */
+        }
+        int64_t now = clock_now_ms();
+        if (rc == WIRE_OK)
+            broker_handle(self, &msg, now);
+        else
+            broker_reject(self, &msg, rc, detail);
+        wire_message_clear(&msg);
+    }
+    return true;
+}
+
+/* Waits until the socket has a message or the monotonic clock reaches
+ * 'until_us'. True when there is a message. (zmq_poll counts whole
+ * milliseconds; this waits in microseconds, on the socket's ZMQ_FD, which
+ * signals every change of ZMQ_EVENTS.) */
+static bool broker_wait_input(broker_t *self, int64_t until_us)
+{
+    int fd = -1;
+    size_t fd_size = sizeof fd;
+    if (zmq_getsockopt(self->socket, ZMQ_FD, &fd, &fd_size) != 0)
+        return false;
+    for (;;) {
+        uint32_t events = 0;
+        size_t events_size = sizeof events;
+        if (zmq_getsockopt(self->socket, ZMQ_EVENTS, &events, &events_size) != 0)
+            return false;
+        if (events & ZMQ_POLLIN)
+            return true;
+        int64_t left_us = until_us - clock_now_us();
+        if (left_us <= 0)
+            return false;
+        struct pollfd pfd = {.fd = fd, .events = POLLIN};
+        struct timespec left = {.tv_sec = 0, .tv_nsec = (long)left_us * 1000};
+        if (ppoll(&pfd, 1, &left, NULL) < 0 && errno != EINTR)
+            return false;
+    }
+}
+
 int broker_run(broker_t *self)
 {
     log_info("broker: serving on %s", self->endpoint);
@@ -583,28 +637,22 @@ int broker_run(broker_t *self)
         /* Handshakes first: a connecting peer waits for its answer. */
         if (zap_index >= 0 && (items[zap_index].revents & ZMQ_POLLIN))
             auth_zap_serve(self->auth);
-        ready = items[0].revents & ZMQ_POLLIN;
         bool input_waiting = false; /* the batch stopped before the socket was empty */
-        for (int i = 0; ready > 0; i++) {
-            if (i == broker_batch_max) {
-                input_waiting = true;
+        if (items[0].revents & ZMQ_POLLIN)
+            input_waiting = broker_read_batch(self);
+        /* Gathering: when the last sync answered more publishers than have
+         * published again since, the others are most likely on their way
+         * (each waits for its answer before it publishes again): wait a
+         * little for them (at most broker_gather_us, and only while the
+         * socket stays quiet), so that one fsync covers them all instead
+         * of this one covering the first few and the next the rest. */
+        int64_t gather_until_us = 0;
+        while (!input_waiting && bus_expects_publishes(self->bus)) {
+            if (gather_until_us == 0)
+                gather_until_us = clock_now_us() + broker_gather_us;
+            if (!broker_wait_input(self, gather_until_us))
                 break;
-            }
-            wire_message_t msg;
-            const char *detail = NULL;
-            int rc = wire_recv(self->socket, true, self->config.message_bytes_max, ZMQ_DONTWAIT,
-                               &msg, &detail);
-            if (rc < 0) {
-                input_waiting = errno != EAGAIN; /* EAGAIN: drained */
-                wire_message_clear(&msg);
-                break; /* EINTR: back to the stop check */
-            }
-            now = clock_now_ms();
-            if (rc == WIRE_OK)
-                broker_handle(self, &msg, now);
-            else
-                broker_reject(self, &msg, rc, detail);
-            wire_message_clear(&msg);
+            input_waiting = broker_read_batch(self);
         }
         /* Group commit: each topic is fsynced once for everything appended
          * in this batch (or, on the sync thread, while its previous fsync

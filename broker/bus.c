@@ -157,6 +157,7 @@ struct bus {
     pending_ack_t *acks;
     size_t ack_count;
     size_t ack_capacity;
+    size_t acks_answered_last; /* publishes answered by the last flush that answered any */
     /* The sync thread: the loop hands it a batch of fsyncs (one item per
      * dirty topic) and goes on routing; the thread signals 'sync_event_fd'
      * when the batch is done. Fields under 'sync_mutex': sync_requested,
@@ -1238,6 +1239,8 @@ static void bus_answer_publishes(bus_t *self)
         self->sink.send(self->sink.ctx, a->identity, a->identity_len, &header, &body);
         zmq_msg_close(&body);
     }
+    if (kept < self->ack_count)
+        self->acks_answered_last = self->ack_count - kept;
     self->ack_count = kept;
 }
 
@@ -1271,6 +1274,12 @@ void bus_flush(bus_t *self, bool input_waiting, int64_t now)
         for (list_node_t *m = t->groups.next; m != &t->groups; m = m->next)
             group_pump(self, list_entry(m, group_t, topic_link), now);
     }
+}
+
+bool bus_expects_publishes(const bus_t *self)
+{
+    return bus_enabled(self) && !self->sync_in_flight && self->ack_count > 0 &&
+           self->ack_count < self->acks_answered_last;
 }
 
 void bus_flush_all(bus_t *self, int64_t now)

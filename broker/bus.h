@@ -110,6 +110,13 @@ bool bus_peer_disconnect(bus_t *self, const uint8_t *identity, size_t identity_l
  * disk. */
 void bus_flush(bus_t *self, bool input_waiting, int64_t now);
 
+/* True when it is worth waiting a little for more publishes before the
+ * next bus_flush syncs: the sync thread is idle, some publishes wait for a
+ * sync, and fewer of them arrived since the last answers than the last
+ * answers counted (publishers that publish one event after the other come
+ * back after their answer, so one fsync can cover them all). */
+bool bus_expects_publishes(const bus_t *self);
+
 /* bus_flush until nothing is left to sync or to answer (waits for the
  * disk): for shutdown. */
 void bus_flush_all(bus_t *self, int64_t now);
