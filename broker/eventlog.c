@@ -67,6 +67,13 @@ enum {
     read_ahead_bytes = 2048,       /* first read of a record: a small one whole */
 };
 
+/* The active segment is allocated this far ahead of its records (zeros),
+ * so that an append does not change the file's size: an fdatasync after
+ * an append that grows the file must also write the inode (measured on
+ * our ext4 VMs: 0.27-0.30 ms against 0.19 ms). The size then changes once
+ * per chunk. */
+#define preallocate_chunk_bytes (UINT64_C(1) << 20) /* 1 MiB */
+
 static_assert(record_bytes_max < UINT32_MAX, "a record's length must fit its u32 field");
 static_assert(scan_buffer_bytes >= record_header_bytes, "the scan buffer holds a header");
 
@@ -292,6 +299,8 @@ struct eventlog {
     size_t segment_count;
     size_t segment_capacity;
     int active_fd;
+    uint64_t active_allocated;     /* the active segment's file size: records + zeros */
+    bool preallocate_off;          /* fallocate is not supported here: plain appends */
     uint64_t end_offset;           /* one past the newest appended record */
     uint64_t durable_end_offset;   /* one past the newest durable record */
     uint64_t active_durable_bytes; /* bytes of the active segment known durable */
@@ -667,6 +676,22 @@ static scan_result_t scan_record(scanner_t *s, uint64_t pos, uint64_t expected, 
     return crc == h->crc ? SCAN_OK : SCAN_CHECKSUM;
 }
 
+/* True when the bytes of 'fd' from 'pos' on (at most a record header's
+ * worth, up to 'file_bytes') are all zero: space preallocated and never
+ * written, not a torn record. */
+static bool tail_is_zeros(int fd, uint64_t pos, uint64_t file_bytes)
+{
+    uint8_t head[record_header_bytes];
+    size_t n = file_bytes - pos < sizeof head ? (size_t)(file_bytes - pos) : sizeof head;
+    struct iovec iov = {.iov_base = head, .iov_len = n};
+    if (io_all_at(fd, &iov, 1, pos, false) != 0)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (head[i] != 0)
+            return false;
+    return true;
+}
+
 /* Recovers the active segment (the last, open on 'fd', 'file_bytes' long):
  * checks every record, cuts the file at the first one that is not valid,
  * fsyncs it, and builds its index and newest timestamp. Sets
@@ -700,9 +725,15 @@ static int segment_recover(eventlog_t *self, int fd, uint64_t file_bytes)
         return -1;
     }
     if (pos < file_bytes) {
-        log_warn("eventlog %s: %s: %s at byte %" PRIu64 " (offset %" PRIu64 "): cutting %" PRIu64
-                 " bytes off the end",
-                 self->dir, name, scan_result_text(result), pos, offset, file_bytes - pos);
+        if (tail_is_zeros(fd, pos, file_bytes))
+            log_info("eventlog %s: %s: cutting %" PRIu64
+                     " bytes of zeros (preallocated, never written) "
+                     "after byte %" PRIu64 " (offset %" PRIu64 ")",
+                     self->dir, name, file_bytes - pos, pos, offset);
+        else
+            log_warn("eventlog %s: %s: %s at byte %" PRIu64 " (offset %" PRIu64
+                     "): cutting %" PRIu64 " bytes off the end",
+                     self->dir, name, scan_result_text(result), pos, offset, file_bytes - pos);
         if (ftruncate(fd, (off_t)pos) != 0) {
             log_error("eventlog %s: truncating %s: %s", self->dir, name, strerror(errno));
             return -1;
@@ -815,6 +846,7 @@ static int segment_create(eventlog_t *self)
         .newest_timestamp_ms = INT64_MIN,
     };
     self->active_fd = fd;
+    self->active_allocated = 0;
     self->active_durable_bytes = 0;
     self->dir_dirty = true;
     self->dir_changes++;
@@ -908,6 +940,7 @@ eventlog_t *eventlog_open(const eventlog_config_t *config)
         if (segment_recover(self, self->active_fd, (uint64_t)st.st_size) != 0)
             goto fail;
         self->active_durable_bytes = active_segment(self)->bytes;
+        self->active_allocated = active_segment(self)->bytes; /* recovery cut the rest */
     }
     for (size_t i = 0; i < self->segment_count; i++)
         self->bytes_total += self->segments[i].bytes;
@@ -929,6 +962,12 @@ void eventlog_close(eventlog_t **self_p)
     eventlog_t *self = *self_p;
     if (self == NULL)
         return;
+    /* Leave no preallocated zeros behind (not synced: if this is lost,
+     * recovery cuts them at the next open). */
+    if (self->active_fd >= 0 && !self->failed && self->segment_count > 0 &&
+        self->active_allocated > active_segment(self)->bytes &&
+        ftruncate(self->active_fd, (off_t)active_segment(self)->bytes) != 0)
+        log_warn("eventlog %s: cutting the preallocated space: %s", self->dir, strerror(errno));
     for (size_t i = 0; i < self->segment_count; i++)
         free(self->segments[i].index);
     free(self->segments);
@@ -956,6 +995,16 @@ static int segment_roll(eventlog_t *self)
 {
     segment_t *old = active_segment(self);
     assert(old->bytes > 0); /* an empty segment never rolls: no record is split */
+    /* A closed segment is exactly its records: the sizes of older
+     * segments are read from the file system at open. (Before the mtime:
+     * truncating sets it.) */
+    if (self->active_allocated > old->bytes) {
+        if (ftruncate(self->active_fd, (off_t)old->bytes) != 0) {
+            eventlog_fail(self, "cutting the preallocated space of the segment being closed");
+            return -1;
+        }
+        self->active_allocated = old->bytes;
+    }
     if (segment_stamp_mtime(self->active_fd, old->newest_timestamp_ms) != 0)
         log_warn("eventlog %s: setting the mtime of segment %" PRIu64 ": %s (retention by age "
                  "will use the time of its last write)",
@@ -981,6 +1030,35 @@ static int segment_roll(eventlog_t *self)
             index_evict_one(self, self->segment_count - 1);
     }
     return 0;
+}
+
+/* Extends the active segment's preallocated space (zeros) to cover at
+ * least 'needed' bytes: to the next whole chunk, not past
+ * segment_bytes_max unless one record needs more. Where the file system
+ * cannot preallocate, appends grow the file instead (logged once); any
+ * other failure is left to the write that follows, which reports it. */
+static void segment_preallocate(eventlog_t *self, uint64_t needed)
+{
+    if (self->preallocate_off)
+        return;
+    uint64_t target =
+        (needed + preallocate_chunk_bytes - 1) / preallocate_chunk_bytes * preallocate_chunk_bytes;
+    if (target > self->config.segment_bytes_max)
+        target = self->config.segment_bytes_max;
+    if (target < needed)
+        target = needed;
+    assert(target > self->active_allocated);
+    if (fallocate(self->active_fd, 0, (off_t)self->active_allocated,
+                  (off_t)(target - self->active_allocated)) == 0) {
+        self->active_allocated = target;
+        return;
+    }
+    if (errno == EOPNOTSUPP || errno == ENOSYS) {
+        log_info("eventlog %s: the file system cannot preallocate (%s): every append grows the "
+                 "segment",
+                 self->dir, strerror(errno));
+        self->preallocate_off = true;
+    }
 }
 
 int eventlog_append(eventlog_t *self, const char *event_id, const char *key, const void *payload,
@@ -1036,17 +1114,23 @@ int eventlog_append(eventlog_t *self, const char *event_id, const char *key, con
         {.iov_base = (void *)key, .iov_len = key_len},
         {.iov_base = (void *)payload, .iov_len = payload_len},
     };
+    if (active->bytes + total > self->active_allocated)
+        segment_preallocate(self, active->bytes + total);
     if (io_all_at(self->active_fd, iov, 4, active->bytes, true) != 0) {
         int saved = errno;
         log_error("eventlog %s: write at offset %" PRIu64 ": %s", self->dir, h.offset,
                   strerror(saved));
-        /* Cut what may have been written; the next append would overwrite
-         * it anyway, as it writes at active->bytes. */
+        /* Cut what may have been written (and the preallocated space); the
+         * next append would overwrite it anyway, as it writes at
+         * active->bytes. */
         if (ftruncate(self->active_fd, (off_t)active->bytes) != 0)
             eventlog_fail(self, "truncating a failed write");
+        self->active_allocated = active->bytes;
         return -1;
     }
     active->bytes += total;
+    if (active->bytes > self->active_allocated)
+        self->active_allocated = active->bytes; /* not preallocated: the write grew the file */
     self->bytes_total += total;
     if (timestamp_ms > active->newest_timestamp_ms)
         active->newest_timestamp_ms = timestamp_ms;

@@ -262,7 +262,8 @@ static void test_append_sync_read_back_in_order(void **state)
     }
     assert_int_equal(eventlog_sync(log), 0);
     assert_int_equal(eventlog_bytes(log), bytes);
-    assert_int_equal(file_size(segment_path(f, 0)), bytes);
+    /* open, the active segment is preallocated ahead of its records */
+    assert_true(file_size(segment_path(f, 0)) >= bytes);
     expect_records(log, 0, 200);
 
     /* timestamps and positions come back too */
@@ -281,6 +282,8 @@ static void test_append_sync_read_back_in_order(void **state)
     assert_int_equal(eventlog_seek(log, UINT64_MAX, &pos), -1);
     eventlog_close(&log);
     assert_null(log);
+    /* closed, it is exactly its records */
+    assert_int_equal(file_size(segment_path(f, 0)), bytes);
 }
 
 /* The bytes on disk follow the documented layout. */
@@ -353,6 +356,47 @@ static void test_read_serves_durable_records_only(void **state)
     assert_int_equal(eventlog_read(log, pos, &e), 1);
     expect_record(&e, 0);
     eventlog_entry_clear(&e);
+    eventlog_close(&log);
+}
+
+/* While open, the active segment is preallocated (zeros after its
+ * records); a crash leaves those zeros, after a torn record or not:
+ * reopening cuts them off, and a closed log is exactly its records. */
+static void test_preallocated_tail_is_cut_off(void **state)
+{
+    fixture_t *f = *state;
+    const uint64_t n = 10;
+    const char *path = segment_path(f, 0);
+    eventlog_t *log = open_log(f->dir, 0, 0, 0);
+    append_fixed(log, n);
+    assert_int_equal(eventlog_sync(log), 0);
+    assert_true(file_size(path) > n * fixed_record_bytes);
+    eventlog_close(&log);
+    assert_int_equal(file_size(path), n * fixed_record_bytes);
+
+    /* the records, then zeros to the end of a preallocated chunk */
+    assert_int_equal(truncate(path, (off_t)(n * fixed_record_bytes + (1 << 20))), 0);
+    log = open_log(f->dir, 0, 0, 0);
+    assert_int_equal(eventlog_end_offset(log), n);
+    assert_int_equal(eventlog_bytes(log), n * fixed_record_bytes);
+    assert_int_equal(file_size(path), n * fixed_record_bytes);
+    expect_records(log, 0, n);
+    assert_int_equal(append_record(log, 33, timestamp_base_ms), n);
+    assert_int_equal(eventlog_sync(log), 0);
+    expect_records(log, 0, n + 1);
+    eventlog_close(&log);
+    uint64_t last_at = n * fixed_record_bytes;
+    uint64_t last_bytes = header_bytes + id_bytes + key_bytes + 33;
+    assert_int_equal(file_size(path), last_at + last_bytes);
+
+    /* half of the last record written, then zeros */
+    assert_int_equal(truncate(path, (off_t)(last_at + last_bytes / 2)), 0);
+    assert_int_equal(truncate(path, (off_t)(last_at + last_bytes / 2 + 4096)), 0);
+    log = open_log(f->dir, 0, 0, 0);
+    assert_int_equal(eventlog_end_offset(log), n);
+    assert_int_equal(eventlog_bytes(log), last_at);
+    assert_int_equal(file_size(path), last_at);
+    expect_records(log, 0, n);
     eventlog_close(&log);
 }
 
@@ -649,7 +693,8 @@ static void test_invalid_arguments_write_nothing(void **state)
     eventlog_t *log = open_log(f->dir, 0, 0, 0);
     append_record(log, 10, timestamp_base_ms);
     assert_int_equal(eventlog_sync(log), 0);
-    uint64_t size = file_size(segment_path(f, 0));
+    uint64_t size = file_size(segment_path(f, 0)); /* preallocated */
+    uint64_t bytes = eventlog_bytes(log);
 
     char id_129[130], key_257[258];
     memset(id_129, 'i', 129);
@@ -670,7 +715,7 @@ static void test_invalid_arguments_write_nothing(void **state)
     assert_int_equal(eventlog_end_offset(log), 1);
     assert_int_equal(eventlog_sync(log), 0);
     assert_int_equal(file_size(segment_path(f, 0)), size);
-    assert_int_equal(eventlog_bytes(log), size);
+    assert_int_equal(eventlog_bytes(log), bytes);
 
     /* the limits themselves are accepted, and read back */
     id_129[128] = '\0';
@@ -926,6 +971,7 @@ int main(void)
         DIR_TEST(test_segment_roll_over_and_reads_across_segments),
         DIR_TEST(test_seek_in_large_segments),
         DIR_TEST(test_torn_half_record_is_cut_off),
+        DIR_TEST(test_preallocated_tail_is_cut_off),
         DIR_TEST(test_garbage_after_last_record_is_cut_off),
         DIR_TEST(test_huge_length_is_treated_as_torn),
         DIR_TEST(test_checksum_mismatch_in_older_segment_is_not_served),
