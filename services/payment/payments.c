@@ -107,20 +107,10 @@ static void payment_from_row(rpc_ctx_t *ctx, const PGresult *rows, int row,
     payment->updated_at = rpc_ctx_strdup(ctx, PQgetvalue(rows, row, col_updated));
 }
 
-/* The answer for a payment in row 0 of 'rows': the payment when it
+/* The answer for payment 'reply' (filled in): the payment when it
  * SUCCEEDED; the error (with the payment id) when it FAILED; "still
  * processing" otherwise. The same row always gives the same answer, which
  * is what makes replays return the first response. */
-static Paygate__V1__Code payment_answer_code(rpc_ctx_t *ctx, Paygate__V1__Payment *reply);
-
-static Paygate__V1__Code payment_answer(rpc_ctx_t *ctx, const PGresult *rows,
-                                        Paygate__V1__Payment *reply)
-{
-    payment_from_row(ctx, rows, 0, reply);
-    return payment_answer_code(ctx, reply);
-}
-
-/* The answer for payment 'reply', filled in: see payment_answer. */
 static Paygate__V1__Code payment_answer_code(rpc_ctx_t *ctx, Paygate__V1__Payment *reply)
 {
     rpc_ctx_detail(ctx, "payment_id", reply->id);
@@ -136,6 +126,14 @@ static Paygate__V1__Code payment_answer_code(rpc_ctx_t *ctx, Paygate__V1__Paymen
                             "Idempotency-Key to get its outcome",
                             reply->id);
     }
+}
+
+/* The answer for the payment in row 0 of 'rows': see payment_answer_code. */
+static Paygate__V1__Code payment_answer(rpc_ctx_t *ctx, const PGresult *rows,
+                                        Paygate__V1__Payment *reply)
+{
+    payment_from_row(ctx, rows, 0, reply);
+    return payment_answer_code(ctx, reply);
 }
 
 /* Reads payment 'id' of 'user' and answers with it. */
@@ -243,24 +241,25 @@ static Paygate__V1__Code payment_load_order(payment_env_t *env, const char *orde
 }
 
 /* Looks up the caller's payment with this idempotency key; when there is
- * one, sets '*known' and answers as for a known key (replay, take over
- * or refuse). */
+ * one, answers as for a known key (replay, take over or refuse) and sets
+ * '*answered'; also when the lookup itself failed (the answer is the
+ * error). '*answered' false: no such key. */
 static Paygate__V1__Code payment_by_key(rpc_ctx_t *ctx, payment_env_t *env, const char *user,
                                         const Paygate__V1__CreatePaymentRequest *request,
-                                        Paygate__V1__Payment *reply, bool *known)
+                                        Paygate__V1__Payment *reply, bool *answered)
 {
-    *known = false;
+    *answered = false;
     const char *key_params[] = {user, request->idempotency_key};
     PGresult *rows = NULL;
     pg_result_t result =
         pg_exec_prepared(env->pg, "payment_by_key", by_key_sql, 2, key_params, &rows);
     if (result != PG_OK) {
-        *known = true; /* answered: with the error */
+        *answered = true;
         return pgrpc_fail(ctx, env->pg, result, "create payment");
     }
     Paygate__V1__Code code = PAYGATE__V1__CODE__OK;
     if (PQntuples(rows) == 1) {
-        *known = true;
+        *answered = true;
         code = payment_known_key(ctx, env, rows, request->order_id, reply);
     }
     PQclear(rows);
@@ -314,10 +313,10 @@ Paygate__V1__Code payment_create(rpc_ctx_t *ctx, const ProtobufCMessage *request
     const char *reason = NULL, *message = NULL;
     Paygate__V1__Code code =
         payment_load_order(env, request->order_id, user, &amount, &order_status, &reason, &message);
-    bool known = false;
+    bool answered = false;
     if (code != PAYGATE__V1__CODE__OK) {
-        Paygate__V1__Code answer = payment_by_key(ctx, env, user, request, reply, &known);
-        if (known)
+        Paygate__V1__Code answer = payment_by_key(ctx, env, user, request, reply, &answered);
+        if (answered)
             return answer;
         return rpc_ctx_fail(ctx, code, reason, "%s", message);
     }
@@ -344,8 +343,8 @@ Paygate__V1__Code payment_create(rpc_ctx_t *ctx, const ProtobufCMessage *request
         return pgrpc_fail(ctx, env->pg, result, "create payment");
     if (PQntuples(inserted) == 0) { /* the key is known (maybe from a request racing this one) */
         PQclear(inserted);
-        Paygate__V1__Code answer = payment_by_key(ctx, env, user, request, reply, &known);
-        if (known)
+        Paygate__V1__Code answer = payment_by_key(ctx, env, user, request, reply, &answered);
+        if (answered)
             return answer;
         return rpc_ctx_fail(ctx, PAYGATE__V1__CODE__FAILED_PRECONDITION, "idempotency_in_progress",
                             "a request with this Idempotency-Key is still in progress");
