@@ -25,10 +25,13 @@
  * is keyed by the payment id and changes nothing the second time. Never a
  * debit without a completed order or a refund.
  *
- * Only one driver acts at a time. A driver holds a lease with a fencing
- * token (lease_token): it renews the lease before each call, and records a
- * step or the outcome only while the token is still its own. A driver that
- * was slow past its lease finds the token changed and stops. The debit
+ * Only one driver decides at a time. A driver holds a lease with a
+ * fencing token (lease_token), taken or renewed by the statement that
+ * records its step (or before its first call, when it resumes a payment),
+ * and records a step or the outcome only while the token is still its
+ * own. A driver that was slow past its lease finds the token changed and
+ * stops; at most it repeats a call the new driver also makes (the order's
+ * completion, keyed by payment id), which changes nothing. The debit
  * carries the lease's end (not_after_ms) and the user service refuses to
  * apply it later, so a slow debit cannot land after a newer driver decided
  * that the payment FAILED for lack of funds.
