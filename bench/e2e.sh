@@ -296,7 +296,7 @@ e2e_cpu_ticks() {
 # What one payment (or wallet read) costs the machine beside what one
 # pgbench transaction costs it, counted by the kernel and PostgreSQL, not
 # sampled: CPU time and context switches of every server process, and the
-# database's commits and WAL flushes, before and after a measured run,
+# database's write transactions and WAL bytes, before and after a measured run,
 # divided by the work done. For the runs named in E2E_COST_KEYS.
 
 E2E_COST_KEYS=" payments.c8 tpcb.c8 wallet.c64 selectonly.c64 "
@@ -327,9 +327,12 @@ e2e_cost_snapshot() {
     local -a procs pids stats tasks
     mapfile -t procs < <(e2e_pids)
     pg=$(pg_pid "$(pg_base_dir pg)")
-    [[ -n "$pg" ]] && mapfile -t pids < <(pgrep -P "$pg" || true)
+    if [[ -n "$pg" ]]; then
+        procs+=("postmaster $pg")
+        mapfile -t pids < <(pgrep -P "$pg" || true)
+        for pid in "${pids[@]}"; do procs+=("postgres $pid"); done
+    fi
     redis=$(redis_pid "$PID_DIR/redis.pid")
-    [[ -n "$pg" ]] && procs+=("postmaster $pg") && for pid in "${pids[@]}"; do procs+=("postgres $pid"); done
     [[ -n "$redis" ]] && procs+=("redis $redis")
     for name in "${procs[@]}"; do
         pid=${name#* }
