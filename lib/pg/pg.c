@@ -416,14 +416,10 @@ static int statement_find(const pg_conn_t *self, const char *name)
     return -1;
 }
 
-pg_result_t pg_exec_prepared(pg_conn_t *self, const char *name, const char *sql, int nparams,
-                             const char *const *params, PGresult **out)
+/* Makes the connection ready and statement 'name' prepared on it (once
+ * per connection). */
+static pg_result_t statement_ready(pg_conn_t *self, const char *name, const char *sql, int nparams)
 {
-    assert(self != NULL && name != NULL && sql != NULL && nparams >= 0 &&
-           (nparams == 0 || params != NULL));
-    if (out != NULL)
-        *out = NULL;
-    error_clear(self);
     if (name[0] == '\0' || strlen(name) > pg_name_bytes_max) {
         error_set_text(self, "prepared statement name must be 1 to 63 bytes");
         log_error("pg: %s", self->message);
@@ -460,8 +456,126 @@ pg_result_t pg_exec_prepared(pg_conn_t *self, const char *name, const char *sql,
         snprintf(self->statements[slot].name, sizeof self->statements[slot].name, "%s", name);
         self->statements[slot].sql = sql_copy;
     }
+    return PG_OK;
+}
+
+pg_result_t pg_exec_prepared(pg_conn_t *self, const char *name, const char *sql, int nparams,
+                             const char *const *params, PGresult **out)
+{
+    assert(self != NULL && name != NULL && sql != NULL && nparams >= 0 &&
+           (nparams == 0 || params != NULL));
+    if (out != NULL)
+        *out = NULL;
+    error_clear(self);
+    pg_result_t result = statement_ready(self, name, sql, nparams);
+    if (result != PG_OK)
+        return result;
+    bool in_txn = conn_in_txn(self);
     PGresult *res = PQexecPrepared(self->conn, name, nparams, params, NULL, NULL, 0);
     return conn_finish(self, res, name, in_txn, nparams > 0, out);
+}
+
+/* Reads the results of the pipeline pg_exec_prepared_batch sent: BEGIN,
+ * 'count' statements, COMMIT, then the sync. Returns the first failure
+ * (PG_OK: committed). */
+static pg_result_t batch_collect(pg_conn_t *self, const char *name, size_t count, PGresult **out)
+{
+    pg_result_t first = PG_OK;
+    for (size_t q = 0; q < count + 2; q++) {
+        PGresult *res = PQgetResult(self->conn);
+        if (res == NULL) { /* the connection failed: no more results */
+            if (first == PG_OK) {
+                error_set_text(self, PQerrorMessage(self->conn));
+                first = PG_UNAVAILABLE;
+            }
+            return first;
+        }
+        ExecStatusType status = PQresultStatus(res);
+        const char *what = q == 0 ? "BEGIN" : q == count + 1 ? "COMMIT" : name;
+        if (status == PGRES_PIPELINE_ABORTED) { /* after the failure already kept */
+            PQclear(res);
+        } else if (status == PGRES_COMMAND_OK || status == PGRES_TUPLES_OK) {
+            if (q == count + 1 && strcmp(PQcmdStatus(res), "COMMIT") != 0 && first == PG_OK) {
+                error_set_text(self, "transaction was rolled back: a statement in it had failed");
+                first = PG_ERROR;
+            }
+            if (q >= 1 && q <= count)
+                out[q - 1] = res;
+            else
+                PQclear(res);
+        } else {
+            pg_result_t result = conn_finish(self, res, what, true, q >= 1 && q <= count, NULL);
+            if (first == PG_OK)
+                first = result;
+            if (result == PG_UNAVAILABLE || self->conn == NULL)
+                return first; /* conn_finish dropped the connection */
+        }
+        if (PQgetResult(self->conn) != NULL) { /* each query's results end with NULL */
+            error_set_text(self, "unexpected extra result in a pipeline");
+            return first == PG_OK ? PG_ERROR : first;
+        }
+    }
+    PGresult *sync = PQgetResult(self->conn);
+    if (PQresultStatus(sync) != PGRES_PIPELINE_SYNC && first == PG_OK) {
+        error_set_text(self, "pipeline ended without its sync");
+        first = PG_ERROR;
+    }
+    PQclear(sync);
+    return first;
+}
+
+pg_result_t pg_exec_prepared_batch(pg_conn_t *self, const char *name, const char *sql, int nparams,
+                                   size_t count, const char *const *const *params, PGresult **out)
+{
+    assert(self != NULL && name != NULL && sql != NULL && nparams >= 0 && count > 0 &&
+           params != NULL && out != NULL);
+    for (size_t i = 0; i < count; i++)
+        out[i] = NULL;
+    error_clear(self);
+    pg_result_t result = statement_ready(self, name, sql, nparams);
+    if (result != PG_OK)
+        return result;
+    if (conn_in_txn(self)) {
+        error_set_text(self, "a transaction is already open on this connection");
+        log_error("pg: batch: %s", self->message);
+        return PG_ERROR;
+    }
+    if (PQenterPipelineMode(self->conn) != 1) {
+        error_set_text(self, PQerrorMessage(self->conn));
+        log_error("pg: batch: cannot enter pipeline mode: %s", self->message);
+        return PG_ERROR;
+    }
+    bool sent = PQsendQueryParams(self->conn, "BEGIN", 0, NULL, NULL, NULL, NULL, 0) == 1;
+    for (size_t i = 0; sent && i < count; i++)
+        sent = PQsendQueryPrepared(self->conn, name, nparams, params[i], NULL, NULL, 0) == 1;
+    sent = sent && PQsendQueryParams(self->conn, "COMMIT", 0, NULL, NULL, NULL, NULL, 0) == 1;
+    sent = sent && PQpipelineSync(self->conn) == 1;
+    if (!sent) {
+        error_set_text(self, PQerrorMessage(self->conn));
+        result = PG_UNAVAILABLE;
+    } else {
+        result = batch_collect(self, name, count, out);
+    }
+    if (self->conn != NULL && PQstatus(self->conn) == CONNECTION_OK &&
+        PQexitPipelineMode(self->conn) == 1) {
+        if (PQtransactionStatus(self->conn) != PQTRANS_IDLE) /* failed inside: end it */
+            pg_rollback(self);
+    } else if (self->conn != NULL) {
+        conn_drop(self, false); /* a pipeline that cannot end: start afresh */
+        if (result == PG_OK)
+            result = PG_UNAVAILABLE;
+    }
+    if (self->conn == NULL && !self->pinned)
+        self->session_lost = false; /* the transaction lost was this call's own */
+    if (result != PG_OK) {
+        for (size_t i = 0; i < count; i++) {
+            PQclear(out[i]);
+            out[i] = NULL;
+        }
+        if (result == PG_UNAVAILABLE)
+            log_warn("pg: batch of %zu %s: connection lost: %s", count, name, self->message);
+    }
+    return result;
 }
 
 pg_result_t pg_begin(pg_conn_t *self)
@@ -516,6 +630,16 @@ pg_result_t pg_commit(pg_conn_t *self)
         return PG_ERROR;
     }
     return result;
+}
+
+bool pg_transaction_failed(const pg_conn_t *self)
+{
+    if (self->session_lost)
+        return true;
+    if (!self->txn_open)
+        return false;
+    return self->conn == NULL || PQstatus(self->conn) != CONNECTION_OK ||
+           PQtransactionStatus(self->conn) != PQTRANS_INTRANS;
 }
 
 void pg_rollback(pg_conn_t *self)

@@ -27,6 +27,7 @@
 #ifndef PAYGATE_PG_H
 #define PAYGATE_PG_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include <libpq-fe.h>
@@ -103,6 +104,18 @@ pg_result_t pg_exec(pg_conn_t *self, const char *sql, int nparams, const char *c
 pg_result_t pg_exec_prepared(pg_conn_t *self, const char *name, const char *sql, int nparams,
                              const char *const *params, PGresult **out);
 
+/* Runs prepared statement 'name' (as pg_exec_prepared prepares it) once
+ * for each of the 'count' parameter sets 'params[i]', all in one
+ * transaction sent in one round trip (libpq's pipeline mode): BEGIN, the
+ * statements, COMMIT. PG_OK only when that transaction committed; then
+ * 'out[i]' is statement i's result (the caller PQclears each).
+ * Otherwise every 'out[i]' is NULL and the error is kept as for pg_exec:
+ * a statement failed and nothing happened, or (PG_UNAVAILABLE) the
+ * connection dropped and the outcome is unknown. Not inside a
+ * transaction (PG_ERROR). */
+pg_result_t pg_exec_prepared_batch(pg_conn_t *self, const char *name, const char *sql, int nparams,
+                                   size_t count, const char *const *const *params, PGresult **out);
+
 /* Opens a transaction (connecting if needed) at the server's default
  * isolation level; run "SET TRANSACTION ISOLATION LEVEL ..." next for
  * another. Fails with PG_ERROR if one is already open on this handle. */
@@ -115,6 +128,10 @@ pg_result_t pg_begin(pg_conn_t *self);
  * dropped and the outcome is unknown. The transaction is closed after
  * any answer. */
 pg_result_t pg_commit(pg_conn_t *self);
+
+/* Whether the open transaction can no longer commit: a statement in it
+ * failed, or the connection was lost. False when none is open. */
+bool pg_transaction_failed(const pg_conn_t *self);
 
 /* Rolls back the open transaction, if any; never fails (a lost
  * connection has rolled back by itself). Safe to call when none is open. */

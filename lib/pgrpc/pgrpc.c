@@ -21,3 +21,36 @@ Paygate__V1__Code pgrpc_fail(rpc_ctx_t *ctx, const pg_conn_t *pg, pg_result_t re
     return rpc_ctx_fail(ctx, PAYGATE__V1__CODE__INTERNAL, "internal_error",
                         "internal error (request %s)", rpc_ctx_request_id(ctx));
 }
+
+/* The connection of a thread state that begins with it. */
+static pg_conn_t *state_pg(void *thread_state)
+{
+    return *(pg_conn_t **)thread_state;
+}
+
+static bool batch_begin(void *thread_state)
+{
+    return pg_begin(state_pg(thread_state)) == PG_OK;
+}
+
+static bool batch_failed(void *thread_state)
+{
+    return pg_transaction_failed(state_pg(thread_state));
+}
+
+static bool batch_commit(void *thread_state)
+{
+    return pg_commit(state_pg(thread_state)) == PG_OK;
+}
+
+static void batch_rollback(void *thread_state)
+{
+    pg_rollback(state_pg(thread_state));
+}
+
+const rpc_batch_ops_t pgrpc_batch_ops = {
+    .begin = batch_begin,
+    .failed = batch_failed,
+    .commit = batch_commit,
+    .rollback = batch_rollback,
+};

@@ -362,3 +362,113 @@ Paygate__V1__Code rpc_client_call(rpc_client_t *self, const char *service, const
     zmq_msg_close(&body);
     return code;
 }
+
+/* Sets every item's status to 'status' (the batch's failure). */
+static void batch_fail_all(rpc_batch_item_t *items, size_t count, const rpc_status_t *status)
+{
+    for (size_t i = 0; i < count; i++)
+        items[i].status = *status;
+}
+
+/* Decodes the BatchReply in 'body' into the items. Returns OK, or
+ * INTERNAL (in 'status') when it is not one answer per item. */
+static Paygate__V1__Code batch_take_reply(const zmq_msg_t *body, rpc_batch_item_t *items,
+                                          size_t count,
+                                          const ProtobufCMessageDescriptor *reply_desc,
+                                          const char *service, const char *method,
+                                          rpc_status_t *status)
+{
+    Paygate__V1__BatchReply *reply = paygate__v1__batch_reply__unpack(
+        NULL, zmq_msg_size((zmq_msg_t *)body), zmq_msg_data((zmq_msg_t *)body));
+    if (reply == NULL || reply->n_results != count) {
+        rpc_status_set(status, PAYGATE__V1__CODE__INTERNAL,
+                       "batch reply from %s.%s does not answer each of its %zu calls", service,
+                       method, count);
+        if (reply != NULL)
+            paygate__v1__batch_reply__free_unpacked(reply, NULL);
+        return status->code;
+    }
+    for (size_t i = 0; i < count; i++) {
+        const Paygate__V1__BatchResult *result = reply->results[i];
+        rpc_status_from_wire(&items[i].status, result->status);
+        if (items[i].status.code != PAYGATE__V1__CODE__OK)
+            continue;
+        items[i].reply =
+            protobuf_c_message_unpack(reply_desc, NULL, result->body.len, result->body.data);
+        if (items[i].reply == NULL)
+            rpc_status_set(&items[i].status, PAYGATE__V1__CODE__INTERNAL,
+                           "reply from %s.%s is not a valid %s", service, method, reply_desc->name);
+    }
+    paygate__v1__batch_reply__free_unpacked(reply, NULL);
+    return PAYGATE__V1__CODE__OK;
+}
+
+Paygate__V1__Code rpc_client_call_batch(rpc_client_t *self, const char *service, const char *method,
+                                        rpc_batch_item_t *items, size_t count,
+                                        const ProtobufCMessageDescriptor *reply_desc,
+                                        const rpc_call_opts_t *opts, rpc_status_t *status)
+{
+    rpc_status_t local;
+    if (status == NULL)
+        status = &local;
+    for (size_t i = 0; i < count; i++)
+        items[i].reply = NULL;
+    char batch_method[wire_method_bytes_max + 1];
+    if (count == 0 || count > rpc_batch_items_max ||
+        snprintf(batch_method, sizeof batch_method, "batch.%s", method) >=
+            (int)sizeof batch_method) {
+        rpc_status_set(status, PAYGATE__V1__CODE__INVALID_ARGUMENT,
+                       "a batch of %s.%s needs 1..%d calls", service, method, rpc_batch_items_max);
+        batch_fail_all(items, count, status);
+        return status->code;
+    }
+    /* Each call's body, packed one after another in one buffer. */
+    size_t total = 0;
+    for (size_t i = 0; i < count; i++)
+        total += protobuf_c_message_get_packed_size(items[i].request);
+    Paygate__V1__BatchItem wire_items[rpc_batch_items_max];
+    Paygate__V1__BatchItem *wire_item_ptrs[rpc_batch_items_max];
+    uint8_t *bodies = malloc(total > 0 ? total : 1);
+    Paygate__V1__Code code = PAYGATE__V1__CODE__INTERNAL;
+    uint8_t *packed = NULL;
+    if (bodies == NULL) {
+        rpc_status_set(status, code, "out of memory");
+        goto done;
+    }
+    size_t at = 0;
+    for (size_t i = 0; i < count; i++) {
+        paygate__v1__batch_item__init(&wire_items[i]);
+        size_t len = protobuf_c_message_pack(items[i].request, bodies + at);
+        wire_items[i].body.data = bodies + at;
+        wire_items[i].body.len = len;
+        wire_items[i].user_id = (char *)(items[i].user_id ? items[i].user_id : "");
+        wire_items[i].request_id = (char *)(items[i].request_id ? items[i].request_id : "");
+        wire_item_ptrs[i] = &wire_items[i];
+        at += len;
+    }
+    Paygate__V1__BatchRequest request = PAYGATE__V1__BATCH_REQUEST__INIT;
+    request.n_items = count;
+    request.items = wire_item_ptrs;
+    size_t size = paygate__v1__batch_request__get_packed_size(&request);
+    packed = malloc(size > 0 ? size : 1);
+    if (packed == NULL) {
+        rpc_status_set(status, code, "out of memory");
+        goto done;
+    }
+    paygate__v1__batch_request__pack(&request, packed);
+    rpc_call_opts_t batch_opts = opts != NULL ? *opts : (rpc_call_opts_t){0};
+    batch_opts.user_id = NULL; /* each item's */
+    zmq_msg_t body;
+    zmq_msg_init(&body);
+    code =
+        rpc_client_call_raw(self, service, batch_method, packed, size, &batch_opts, &body, status);
+    if (code == PAYGATE__V1__CODE__OK)
+        code = batch_take_reply(&body, items, count, reply_desc, service, method, status);
+    zmq_msg_close(&body);
+done:
+    free(bodies);
+    free(packed);
+    if (code != PAYGATE__V1__CODE__OK)
+        batch_fail_all(items, count, status);
+    return code;
+}

@@ -37,6 +37,7 @@
 #include <protobuf-c/protobuf-c.h>
 #include <zmq.h>
 
+#include "batch.pb-c.h"
 #include "broker.pb-c.h"
 #include "curve/curve.h"
 #include "status.pb-c.h"
@@ -47,6 +48,7 @@ enum {
     rpc_message_bytes_max = 1024,
     rpc_details_max = 8,
     rpc_detail_bytes_max = 128,
+    rpc_batch_items_max = 64, /* calls in one batch (proto/batch.proto) */
 };
 
 /* The outcome of a call, owned by the caller (no pointers inside). 'code'
@@ -169,6 +171,32 @@ Paygate__V1__Code rpc_client_publish(rpc_client_t *self, const char *topic, cons
                                      uint32_t deadline_ms, uint64_t *offset, bool *duplicate,
                                      rpc_status_t *status);
 
+/* One call of a batch (rpc_client_call_batch): the caller fills the
+ * first three fields; the call sets the other two. */
+typedef struct {
+    const ProtobufCMessage *request; /* the method's request */
+    const char *user_id;             /* the acting user, or NULL */
+    const char *request_id;          /* tracing id; NULL or "": as for a single call */
+    ProtobufCMessage *reply;         /* on OK: the decoded reply (free it with
+                                        protobuf_c_message_free_unpacked); else NULL */
+    rpc_status_t status;             /* this call's outcome */
+} rpc_batch_item_t;
+
+/* Calls 'service'.'method' once per item of 'items' (1..rpc_batch_items_max)
+ * in one message: the service's method "batch.<method>" (proto/batch.proto),
+ * which it serves only for methods it marks batchable (else UNIMPLEMENTED).
+ * The items share 'opts' except the user and the request id, which are
+ * each item's. Returns the batch's code, also in 'status' (may be NULL):
+ * OK when the service answered the batch, and then each item's status
+ * (and reply) is its own; any other code is every item's status too, with
+ * the same meaning as for a single call (e.g. DEADLINE_EXCEEDED: the
+ * outcome is unknown). The same rule as rpc_client_call: no
+ * rpc_client_send requests outstanding. */
+Paygate__V1__Code rpc_client_call_batch(rpc_client_t *self, const char *service, const char *method,
+                                        rpc_batch_item_t *items, size_t count,
+                                        const ProtobufCMessageDescriptor *reply_desc,
+                                        const rpc_call_opts_t *opts, rpc_status_t *status);
+
 /* Pipelined use (several requests in flight on one client): sends a
  * REQUEST like rpc_client_call_raw does without waiting for the reply, and
  * sets '*correlation_id' to the id its reply will carry (unique per
@@ -209,14 +237,40 @@ typedef struct rpc_ctx rpc_ctx_t;
 typedef Paygate__V1__Code (*rpc_handler_fn)(rpc_ctx_t *ctx, const ProtobufCMessage *request,
                                             ProtobufCMessage *reply, void *thread_state);
 
+/* Whether a method is also served in batches ("batch.<name>",
+ * rpc_client_call_batch). */
+typedef enum {
+    RPC_BATCH_NONE = 0, /* no: "batch.<name>" is UNIMPLEMENTED */
+    RPC_BATCH_EACH,     /* the items run one after another, as single calls */
+    /* The items run in one transaction of the thread's state (the
+     * server's batch_ops), committed once for all: one commit instead of
+     * one per call. When a statement fails, the commit fails, or the
+     * transaction cannot begin, the transaction is rolled back, the
+     * answers are dropped, and the items run again as single calls. The
+     * handler must therefore be safe to run twice (keyed, as Debit and
+     * MarkPaid are) and must change nothing outside the database. */
+    RPC_BATCH_TRANSACTION,
+} rpc_batch_mode_t;
+
 /* One method of a service: its name ([A-Za-z0-9_.]{1,64}), its request
- * and reply message types and its handler. */
+ * and reply message types, its handler, and whether it is batchable. */
 typedef struct {
     const char *name;
     const ProtobufCMessageDescriptor *request_desc;
     const ProtobufCMessageDescriptor *reply_desc;
     rpc_handler_fn handler;
+    rpc_batch_mode_t batch;
 } rpc_method_t;
+
+/* How a worker thread's state runs a batch's transaction
+ * (RPC_BATCH_TRANSACTION); lib/pgrpc has one for database states. Each
+ * gets the thread's state. */
+typedef struct {
+    bool (*begin)(void *thread_state);  /* false: could not begin */
+    bool (*failed)(void *thread_state); /* a statement in it failed */
+    bool (*commit)(void *thread_state); /* false: not committed (or unknown) */
+    void (*rollback)(void *thread_state);
+} rpc_batch_ops_t;
 
 /* A worker process's configuration. rpc_server_new copies the strings;
  * 'methods' and 'app' are used as given and must outlive the server. */
@@ -247,6 +301,9 @@ typedef struct {
     /* CURVE identity towards the broker; NULL: the process's
      * (curve_process_identity). */
     const curve_identity_t *identity;
+    /* The transactions of RPC_BATCH_TRANSACTION methods; NULL: such
+     * methods' batches run as RPC_BATCH_EACH. */
+    const rpc_batch_ops_t *batch_ops;
 } rpc_server_config_t;
 
 typedef struct rpc_server rpc_server_t;

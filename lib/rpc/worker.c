@@ -351,11 +351,11 @@ static void worker_count(worker_thread_t *self, Paygate__V1__Code code)
                               (double)(clock_now_us() - self->serving_started_us) / 1e6);
 }
 
-/* Sends the REPLY for 'header' with 'status' (NULL: OK) and 'body'. */
-static void worker_reply(worker_thread_t *self, const Paygate__V1__Header *request,
-                         Paygate__V1__Status *status, zmq_msg_t *body)
+/* Sends the REPLY for 'header' with 'status' (NULL: OK) and 'body',
+ * uncounted (a batch counts its calls). */
+static void worker_send_reply(worker_thread_t *self, const Paygate__V1__Header *request,
+                              Paygate__V1__Status *status, zmq_msg_t *body)
 {
-    worker_count(self, status != NULL ? status->code : PAYGATE__V1__CODE__OK);
     Paygate__V1__Header header = PAYGATE__V1__HEADER__INIT;
     header.command = PAYGATE__V1__COMMAND__REPLY;
     header.correlation_id = request->correlation_id;
@@ -364,6 +364,15 @@ static void worker_reply(worker_thread_t *self, const Paygate__V1__Header *reque
         self->last_send_at = clock_now_ms();
     else
         log_warn("rpc worker %s: reply not sent: %s", self->instance_id, zmq_strerror(errno));
+}
+
+/* Counts and sends the REPLY for 'header' with 'status' (NULL: OK) and
+ * 'body'. */
+static void worker_reply(worker_thread_t *self, const Paygate__V1__Header *request,
+                         Paygate__V1__Status *status, zmq_msg_t *body)
+{
+    worker_count(self, status != NULL ? status->code : PAYGATE__V1__CODE__OK);
+    worker_send_reply(self, request, status, body);
 }
 
 /* Answers 'request' with a failure status without running a handler. */
@@ -376,6 +385,164 @@ static void worker_reply_failure(worker_thread_t *self, const Paygate__V1__Heade
     worker_reply(self, request, &status, NULL);
 }
 
+/* ---- batches (proto/batch.proto) -------------------------------------- */
+
+/* Runs one call of a batch: item 'item' of 'method' as a REQUEST with
+ * 'header' would, but acting for the item's user and tracing id, and
+ * stores its outcome in 'result' (in the thread's arena). */
+static void batch_run_item(worker_thread_t *self, const rpc_method_t *method,
+                           const Paygate__V1__Header *header, int64_t deadline_at,
+                           const Paygate__V1__BatchItem *item, Paygate__V1__BatchResult *result)
+{
+    paygate__v1__batch_result__init(result);
+    Paygate__V1__Caller caller = PAYGATE__V1__CALLER__INIT;
+    caller.user_id = item->user_id;
+    caller.principal =
+        (char *)(header->meta && header->meta->caller ? meta_text(header->meta->caller->principal)
+                                                      : "");
+    Paygate__V1__CallMeta meta = PAYGATE__V1__CALL_META__INIT;
+    meta.request_id = item->request_id[0] != '\0' || header->meta == NULL
+                          ? item->request_id
+                          : (char *)meta_text(header->meta->request_id);
+    meta.deadline_ms = header->meta ? header->meta->deadline_ms : 0;
+    meta.caller = &caller;
+    Paygate__V1__Header call = *header;
+    call.meta = &meta;
+    call.method = (char *)method->name;
+    log_set_request_id(meta.request_id);
+
+    rpc_ctx_t ctx = {.worker = self, .header = &call, .deadline_at = deadline_at};
+    paygate__v1__status__init(&ctx.status);
+    ProtobufCAllocator allocator = arena_protobuf_allocator(self->arena);
+    ProtobufCMessage *request = protobuf_c_message_unpack(method->request_desc, &allocator,
+                                                          item->body.len, item->body.data);
+    ProtobufCMessage *reply = arena_alloc(self->arena, method->reply_desc->sizeof_message);
+    Paygate__V1__Code code;
+    if (request == NULL || reply == NULL) {
+        code = rpc_ctx_fail(&ctx, PAYGATE__V1__CODE__INVALID_ARGUMENT, NULL,
+                            "request body is not a valid %s", method->request_desc->name);
+    } else {
+        protobuf_c_message_init(method->reply_desc, reply);
+        code = method->handler(&ctx, request, reply, self->state);
+    }
+    if (code == PAYGATE__V1__CODE__OK) {
+        size_t size = protobuf_c_message_get_packed_size(reply);
+        result->body.data = arena_alloc(self->arena, size > 0 ? size : 1);
+        if (result->body.data != NULL) {
+            result->body.len = protobuf_c_message_pack(reply, result->body.data);
+            return;
+        }
+        code = rpc_ctx_fail(&ctx, PAYGATE__V1__CODE__INTERNAL, NULL, "out of memory");
+    }
+    Paygate__V1__Status *status = arena_alloc(self->arena, sizeof *status);
+    if (status == NULL) { /* nothing to say it with: the batch fails whole */
+        result->status = NULL;
+        result->body.data = NULL;
+        return;
+    }
+    *status = ctx.status;
+    if (ctx.status.n_details > 0) {
+        status->details = arena_alloc(self->arena, ctx.status.n_details * sizeof *status->details);
+        if (status->details != NULL)
+            memcpy(status->details, ctx.details, ctx.status.n_details * sizeof *status->details);
+        else
+            status->n_details = 0;
+    }
+    status->code = code;
+    if (status->message == NULL)
+        status->message = (char *)wire_code_name(code);
+    result->status = status;
+}
+
+/* Runs every item of 'batch' into 'results'; with 'transaction', inside
+ * one transaction of the thread's state. Returns false when that
+ * transaction did not commit (rolled back: the results are void). */
+static bool batch_run(worker_thread_t *self, const rpc_method_t *method,
+                      const Paygate__V1__Header *header, int64_t deadline_at,
+                      const Paygate__V1__BatchRequest *batch, Paygate__V1__BatchResult *results,
+                      bool transaction)
+{
+    const rpc_batch_ops_t *ops = self->server->config.batch_ops;
+    if (transaction && !ops->begin(self->state))
+        return false;
+    for (size_t i = 0; i < batch->n_items; i++) {
+        batch_run_item(self, method, header, deadline_at, batch->items[i], &results[i]);
+        if (transaction && ops->failed(self->state)) {
+            ops->rollback(self->state);
+            return false;
+        }
+    }
+    log_set_request_id(header->meta != NULL ? header->meta->request_id : NULL);
+    return !transaction || ops->commit(self->state);
+}
+
+/* Serves a REQUEST for "batch.<method>": every call in it, then one REPLY
+ * with their outcomes; each call is counted as one of 'method'. */
+static Paygate__V1__Code worker_serve_batch(worker_thread_t *self, const rpc_method_t *method,
+                                            wire_message_t *msg, int64_t deadline_at)
+{
+    const rpc_server_config_t *c = &self->server->config;
+    const Paygate__V1__Header *header = msg->header;
+    char text[256];
+    if (method == NULL || method->batch == RPC_BATCH_NONE) {
+        snprintf(text, sizeof text, "service %s has no method %s", c->service, header->method);
+        worker_reply_failure(self, header, PAYGATE__V1__CODE__UNIMPLEMENTED, text);
+        return PAYGATE__V1__CODE__UNIMPLEMENTED;
+    }
+    ProtobufCAllocator allocator = arena_protobuf_allocator(self->arena);
+    const uint8_t *data = msg->has_body ? zmq_msg_data(&msg->body) : (const uint8_t *)"";
+    size_t size = msg->has_body ? zmq_msg_size(&msg->body) : 0;
+    Paygate__V1__BatchRequest *batch = paygate__v1__batch_request__unpack(&allocator, size, data);
+    if (batch == NULL || batch->n_items == 0 || batch->n_items > rpc_batch_items_max) {
+        snprintf(text, sizeof text, "request body is not a paygate.v1.BatchRequest of 1..%d calls",
+                 rpc_batch_items_max);
+        worker_reply_failure(self, header, PAYGATE__V1__CODE__INVALID_ARGUMENT, text);
+        return PAYGATE__V1__CODE__INVALID_ARGUMENT;
+    }
+    for (size_t i = 0; i < batch->n_items; i++) { /* as wire.c checks a single call's */
+        if (!wire_token_valid(batch->items[i]->request_id, wire_request_id_bytes_max) &&
+            batch->items[i]->request_id[0] != '\0') {
+            worker_reply_failure(self, header, PAYGATE__V1__CODE__INVALID_ARGUMENT,
+                                 "a batch call's request_id is not 1..64 printable characters");
+            return PAYGATE__V1__CODE__INVALID_ARGUMENT;
+        }
+    }
+    Paygate__V1__BatchResult *results = arena_alloc(self->arena, batch->n_items * sizeof *results);
+    Paygate__V1__BatchResult **result_ptrs =
+        arena_alloc(self->arena, batch->n_items * sizeof *result_ptrs);
+    if (results == NULL || result_ptrs == NULL) {
+        worker_reply_failure(self, header, PAYGATE__V1__CODE__RESOURCE_EXHAUSTED, "out of memory");
+        return PAYGATE__V1__CODE__RESOURCE_EXHAUSTED;
+    }
+    bool transaction = method->batch == RPC_BATCH_TRANSACTION && c->batch_ops != NULL;
+    if (!batch_run(self, method, header, deadline_at, batch, results, transaction)) {
+        log_info("rpc worker %s: a batch of %zu %s calls did not commit; running them one by one",
+                 self->instance_id, batch->n_items, method->name);
+        batch_run(self, method, header, deadline_at, batch, results, false);
+    }
+    for (size_t i = 0; i < batch->n_items; i++) {
+        if (results[i].status == NULL && results[i].body.data == NULL) {
+            worker_reply_failure(self, header, PAYGATE__V1__CODE__RESOURCE_EXHAUSTED,
+                                 "out of memory");
+            return PAYGATE__V1__CODE__RESOURCE_EXHAUSTED;
+        }
+    }
+    for (size_t i = 0; i < batch->n_items; i++) {
+        worker_count(self, results[i].status ? results[i].status->code : PAYGATE__V1__CODE__OK);
+        result_ptrs[i] = &results[i];
+    }
+    Paygate__V1__BatchReply reply = PAYGATE__V1__BATCH_REPLY__INIT;
+    reply.n_results = batch->n_items;
+    reply.results = result_ptrs;
+    zmq_msg_t body;
+    zmq_msg_init_size(&body, paygate__v1__batch_reply__get_packed_size(&reply));
+    paygate__v1__batch_reply__pack(&reply, zmq_msg_data(&body));
+    worker_send_reply(self, header, NULL, &body);
+    zmq_msg_close(&body);
+    self->served += batch->n_items;
+    return PAYGATE__V1__CODE__OK;
+}
+
 /* Runs the handler for one REQUEST and sends its REPLY. Returns the code
  * answered, and its reason (truncated) in 'reason'. */
 static Paygate__V1__Code worker_serve_request(worker_thread_t *self, wire_message_t *msg,
@@ -384,9 +551,12 @@ static Paygate__V1__Code worker_serve_request(worker_thread_t *self, wire_messag
 {
     const rpc_server_config_t *c = &self->server->config;
     const Paygate__V1__Header *header = msg->header;
+    /* "batch.<name>": several calls of method <name> */
+    bool batch = strncmp(header->method, "batch.", 6) == 0;
+    const char *name = batch ? header->method + 6 : header->method;
     const rpc_method_t *method = NULL;
     for (size_t i = 0; i < c->method_count; i++) {
-        if (strcmp(c->methods[i].name, header->method) == 0) {
+        if (strcmp(c->methods[i].name, name) == 0) {
             method = &c->methods[i];
             break;
         }
@@ -396,7 +566,7 @@ static Paygate__V1__Code worker_serve_request(worker_thread_t *self, wire_messag
     self->serving_method = method != NULL ? method->name : "unknown";
     self->serving_started_us = clock_now_us();
     char text[256];
-    if (method == NULL) {
+    if (method == NULL && !batch) {
         snprintf(text, sizeof text, "service %s has no method %s", c->service, header->method);
         worker_reply_failure(self, header, PAYGATE__V1__CODE__UNIMPLEMENTED, text);
         return PAYGATE__V1__CODE__UNIMPLEMENTED;
@@ -410,6 +580,11 @@ static Paygate__V1__Code worker_serve_request(worker_thread_t *self, wire_messag
         worker_reply_failure(self, header, PAYGATE__V1__CODE__DEADLINE_EXCEEDED,
                              "deadline passed before the worker started the request");
         return PAYGATE__V1__CODE__DEADLINE_EXCEEDED;
+    }
+    if (batch) {
+        Paygate__V1__Code code = worker_serve_batch(self, method, msg, ctx.deadline_at);
+        arena_reset(self->arena);
+        return code;
     }
     ProtobufCAllocator allocator = arena_protobuf_allocator(self->arena);
     const uint8_t *data = msg->has_body ? zmq_msg_data(&msg->body) : (const uint8_t *)"";

@@ -27,7 +27,7 @@ enum {
 
 static const rpc_method_t notification_methods[] = {
     {"List", &paygate__v1__list_notifications_request__descriptor,
-     &paygate__v1__notification_list__descriptor, notification_list},
+     &paygate__v1__notification_list__descriptor, notification_list, RPC_BATCH_NONE},
 };
 
 typedef struct {

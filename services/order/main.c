@@ -16,6 +16,7 @@
 #include "order.pb-c.h"
 #include "order_service.h"
 #include "pg/pg.h"
+#include "pgrpc/pgrpc.h"
 #include "rpc/rpc.h"
 
 extern const pg_migration_t order_migrations[];
@@ -26,15 +27,15 @@ extern const size_t order_migrations_count;
 enum { order_threads_default = 4 };
 static const rpc_method_t order_methods[] = {
     {"Create", &paygate__v1__create_order_request__descriptor, &paygate__v1__order__descriptor,
-     order_create},
-    {"Get", &paygate__v1__get_order_request__descriptor, &paygate__v1__order__descriptor,
-     order_get},
+     order_create, RPC_BATCH_NONE},
+    {"Get", &paygate__v1__get_order_request__descriptor, &paygate__v1__order__descriptor, order_get,
+     RPC_BATCH_EACH},
     {"List", &paygate__v1__list_orders_request__descriptor, &paygate__v1__order_list__descriptor,
-     order_list},
+     order_list, RPC_BATCH_NONE},
     {"Cancel", &paygate__v1__cancel_order_request__descriptor, &paygate__v1__order__descriptor,
-     order_cancel},
+     order_cancel, RPC_BATCH_NONE},
     {"MarkPaid", &paygate__v1__mark_paid_request__descriptor, &paygate__v1__order__descriptor,
-     order_mark_paid},
+     order_mark_paid, RPC_BATCH_TRANSACTION},
 };
 
 typedef struct {
@@ -120,6 +121,7 @@ int main(int argc, char **argv)
         .thread_fini = order_thread_fini,
         .app = &app,
         .metrics = metrics,
+        .batch_ops = &pgrpc_batch_ops, /* order_thread_t begins with its pg_conn_t * */
     };
     rpc_server_t *server = rpc_server_new(&server_config);
     if (server == NULL)

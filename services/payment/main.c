@@ -32,13 +32,13 @@
 enum { payment_threads_default = 8 };
 static const rpc_method_t payment_methods[] = {
     {"Create", &paygate__v1__create_payment_request__descriptor, &paygate__v1__payment__descriptor,
-     payment_create},
+     payment_create, RPC_BATCH_NONE},
     {"Get", &paygate__v1__get_payment_request__descriptor, &paygate__v1__payment__descriptor,
-     payment_get},
+     payment_get, RPC_BATCH_NONE},
     {"List", &paygate__v1__list_payments_request__descriptor,
-     &paygate__v1__payment_list__descriptor, payment_list},
+     &paygate__v1__payment_list__descriptor, payment_list, RPC_BATCH_NONE},
     {"CreateRefund", &paygate__v1__create_refund_request__descriptor,
-     &paygate__v1__refund__descriptor, refund_create},
+     &paygate__v1__refund__descriptor, refund_create, RPC_BATCH_NONE},
 };
 
 typedef struct {
@@ -47,6 +47,7 @@ typedef struct {
     void *zmq_ctx; /* for the threads' RPC clients */
     payment_settings_t settings;
     payment_metrics_t metrics;
+    payment_gathers_t gathers; /* the worker threads' */
     atomic_int stopping;
 } payment_app_t;
 
@@ -77,10 +78,14 @@ static void payment_env_destroy(void *state)
     free(env);
 }
 
-static void *payment_thread_init(unsigned index, void *app)
+static void *payment_thread_init(unsigned index, void *app_state)
 {
     (void)index;
-    return payment_env_new(app);
+    payment_app_t *app = app_state;
+    payment_env_t *env = payment_env_new(app);
+    if (env != NULL)
+        env->gathers = &app->gathers;
+    return env;
 }
 
 /* The recovery loop: a pass at once, then one every interval. */
@@ -164,6 +169,7 @@ int main(int argc, char **argv)
         !metrics_server_start_from_env("PAYGATE_METRICS_PORT", metrics, &metrics_server))
         return 1;
     payment_metrics_init(&app.metrics, metrics);
+    payment_gathers_init(&app.gathers, metrics);
 
     app.zmq_ctx = zmq_ctx_new();
     pthread_t recovery;

@@ -8,6 +8,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "gather.h"
 #include "metrics/metrics.h"
 #include "pg/pg.h"
 #include "rpc/rpc.h"
@@ -50,12 +51,14 @@ typedef struct {
 void payment_metrics_init(payment_metrics_t *out, metrics_t *metrics);
 
 /* What a thread needs to drive sagas: its database connection and its
- * RPC client (both owned by the thread). */
-typedef struct {
+ * RPC client (both owned by the thread), and the process's gathers
+ * (gather.h; NULL: every call single). */
+typedef struct payment_env {
     pg_conn_t *pg;
     rpc_client_t *rpc;
     const payment_settings_t *settings;
     const payment_metrics_t *metrics;
+    payment_gathers_t *gathers;
 } payment_env_t;
 
 /* A payment as the saga sees it. */
@@ -93,6 +96,11 @@ typedef enum {
  * stops, so running it twice, or after a crash, is safe. On SUCCEEDED
  * or FAILED it sets p's updated_at and failure fields. */
 saga_outcome_t saga_drive(payment_env_t *env, saga_payment_t *p, const char *request_id);
+
+/* payments.c: sets up the process's gathers (gather.h), counted in
+ * 'metrics'; saga.c: the saga's own (debit, mark_paid, payment_finish). */
+void payment_gathers_init(payment_gathers_t *gathers, metrics_t *metrics);
+void saga_gathers_init(payment_gathers_t *gathers);
 
 /* refunds.c: credits the wallet for PENDING refund 'refund_id' and marks
  * it SUCCEEDED. Returns true when done. */

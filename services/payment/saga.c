@@ -70,7 +70,7 @@ static const char advance_sql[] =
  * and only if the payment finished (lib/outbox relays it). Answers the
  * row's times, so the request needs no read of its own; no row: this
  * driver no longer held the payment. */
-static const char finish_sql[] =
+static const char saga_finish_sql[] =
     "WITH done AS ("
     "  UPDATE payments SET status = $2, step = 'DONE', failure_code = $3, failure_message = $4,"
     "         updated_at = now()"
@@ -162,7 +162,9 @@ static saga_outcome_t saga_finish(payment_env_t *env, saga_payment_t *p, bool su
                             event_id,     p->user_id,
                             payload,      token};
     PGresult *rows = NULL;
-    pg_result_t result = pg_exec_prepared(env->pg, "saga_finish", finish_sql, 8, params, &rows);
+    pg_result_t result = PG_OK;
+    if (!gather_sql(env, PAYMENT_GATHER(env, payment_finish), params, &rows, &result))
+        result = pg_exec_prepared(env->pg, "saga_finish", saga_finish_sql, 8, params, &rows);
     free(payload);
     if (result != PG_OK) {
         log_warn("saga %s: cannot record the outcome: %s", p->id, pg_error_message(env->pg));
@@ -206,9 +208,14 @@ static Paygate__V1__Code saga_wallet_call(payment_env_t *env, const saga_payment
                             .user_id = p->user_id,
                             .principal = "payment"};
     ProtobufCMessage *reply = NULL;
-    Paygate__V1__Code code =
-        rpc_client_call(env->rpc, "user", method, &request.base,
-                        &paygate__v1__wallet_movement__descriptor, &reply, &opts, status);
+    Paygate__V1__Code code;
+    /* Debits gather (ordered by user: the wallet rows they lock); the
+     * rare credits go alone. */
+    if (strcmp(method, "Debit") != 0 ||
+        !gather_rpc(env, PAYMENT_GATHER(env, debit), &request.base, p->user_id, request_id,
+                    p->user_id, &code, status, &reply))
+        code = rpc_client_call(env->rpc, "user", method, &request.base,
+                               &paygate__v1__wallet_movement__descriptor, &reply, &opts, status);
     if (reply != NULL) {
         const Paygate__V1__WalletMovement *movement = (const Paygate__V1__WalletMovement *)reply;
         /* the wallet must have moved exactly our amount */
@@ -235,9 +242,11 @@ static Paygate__V1__Code saga_mark_paid(payment_env_t *env, const saga_payment_t
                             .user_id = p->user_id,
                             .principal = "payment"};
     ProtobufCMessage *reply = NULL;
-    Paygate__V1__Code code =
-        rpc_client_call(env->rpc, "order", "MarkPaid", &request.base,
-                        &paygate__v1__order__descriptor, &reply, &opts, status);
+    Paygate__V1__Code code;
+    if (!gather_rpc(env, PAYMENT_GATHER(env, mark_paid), &request.base, p->user_id, request_id,
+                    p->order_id, &code, status, &reply))
+        code = rpc_client_call(env->rpc, "order", "MarkPaid", &request.base,
+                               &paygate__v1__order__descriptor, &reply, &opts, status);
     if (reply != NULL)
         protobuf_c_message_free_unpacked(reply, NULL);
     return code;
@@ -312,4 +321,11 @@ saga_outcome_t saga_drive(payment_env_t *env, saga_payment_t *p, const char *req
 
     log_error("saga %s: unknown step '%s'", p->id, step);
     return SAGA_PENDING;
+}
+
+void saga_gathers_init(payment_gathers_t *gathers)
+{
+    gather_init_rpc(&gathers->debit, "user", "Debit", &paygate__v1__wallet_movement__descriptor);
+    gather_init_rpc(&gathers->mark_paid, "order", "MarkPaid", &paygate__v1__order__descriptor);
+    gather_init_sql(&gathers->payment_finish, "saga_finish", saga_finish_sql, 8);
 }

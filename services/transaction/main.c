@@ -37,9 +37,9 @@
 enum { transaction_threads_default = 2 };
 static const rpc_method_t transaction_methods[] = {
     {"Get", &paygate__v1__get_transaction_request__descriptor,
-     &paygate__v1__transaction__descriptor, transaction_get},
+     &paygate__v1__transaction__descriptor, transaction_get, RPC_BATCH_NONE},
     {"List", &paygate__v1__list_transactions_request__descriptor,
-     &paygate__v1__transaction_list__descriptor, transaction_list},
+     &paygate__v1__transaction_list__descriptor, transaction_list, RPC_BATCH_NONE},
 };
 
 /* The topics whose money events the recorder consumes. */

@@ -16,6 +16,7 @@
 #include "metrics/metrics_server.h"
 #include "service/service.h"
 #include "outbox/outbox.h"
+#include "pgrpc/pgrpc.h"
 #include "pg/pg.h"
 #include "rpc/rpc.h"
 #include "token/token.h"
@@ -29,17 +30,17 @@
 enum { user_threads_default = 4 };
 static const rpc_method_t user_methods[] = {
     {"Register", &paygate__v1__register_request__descriptor, &paygate__v1__user__descriptor,
-     user_register},
+     user_register, RPC_BATCH_NONE},
     {"Login", &paygate__v1__login_request__descriptor, &paygate__v1__login_reply__descriptor,
-     user_login},
+     user_login, RPC_BATCH_NONE},
     {"GetWallet", &paygate__v1__get_wallet_request__descriptor, &paygate__v1__wallet__descriptor,
-     wallet_get},
+     wallet_get, RPC_BATCH_NONE},
     {"TopUp", &paygate__v1__top_up_request__descriptor, &paygate__v1__top_up__descriptor,
-     wallet_top_up},
+     wallet_top_up, RPC_BATCH_NONE},
     {"Debit", &paygate__v1__wallet_movement_request__descriptor,
-     &paygate__v1__wallet_movement__descriptor, wallet_debit},
+     &paygate__v1__wallet_movement__descriptor, wallet_debit, RPC_BATCH_TRANSACTION},
     {"Credit", &paygate__v1__wallet_movement_request__descriptor,
-     &paygate__v1__wallet_movement__descriptor, wallet_credit},
+     &paygate__v1__wallet_movement__descriptor, wallet_credit, RPC_BATCH_TRANSACTION},
 };
 
 typedef struct {
@@ -147,6 +148,7 @@ int main(int argc, char **argv)
         .thread_fini = user_thread_fini,
         .app = &app,
         .metrics = metrics,
+        .batch_ops = &pgrpc_batch_ops, /* user_thread_t begins with its pg_conn_t * */
     };
     rpc_server_t *server = rpc_server_new(&server_config);
     if (server == NULL) {

@@ -29,8 +29,11 @@
 static const char wallet_get_sql[] =
     "SELECT user_id, balance, currency FROM wallets WHERE user_id = $1";
 
-/* Whether the debit window $1 (Unix ms) has closed, by the database clock. */
-static const char window_closed_sql[] = "SELECT now() > to_timestamp($1::bigint / 1000.0)";
+/* Whether the debit window $1 (Unix ms) has closed, by the database clock.
+ * The statement's time, not now(): in a batch's transaction (lib/rpc
+ * RPC_BATCH_TRANSACTION) now() is when the batch began. */
+static const char window_closed_sql[] =
+    "SELECT statement_timestamp() > to_timestamp($1::bigint / 1000.0)";
 
 /* $1 user, $2 key, $3 amount, $4 new top-up id, $5 event id, $6 event
  * payload (hex). The top-up, its ledger row and its event (the outbox row
@@ -59,7 +62,8 @@ static const char top_up_sql[] =
                       " SELECT true, id, amount, balance_after, " PGRPC_TIME(
                           "created_at") " FROM prior";
 
-/* $1 user, $2 amount, $3 reference, $4 not after (Unix ms, 0 = always) */
+/* $1 user, $2 amount, $3 reference, $4 not after (Unix ms, 0 = always,
+ * checked against the statement's own time: see window_closed_sql) */
 static const char debit_sql[] =
     "WITH prior AS ("
     "  SELECT id, -amount AS amount, balance_after, created_at FROM ledger"
@@ -67,7 +71,7 @@ static const char debit_sql[] =
     " moved AS ("
     "  UPDATE wallets SET balance = balance - $2::bigint, updated_at = now()"
     "   WHERE user_id = $1 AND balance >= $2::bigint AND NOT EXISTS (SELECT 1 FROM prior)"
-    "     AND ($4::bigint = 0 OR now() <= to_timestamp($4::bigint / 1000.0))"
+    "     AND ($4::bigint = 0 OR statement_timestamp() <= to_timestamp($4::bigint / 1000.0))"
     "  RETURNING balance),"
     " entry AS ("
     "  INSERT INTO ledger (user_id, kind, amount, balance_after, reference)"

@@ -78,13 +78,13 @@ static Paygate__V1__Code echo_caller(rpc_ctx_t *ctx, const ProtobufCMessage *req
 
 static const rpc_method_t echo_methods[] = {
     {"Caller", &paygate__v1__echo_request__descriptor, &paygate__v1__echo_reply__descriptor,
-     echo_caller},
+     echo_caller, RPC_BATCH_NONE},
     {"Echo", &paygate__v1__echo_request__descriptor, &paygate__v1__echo_reply__descriptor,
-     echo_echo},
+     echo_echo, RPC_BATCH_NONE},
     {"Sleep", &paygate__v1__echo_request__descriptor, &paygate__v1__echo_reply__descriptor,
-     echo_sleep},
+     echo_sleep, RPC_BATCH_NONE},
     {"Fail", &paygate__v1__echo_request__descriptor, &paygate__v1__echo_reply__descriptor,
-     echo_fail},
+     echo_fail, RPC_BATCH_NONE},
 };
 
 int main(void)

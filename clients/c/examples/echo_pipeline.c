@@ -66,7 +66,7 @@ static Paygate__V1__Code echo_upper(rpc_ctx_t *ctx, const ProtobufCMessage *requ
 
 static const rpc_method_t echo_methods[] = {
     {"Upper", &paygate__v1__echo_request__descriptor, &paygate__v1__echo_reply__descriptor,
-     echo_upper},
+     echo_upper, RPC_BATCH_NONE},
 };
 
 static int worker_rc = -1;
