@@ -250,6 +250,10 @@ typedef enum {
      * handler must therefore be safe to run twice (keyed, as Debit and
      * MarkPaid are) and must change nothing outside the database. */
     RPC_BATCH_TRANSACTION,
+    /* The method's own batch code (rpc_server_config_t.batch_handlers)
+     * answers what it can of a batch at once; its handler runs the rest
+     * one by one. Without batch code: as RPC_BATCH_EACH. */
+    RPC_BATCH_HANDLER,
 } rpc_batch_mode_t;
 
 /* One method of a service: its name ([A-Za-z0-9_.]{1,64}), its request
@@ -261,6 +265,27 @@ typedef struct {
     rpc_handler_fn handler;
     rpc_batch_mode_t batch;
 } rpc_method_t;
+
+/* A method's batch code (RPC_BATCH_HANDLER). It gets the 'count' calls
+ * of a batch whose bodies decoded, each with its own context (the item's
+ * user and tracing id), request and initialised reply, and answers those
+ * it can, typically all in one database round trip: for each it answers
+ * it sets 'answered[i]' and 'codes[i]' as a handler's return value (OK
+ * with 'replies[i]' filled, or a failure through rpc_ctx_fail(ctxs[i],
+ * ...)). The calls it leaves unanswered then run through the method's
+ * handler one by one, as single calls, so for them it must leave the
+ * state as if it had not run: a batch code changes only what it
+ * answers for. */
+typedef void (*rpc_batch_handler_fn)(rpc_ctx_t *const *ctxs,
+                                     const ProtobufCMessage *const *requests,
+                                     ProtobufCMessage *const *replies, Paygate__V1__Code *codes,
+                                     bool *answered, size_t count, void *thread_state);
+
+/* The batch code of method 'method' (by name). */
+typedef struct {
+    const char *method;
+    rpc_batch_handler_fn run;
+} rpc_batch_handler_t;
 
 /* How a worker thread's state runs a batch's transaction
  * (RPC_BATCH_TRANSACTION); lib/pgrpc has one for database states. Each
@@ -304,6 +329,10 @@ typedef struct {
     /* The transactions of RPC_BATCH_TRANSACTION methods; NULL: such
      * methods' batches run as RPC_BATCH_EACH. */
     const rpc_batch_ops_t *batch_ops;
+    /* The batch code of RPC_BATCH_HANDLER methods (used as given; must
+     * outlive the server). */
+    const rpc_batch_handler_t *batch_handlers;
+    size_t batch_handler_count;
 } rpc_server_config_t;
 
 typedef struct rpc_server rpc_server_t;

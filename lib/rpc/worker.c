@@ -387,64 +387,95 @@ static void worker_reply_failure(worker_thread_t *self, const Paygate__V1__Heade
 
 /* ---- batches (proto/batch.proto) -------------------------------------- */
 
-/* Runs one call of a batch: item 'item' of 'method' as a REQUEST with
- * 'header' would, but acting for the item's user and tracing id, and
- * stores its outcome in 'result' (in the thread's arena). */
-static void batch_run_item(worker_thread_t *self, const rpc_method_t *method,
-                           const Paygate__V1__Header *header, int64_t deadline_at,
-                           const Paygate__V1__BatchItem *item, Paygate__V1__BatchResult *result)
+/* One call of a batch while it runs: its own header (the batch's, with
+ * the item's user and tracing id), context, request and reply, all in
+ * the thread's arena. */
+typedef struct {
+    Paygate__V1__Caller caller;
+    Paygate__V1__CallMeta meta;
+    Paygate__V1__Header header;
+    rpc_ctx_t ctx;
+    ProtobufCMessage *request; /* NULL: the body did not decode */
+    ProtobufCMessage *reply;
+    Paygate__V1__Code code;
+    bool answered;
+} batch_call_t;
+
+/* Sets up item 'item' of 'method' as a call, as a REQUEST with 'header'
+ * would be, acting for the item's user and tracing id. A body that does
+ * not decode answers INVALID_ARGUMENT at once. False when memory runs
+ * out. */
+static bool batch_call_init(worker_thread_t *self, const rpc_method_t *method,
+                            const Paygate__V1__Header *header, int64_t deadline_at,
+                            const Paygate__V1__BatchItem *item, batch_call_t *call)
 {
-    paygate__v1__batch_result__init(result);
-    Paygate__V1__Caller caller = PAYGATE__V1__CALLER__INIT;
-    caller.user_id = item->user_id;
-    caller.principal =
+    paygate__v1__caller__init(&call->caller);
+    call->caller.user_id = item->user_id;
+    call->caller.principal =
         (char *)(header->meta && header->meta->caller ? meta_text(header->meta->caller->principal)
                                                       : "");
-    Paygate__V1__CallMeta meta = PAYGATE__V1__CALL_META__INIT;
-    meta.request_id = item->request_id[0] != '\0' || header->meta == NULL
-                          ? item->request_id
-                          : (char *)meta_text(header->meta->request_id);
-    meta.deadline_ms = header->meta ? header->meta->deadline_ms : 0;
-    meta.caller = &caller;
-    Paygate__V1__Header call = *header;
-    call.meta = &meta;
-    call.method = (char *)method->name;
-    log_set_request_id(meta.request_id);
-
-    rpc_ctx_t ctx = {.worker = self, .header = &call, .deadline_at = deadline_at};
-    paygate__v1__status__init(&ctx.status);
+    paygate__v1__call_meta__init(&call->meta);
+    call->meta.request_id = item->request_id[0] != '\0' || header->meta == NULL
+                                ? item->request_id
+                                : (char *)meta_text(header->meta->request_id);
+    call->meta.deadline_ms = header->meta ? header->meta->deadline_ms : 0;
+    call->meta.caller = &call->caller;
+    call->header = *header;
+    call->header.meta = &call->meta;
+    call->header.method = (char *)method->name;
+    call->ctx = (rpc_ctx_t){.worker = self, .header = &call->header, .deadline_at = deadline_at};
+    paygate__v1__status__init(&call->ctx.status);
+    call->answered = false;
     ProtobufCAllocator allocator = arena_protobuf_allocator(self->arena);
-    ProtobufCMessage *request = protobuf_c_message_unpack(method->request_desc, &allocator,
-                                                          item->body.len, item->body.data);
-    ProtobufCMessage *reply = arena_alloc(self->arena, method->reply_desc->sizeof_message);
-    Paygate__V1__Code code;
-    if (request == NULL || reply == NULL) {
-        code = rpc_ctx_fail(&ctx, PAYGATE__V1__CODE__INVALID_ARGUMENT, NULL,
-                            "request body is not a valid %s", method->request_desc->name);
-    } else {
-        protobuf_c_message_init(method->reply_desc, reply);
-        code = method->handler(&ctx, request, reply, self->state);
+    call->request = protobuf_c_message_unpack(method->request_desc, &allocator, item->body.len,
+                                              item->body.data);
+    call->reply = arena_alloc(self->arena, method->reply_desc->sizeof_message);
+    if (call->reply == NULL)
+        return false;
+    protobuf_c_message_init(method->reply_desc, call->reply);
+    if (call->request == NULL) {
+        call->code = rpc_ctx_fail(&call->ctx, PAYGATE__V1__CODE__INVALID_ARGUMENT, NULL,
+                                  "request body is not a valid %s", method->request_desc->name);
+        call->answered = true;
     }
+    return true;
+}
+
+/* Runs the method's handler for 'call' unless it is answered already. */
+static void batch_call_handle(worker_thread_t *self, const rpc_method_t *method, batch_call_t *call)
+{
+    if (call->answered)
+        return;
+    log_set_request_id(call->meta.request_id);
+    call->code = method->handler(&call->ctx, call->request, call->reply, self->state);
+    call->answered = true;
+}
+
+/* Stores the outcome of answered 'call' in 'result' (in the thread's
+ * arena); both NULL status and body when memory ran out. */
+static void batch_call_result(worker_thread_t *self, batch_call_t *call,
+                              Paygate__V1__BatchResult *result)
+{
+    paygate__v1__batch_result__init(result);
+    Paygate__V1__Code code = call->code;
     if (code == PAYGATE__V1__CODE__OK) {
-        size_t size = protobuf_c_message_get_packed_size(reply);
+        size_t size = protobuf_c_message_get_packed_size(call->reply);
         result->body.data = arena_alloc(self->arena, size > 0 ? size : 1);
         if (result->body.data != NULL) {
-            result->body.len = protobuf_c_message_pack(reply, result->body.data);
+            result->body.len = protobuf_c_message_pack(call->reply, result->body.data);
             return;
         }
-        code = rpc_ctx_fail(&ctx, PAYGATE__V1__CODE__INTERNAL, NULL, "out of memory");
+        code = rpc_ctx_fail(&call->ctx, PAYGATE__V1__CODE__INTERNAL, NULL, "out of memory");
     }
+    const rpc_ctx_t *ctx = &call->ctx;
     Paygate__V1__Status *status = arena_alloc(self->arena, sizeof *status);
-    if (status == NULL) { /* nothing to say it with: the batch fails whole */
-        result->status = NULL;
-        result->body.data = NULL;
+    if (status == NULL) /* nothing to say it with: the batch fails whole */
         return;
-    }
-    *status = ctx.status;
-    if (ctx.status.n_details > 0) {
-        status->details = arena_alloc(self->arena, ctx.status.n_details * sizeof *status->details);
+    *status = ctx->status;
+    if (ctx->status.n_details > 0) {
+        status->details = arena_alloc(self->arena, ctx->status.n_details * sizeof *status->details);
         if (status->details != NULL)
-            memcpy(status->details, ctx.details, ctx.status.n_details * sizeof *status->details);
+            memcpy(status->details, ctx->details, ctx->status.n_details * sizeof *status->details);
         else
             status->n_details = 0;
     }
@@ -452,6 +483,75 @@ static void batch_run_item(worker_thread_t *self, const rpc_method_t *method,
     if (status->message == NULL)
         status->message = (char *)wire_code_name(code);
     result->status = status;
+}
+
+/* Runs one call of a batch from start to end into 'result'. */
+static void batch_run_item(worker_thread_t *self, const rpc_method_t *method,
+                           const Paygate__V1__Header *header, int64_t deadline_at,
+                           const Paygate__V1__BatchItem *item, Paygate__V1__BatchResult *result)
+{
+    batch_call_t *call = arena_alloc(self->arena, sizeof *call);
+    if (call == NULL || !batch_call_init(self, method, header, deadline_at, item, call)) {
+        paygate__v1__batch_result__init(result); /* out of memory: the batch fails whole */
+        return;
+    }
+    batch_call_handle(self, method, call);
+    batch_call_result(self, call, result);
+}
+
+/* The batch handler the server has for 'method', or NULL. */
+static rpc_batch_handler_fn batch_handler_of(const rpc_server_config_t *c,
+                                             const rpc_method_t *method)
+{
+    for (size_t i = 0; i < c->batch_handler_count; i++)
+        if (strcmp(c->batch_handlers[i].method, method->name) == 0)
+            return c->batch_handlers[i].run;
+    return NULL;
+}
+
+/* RPC_BATCH_HANDLER: the method's batch handler answers what it can of
+ * 'batch' at once, its handler the rest one by one. False when memory
+ * runs out. */
+static bool batch_run_handler(worker_thread_t *self, const rpc_method_t *method,
+                              rpc_batch_handler_fn run, const Paygate__V1__Header *header,
+                              int64_t deadline_at, const Paygate__V1__BatchRequest *batch,
+                              Paygate__V1__BatchResult *results)
+{
+    size_t n = batch->n_items, ready = 0;
+    batch_call_t *calls = arena_alloc(self->arena, n * sizeof *calls);
+    rpc_ctx_t **ctxs = arena_alloc(self->arena, n * sizeof *ctxs);
+    const ProtobufCMessage **requests = arena_alloc(self->arena, n * sizeof *requests);
+    ProtobufCMessage **replies = arena_alloc(self->arena, n * sizeof *replies);
+    Paygate__V1__Code *codes = arena_alloc(self->arena, n * sizeof *codes);
+    bool *answered = arena_alloc(self->arena, n * sizeof *answered);
+    batch_call_t **ready_calls = arena_alloc(self->arena, n * sizeof *ready_calls);
+    if (calls == NULL || ctxs == NULL || requests == NULL || replies == NULL || codes == NULL ||
+        answered == NULL || ready_calls == NULL)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        if (!batch_call_init(self, method, header, deadline_at, batch->items[i], &calls[i]))
+            return false;
+        if (calls[i].answered)
+            continue;
+        ready_calls[ready] = &calls[i];
+        ctxs[ready] = &calls[i].ctx;
+        requests[ready] = calls[i].request;
+        replies[ready] = calls[i].reply;
+        answered[ready] = false;
+        ready++;
+    }
+    if (ready > 0)
+        run(ctxs, requests, replies, codes, answered, ready, self->state);
+    for (size_t i = 0; i < ready; i++) {
+        ready_calls[i]->answered = answered[i];
+        ready_calls[i]->code = codes[i];
+    }
+    log_set_request_id(NULL);
+    for (size_t i = 0; i < n; i++) {
+        batch_call_handle(self, method, &calls[i]);
+        batch_call_result(self, &calls[i], &results[i]);
+    }
+    return true;
 }
 
 /* Runs every item of 'batch' into 'results'; with 'transaction', inside
@@ -514,8 +614,16 @@ static Paygate__V1__Code worker_serve_batch(worker_thread_t *self, const rpc_met
         worker_reply_failure(self, header, PAYGATE__V1__CODE__RESOURCE_EXHAUSTED, "out of memory");
         return PAYGATE__V1__CODE__RESOURCE_EXHAUSTED;
     }
+    rpc_batch_handler_fn run =
+        method->batch == RPC_BATCH_HANDLER ? batch_handler_of(c, method) : NULL;
     bool transaction = method->batch == RPC_BATCH_TRANSACTION && c->batch_ops != NULL;
-    if (!batch_run(self, method, header, deadline_at, batch, results, transaction)) {
+    if (run != NULL) {
+        if (!batch_run_handler(self, method, run, header, deadline_at, batch, results)) {
+            worker_reply_failure(self, header, PAYGATE__V1__CODE__RESOURCE_EXHAUSTED,
+                                 "out of memory");
+            return PAYGATE__V1__CODE__RESOURCE_EXHAUSTED;
+        }
+    } else if (!batch_run(self, method, header, deadline_at, batch, results, transaction)) {
         log_info("rpc worker %s: a batch of %zu %s calls did not commit; running them one by one",
                  self->instance_id, batch->n_items, method->name);
         batch_run(self, method, header, deadline_at, batch, results, false);

@@ -16,7 +16,6 @@
 #include "order.pb-c.h"
 #include "order_service.h"
 #include "pg/pg.h"
-#include "pgrpc/pgrpc.h"
 #include "rpc/rpc.h"
 
 extern const pg_migration_t order_migrations[];
@@ -25,6 +24,7 @@ extern const size_t order_migrations_count;
 /* Worker instances (threads, one database connection each) by default:
  * the payment service's threads call Get and MarkPaid. */
 enum { order_threads_default = 4 };
+static const rpc_batch_handler_t order_batch_handlers[] = {{"MarkPaid", order_mark_paid_batch}};
 static const rpc_method_t order_methods[] = {
     {"Create", &paygate__v1__create_order_request__descriptor, &paygate__v1__order__descriptor,
      order_create, RPC_BATCH_NONE},
@@ -35,7 +35,7 @@ static const rpc_method_t order_methods[] = {
     {"Cancel", &paygate__v1__cancel_order_request__descriptor, &paygate__v1__order__descriptor,
      order_cancel, RPC_BATCH_NONE},
     {"MarkPaid", &paygate__v1__mark_paid_request__descriptor, &paygate__v1__order__descriptor,
-     order_mark_paid, RPC_BATCH_TRANSACTION},
+     order_mark_paid, RPC_BATCH_HANDLER},
 };
 
 typedef struct {
@@ -121,7 +121,8 @@ int main(int argc, char **argv)
         .thread_fini = order_thread_fini,
         .app = &app,
         .metrics = metrics,
-        .batch_ops = &pgrpc_batch_ops, /* order_thread_t begins with its pg_conn_t * */
+        .batch_handlers = order_batch_handlers,
+        .batch_handler_count = sizeof order_batch_handlers / sizeof order_batch_handlers[0],
     };
     rpc_server_t *server = rpc_server_new(&server_config);
     if (server == NULL)

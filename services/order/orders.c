@@ -385,12 +385,11 @@ Paygate__V1__Code order_cancel(rpc_ctx_t *ctx, const ProtobufCMessage *request_m
  * is order_not_payable. A payment id completes at most one order (UNIQUE
  * in the schema).
  */
-Paygate__V1__Code order_mark_paid(rpc_ctx_t *ctx, const ProtobufCMessage *request_msg,
-                                  ProtobufCMessage *reply_msg, void *thread_state)
+/* The checks of a MarkPaid request before any statement: OK, or the
+ * call failed with why. */
+static Paygate__V1__Code mark_paid_check(rpc_ctx_t *ctx,
+                                         const Paygate__V1__MarkPaidRequest *request)
 {
-    order_thread_t *thread = thread_state;
-    const Paygate__V1__MarkPaidRequest *request = (const Paygate__V1__MarkPaidRequest *)request_msg;
-    Paygate__V1__Order *reply = (Paygate__V1__Order *)reply_msg;
     if (strcmp(rpc_ctx_principal(ctx), "gateway") == 0)
         return rpc_ctx_fail(ctx, PAYGATE__V1__CODE__PERMISSION_DENIED, "internal_only",
                             "MarkPaid is internal to paygate's services");
@@ -404,6 +403,42 @@ Paygate__V1__Code order_mark_paid(rpc_ctx_t *ctx, const ProtobufCMessage *reques
                             order_payment_id_bytes_max);
     if (!id_valid("ord", request->order_id))
         return fail_not_found(ctx);
+    return PAYGATE__V1__CODE__OK;
+}
+
+/* The answer for an order that MarkPaid left COMPLETED by this payment,
+ * from its row ('rows', cleared here); 'changed': this call completed
+ * it. */
+static Paygate__V1__Code mark_paid_answer(rpc_ctx_t *ctx, PGresult *rows,
+                                          const Paygate__V1__MarkPaidRequest *request, bool changed,
+                                          Paygate__V1__Order *reply)
+{
+    Paygate__V1__Code code = order_reply(ctx, rows, reply);
+    if (code != PAYGATE__V1__CODE__OK)
+        return code;
+    /* Postcondition: the order is completed by this very payment. */
+    if (reply->status != PAYGATE__V1__ORDER_STATUS__COMPLETED ||
+        strcmp(reply->payment_id, request->payment_id) != 0) {
+        log_error("mark paid: %s answered as status %d payment %s", reply->id, (int)reply->status,
+                  reply->payment_id);
+        return rpc_ctx_fail(ctx, PAYGATE__V1__CODE__INTERNAL, "internal_error",
+                            "order invariant broken");
+    }
+    if (changed)
+        log_info("mark paid: %s completed by %s for %s (request %s)", reply->id,
+                 request->payment_id, request->user_id, rpc_ctx_request_id(ctx));
+    return PAYGATE__V1__CODE__OK;
+}
+
+Paygate__V1__Code order_mark_paid(rpc_ctx_t *ctx, const ProtobufCMessage *request_msg,
+                                  ProtobufCMessage *reply_msg, void *thread_state)
+{
+    order_thread_t *thread = thread_state;
+    const Paygate__V1__MarkPaidRequest *request = (const Paygate__V1__MarkPaidRequest *)request_msg;
+    Paygate__V1__Order *reply = (Paygate__V1__Order *)reply_msg;
+    Paygate__V1__Code checked = mark_paid_check(ctx, request);
+    if (checked != PAYGATE__V1__CODE__OK)
+        return checked;
     const char *params[] = {request->order_id, request->payment_id, request->user_id};
     PGresult *rows = NULL;
     pg_result_t result =
@@ -440,19 +475,56 @@ Paygate__V1__Code order_mark_paid(rpc_ctx_t *ctx, const ProtobufCMessage *reques
             return code;
         }
     }
-    Paygate__V1__Code code = order_reply(ctx, rows, reply);
-    if (code != PAYGATE__V1__CODE__OK)
-        return code;
-    /* Postcondition: the order is completed by this very payment. */
-    if (reply->status != PAYGATE__V1__ORDER_STATUS__COMPLETED ||
-        strcmp(reply->payment_id, request->payment_id) != 0) {
-        log_error("mark paid: %s answered as status %d payment %s", reply->id, (int)reply->status,
-                  reply->payment_id);
-        return rpc_ctx_fail(ctx, PAYGATE__V1__CODE__INTERNAL, "internal_error",
-                            "order invariant broken");
+    return mark_paid_answer(ctx, rows, request, changed, reply);
+}
+
+/* Batch code of MarkPaid (lib/rpc RPC_BATCH_HANDLER): the calls that
+ * pass the checks run in one transaction sent in one round trip
+ * (pg_exec_prepared_batch), each as the single call's statement; each
+ * that completed its order is answered from its row. A call that changed
+ * nothing (a repeat, an order in another state, no such order), and
+ * every call when the transaction did not commit (e.g. a payment id
+ * already used for another order), is left to order_mark_paid, which
+ * runs it again alone and answers why: nothing of it happened. */
+void order_mark_paid_batch(rpc_ctx_t *const *ctxs, const ProtobufCMessage *const *requests,
+                           ProtobufCMessage *const *replies, Paygate__V1__Code *codes,
+                           bool *answered, size_t count, void *thread_state)
+{
+    order_thread_t *thread = thread_state;
+    enum { most = rpc_batch_items_max };
+    const char *params[most][3];
+    const char *const *param_sets[most];
+    size_t index[most];
+    size_t n = 0;
+    for (size_t i = 0; i < count && i < most; i++) {
+        const Paygate__V1__MarkPaidRequest *request =
+            (const Paygate__V1__MarkPaidRequest *)requests[i];
+        codes[i] = mark_paid_check(ctxs[i], request);
+        if (codes[i] != PAYGATE__V1__CODE__OK) {
+            answered[i] = true;
+            continue;
+        }
+        params[n][0] = request->order_id;
+        params[n][1] = request->payment_id;
+        params[n][2] = request->user_id;
+        param_sets[n] = params[n];
+        index[n++] = i;
     }
-    if (changed)
-        log_info("mark paid: %s completed by %s for %s (request %s)", reply->id,
-                 request->payment_id, request->user_id, rpc_ctx_request_id(ctx));
-    return PAYGATE__V1__CODE__OK;
+    if (n == 0)
+        return;
+    PGresult *rows[most];
+    if (pg_exec_prepared_batch(thread->pg, "order_mark_paid", mark_paid_sql, 3, n, param_sets,
+                               rows) != PG_OK)
+        return;
+    for (size_t k = 0; k < n; k++) {
+        size_t i = index[k];
+        if (PQntuples(rows[k]) != 1) {
+            PQclear(rows[k]);
+            continue;
+        }
+        codes[i] =
+            mark_paid_answer(ctxs[i], rows[k], (const Paygate__V1__MarkPaidRequest *)requests[i],
+                             true, (Paygate__V1__Order *)replies[i]);
+        answered[i] = true;
+    }
 }

@@ -28,6 +28,7 @@
  * logins (Argon2id) and wallet movements wait on the CPU and
  * on commits; the payment service's threads call Debit/Credit. */
 enum { user_threads_default = 4 };
+static const rpc_batch_handler_t user_batch_handlers[] = {{"Debit", wallet_debit_batch}};
 static const rpc_method_t user_methods[] = {
     {"Register", &paygate__v1__register_request__descriptor, &paygate__v1__user__descriptor,
      user_register, RPC_BATCH_NONE},
@@ -38,7 +39,7 @@ static const rpc_method_t user_methods[] = {
     {"TopUp", &paygate__v1__top_up_request__descriptor, &paygate__v1__top_up__descriptor,
      wallet_top_up, RPC_BATCH_NONE},
     {"Debit", &paygate__v1__wallet_movement_request__descriptor,
-     &paygate__v1__wallet_movement__descriptor, wallet_debit, RPC_BATCH_TRANSACTION},
+     &paygate__v1__wallet_movement__descriptor, wallet_debit, RPC_BATCH_HANDLER},
     {"Credit", &paygate__v1__wallet_movement_request__descriptor,
      &paygate__v1__wallet_movement__descriptor, wallet_credit, RPC_BATCH_TRANSACTION},
 };
@@ -149,6 +150,8 @@ int main(int argc, char **argv)
         .app = &app,
         .metrics = metrics,
         .batch_ops = &pgrpc_batch_ops, /* user_thread_t begins with its pg_conn_t * */
+        .batch_handlers = user_batch_handlers,
+        .batch_handler_count = sizeof user_batch_handlers / sizeof user_batch_handlers[0],
     };
     rpc_server_t *server = rpc_server_new(&server_config);
     if (server == NULL) {

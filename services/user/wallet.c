@@ -258,14 +258,11 @@ Paygate__V1__Code wallet_top_up(rpc_ctx_t *ctx, const ProtobufCMessage *request_
     return PAYGATE__V1__CODE__OK;
 }
 
-/* Debit (kind "DEBIT") or Credit (kind "CREDIT") of the request's user. */
-static Paygate__V1__Code wallet_move(rpc_ctx_t *ctx, const ProtobufCMessage *request_msg,
-                                     ProtobufCMessage *reply_msg, user_thread_t *thread, bool debit)
+/* The checks of a Debit or Credit request before any statement: OK, or
+ * the call failed with why. */
+static Paygate__V1__Code
+movement_check(rpc_ctx_t *ctx, const Paygate__V1__WalletMovementRequest *request, bool debit)
 {
-    const Paygate__V1__WalletMovementRequest *request =
-        (const Paygate__V1__WalletMovementRequest *)request_msg;
-    Paygate__V1__WalletMovement *reply = (Paygate__V1__WalletMovement *)reply_msg;
-    const char *kind = debit ? "DEBIT" : "CREDIT";
     if (strcmp(rpc_ctx_principal(ctx), "gateway") == 0)
         return rpc_ctx_fail(ctx, PAYGATE__V1__CODE__PERMISSION_DENIED, "internal_only",
                             "%s is internal to paygate's services", debit ? "Debit" : "Credit");
@@ -278,6 +275,57 @@ static Paygate__V1__Code wallet_move(rpc_ctx_t *ctx, const ProtobufCMessage *req
     if (!wire_token_valid(request->reference, reference_bytes_max))
         return rpc_ctx_fail(ctx, PAYGATE__V1__CODE__INVALID_ARGUMENT, "invalid_reference",
                             "reference of 1..128 printable characters is required");
+    return PAYGATE__V1__CODE__OK;
+}
+
+/* The answer for a movement whose statement returned one row ('rows',
+ * cleared here): the movement, or reference_reused when the reference
+ * was used before for another amount. */
+static Paygate__V1__Code movement_answer(rpc_ctx_t *ctx, PGresult *rows,
+                                         const Paygate__V1__WalletMovementRequest *request,
+                                         bool debit, Paygate__V1__WalletMovement *reply)
+{
+    const char *kind = debit ? "DEBIT" : "CREDIT";
+    bool replayed = PQgetvalue(rows, 0, 0)[0] == 't';
+    int64_t stored_amount = column_int64(rows, 2);
+    if (replayed && stored_amount != request->amount) {
+        PQclear(rows);
+        return rpc_ctx_fail(ctx, PAYGATE__V1__CODE__ALREADY_EXISTS, "reference_reused",
+                            "reference %s was used for a %s of %" PRId64 " paise",
+                            request->reference, kind, stored_amount);
+    }
+    reply->ledger_id = column_int64(rows, 1);
+    reply->user_id = rpc_ctx_strdup(ctx, request->user_id);
+    reply->kind = (char *)kind;
+    reply->amount = stored_amount;
+    reply->balance_after = column_int64(rows, 3);
+    reply->reference = rpc_ctx_strdup(ctx, request->reference);
+    reply->created_at = rpc_ctx_strdup(ctx, PQgetvalue(rows, 0, 4));
+    reply->replayed = replayed;
+    PQclear(rows);
+    if (reply->balance_after < 0) { /* the CHECK makes this impossible */
+        log_error("%s: negative balance %" PRId64 " for %s", kind, reply->balance_after,
+                  request->user_id);
+        return rpc_ctx_fail(ctx, PAYGATE__V1__CODE__INTERNAL, "internal_error",
+                            "balance invariant broken");
+    }
+    if (!replayed)
+        log_info("%s: %s %" PRId64 " paise for %s, balance %" PRId64 " (request %s)", kind,
+                 request->reference, stored_amount, request->user_id, reply->balance_after,
+                 rpc_ctx_request_id(ctx));
+    return PAYGATE__V1__CODE__OK;
+}
+
+/* Debit (kind "DEBIT") or Credit (kind "CREDIT") of the request's user. */
+static Paygate__V1__Code wallet_move(rpc_ctx_t *ctx, const ProtobufCMessage *request_msg,
+                                     ProtobufCMessage *reply_msg, user_thread_t *thread, bool debit)
+{
+    const Paygate__V1__WalletMovementRequest *request =
+        (const Paygate__V1__WalletMovementRequest *)request_msg;
+    Paygate__V1__WalletMovement *reply = (Paygate__V1__WalletMovement *)reply_msg;
+    Paygate__V1__Code checked = movement_check(ctx, request, debit);
+    if (checked != PAYGATE__V1__CODE__OK)
+        return checked;
     char amount[24];
     snprintf(amount, sizeof amount, "%" PRId64, request->amount);
     char not_after[24];
@@ -336,34 +384,61 @@ static Paygate__V1__Code wallet_move(rpc_ctx_t *ctx, const ProtobufCMessage *req
         return rpc_ctx_fail(ctx, PAYGATE__V1__CODE__NOT_FOUND, "wallet_not_found",
                             "no wallet for user %s", request->user_id);
     }
-    bool replayed = PQgetvalue(rows, 0, 0)[0] == 't';
-    int64_t stored_amount = column_int64(rows, 2);
-    if (replayed && stored_amount != request->amount) {
-        PQclear(rows);
-        return rpc_ctx_fail(ctx, PAYGATE__V1__CODE__ALREADY_EXISTS, "reference_reused",
-                            "reference %s was used for a %s of %" PRId64 " paise",
-                            request->reference, kind, stored_amount);
+    return movement_answer(ctx, rows, request, debit, reply);
+}
+
+/* Batch code of Debit (lib/rpc RPC_BATCH_HANDLER): the debits that pass
+ * the checks run in one transaction sent in one round trip
+ * (pg_exec_prepared_batch), each as the single call's statement; each
+ * that moved money (or replayed) is answered from its row. A debit that
+ * changed nothing (short balance, no wallet, window closed), and every
+ * debit when the transaction did not commit, is left to wallet_debit,
+ * which runs it again alone and says why: nothing of it happened. */
+void wallet_debit_batch(rpc_ctx_t *const *ctxs, const ProtobufCMessage *const *requests,
+                        ProtobufCMessage *const *replies, Paygate__V1__Code *codes, bool *answered,
+                        size_t count, void *thread_state)
+{
+    user_thread_t *thread = thread_state;
+    enum { most = rpc_batch_items_max };
+    const char *params[most][4];
+    const char *const *param_sets[most];
+    char amounts[most][24], not_after[most][24];
+    size_t index[most];
+    size_t n = 0;
+    for (size_t i = 0; i < count && i < most; i++) {
+        const Paygate__V1__WalletMovementRequest *request =
+            (const Paygate__V1__WalletMovementRequest *)requests[i];
+        codes[i] = movement_check(ctxs[i], request, true);
+        if (codes[i] != PAYGATE__V1__CODE__OK) {
+            answered[i] = true;
+            continue;
+        }
+        snprintf(amounts[n], sizeof amounts[n], "%" PRId64, request->amount);
+        snprintf(not_after[n], sizeof not_after[n], "%" PRId64, request->not_after_ms);
+        params[n][0] = request->user_id;
+        params[n][1] = amounts[n];
+        params[n][2] = request->reference;
+        params[n][3] = not_after[n];
+        param_sets[n] = params[n];
+        index[n++] = i;
     }
-    reply->ledger_id = column_int64(rows, 1);
-    reply->user_id = rpc_ctx_strdup(ctx, request->user_id);
-    reply->kind = (char *)kind;
-    reply->amount = stored_amount;
-    reply->balance_after = column_int64(rows, 3);
-    reply->reference = rpc_ctx_strdup(ctx, request->reference);
-    reply->created_at = rpc_ctx_strdup(ctx, PQgetvalue(rows, 0, 4));
-    reply->replayed = replayed;
-    PQclear(rows);
-    if (reply->balance_after < 0) { /* the CHECK makes this impossible */
-        log_error("%s: negative balance %" PRId64 " for %s", kind, reply->balance_after,
-                  request->user_id);
-        return rpc_ctx_fail(ctx, PAYGATE__V1__CODE__INTERNAL, "internal_error",
-                            "balance invariant broken");
+    if (n == 0)
+        return;
+    PGresult *rows[most];
+    if (pg_exec_prepared_batch(thread->pg, "wallet_debit", debit_sql, 4, n, param_sets, rows) !=
+        PG_OK)
+        return;
+    for (size_t k = 0; k < n; k++) {
+        size_t i = index[k];
+        if (PQntuples(rows[k]) != 1) {
+            PQclear(rows[k]);
+            continue;
+        }
+        codes[i] = movement_answer(ctxs[i], rows[k],
+                                   (const Paygate__V1__WalletMovementRequest *)requests[i], true,
+                                   (Paygate__V1__WalletMovement *)replies[i]);
+        answered[i] = true;
     }
-    if (!replayed)
-        log_info("%s: %s %" PRId64 " paise for %s, balance %" PRId64 " (request %s)", kind,
-                 request->reference, stored_amount, request->user_id, reply->balance_after,
-                 rpc_ctx_request_id(ctx));
-    return PAYGATE__V1__CODE__OK;
 }
 
 Paygate__V1__Code wallet_debit(rpc_ctx_t *ctx, const ProtobufCMessage *request,
