@@ -24,7 +24,8 @@ extern const size_t order_migrations_count;
 /* Worker instances (threads, one database connection each) by default:
  * the payment service's threads call Get and MarkPaid. */
 enum { order_threads_default = 4 };
-static const rpc_batch_handler_t order_batch_handlers[] = {{"MarkPaid", order_mark_paid_batch}};
+static const rpc_batch_handler_t order_batch_handlers[] = {{"Get", order_get_batch},
+                                                           {"MarkPaid", order_mark_paid_batch}};
 static const rpc_method_t order_methods[] = {
     {"Create", &paygate__v1__create_order_request__descriptor, &paygate__v1__order__descriptor,
      order_create, RPC_BATCH_NONE},

@@ -32,6 +32,10 @@ Paygate__V1__Code order_list(rpc_ctx_t *ctx, const ProtobufCMessage *request,
                              ProtobufCMessage *reply, void *thread);
 Paygate__V1__Code order_cancel(rpc_ctx_t *ctx, const ProtobufCMessage *request,
                                ProtobufCMessage *reply, void *thread);
+/* orders.c: Get's batch code (rpc_batch_handler_fn). */
+void order_get_batch(rpc_ctx_t *const *ctxs, const ProtobufCMessage *const *requests,
+                     ProtobufCMessage *const *replies, Paygate__V1__Code *codes, bool *answered,
+                     size_t count, void *thread_state);
 /* orders.c: MarkPaid's batch code (rpc_batch_handler_fn). */
 void order_mark_paid_batch(rpc_ctx_t *const *ctxs, const ProtobufCMessage *const *requests,
                            ProtobufCMessage *const *replies, Paygate__V1__Code *codes,

@@ -255,6 +255,48 @@ Paygate__V1__Code order_get(rpc_ctx_t *ctx, const ProtobufCMessage *request_msg,
     return order_reply(ctx, rows, reply);
 }
 
+/* Batch code of Get (lib/rpc RPC_BATCH_HANDLER): the reads run in one
+ * round trip (pg_exec_prepared_batch; a transaction that writes nothing);
+ * each order found is answered from its row. What is not found, or
+ * everything when the round trip fails, is left to order_get, which
+ * answers it alone. */
+void order_get_batch(rpc_ctx_t *const *ctxs, const ProtobufCMessage *const *requests,
+                     ProtobufCMessage *const *replies, Paygate__V1__Code *codes, bool *answered,
+                     size_t count, void *thread_state)
+{
+    order_thread_t *thread = thread_state;
+    enum { most = rpc_batch_items_max };
+    const char *params[most][2];
+    const char *const *param_sets[most];
+    size_t index[most];
+    size_t n = 0;
+    for (size_t i = 0; i < count && i < most; i++) {
+        const Paygate__V1__GetOrderRequest *request =
+            (const Paygate__V1__GetOrderRequest *)requests[i];
+        const char *user = rpc_ctx_user_id(ctxs[i]);
+        if (user[0] == '\0' || !id_valid("ord", request->id))
+            continue; /* order_get refuses it */
+        params[n][0] = request->id;
+        params[n][1] = user;
+        param_sets[n] = params[n];
+        index[n++] = i;
+    }
+    if (n == 0)
+        return;
+    PGresult *rows[most];
+    if (pg_exec_prepared_batch(thread->pg, "order_get", get_sql, 2, n, param_sets, rows) != PG_OK)
+        return;
+    for (size_t k = 0; k < n; k++) {
+        size_t i = index[k];
+        if (PQntuples(rows[k]) != 1) {
+            PQclear(rows[k]);
+            continue;
+        }
+        codes[i] = order_reply(ctxs[i], rows[k], (Paygate__V1__Order *)replies[i]);
+        answered[i] = true;
+    }
+}
+
 /*
  * List: the caller's orders, newest first, one page of 'limit' after the
  * cursor 'starting_after' (the previous page's last id). One row more
