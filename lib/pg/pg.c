@@ -510,15 +510,21 @@ static pg_result_t batch_collect(pg_conn_t *self, const char *name, size_t count
             if (result == PG_UNAVAILABLE || self->conn == NULL)
                 return first; /* conn_finish dropped the connection */
         }
-        if (PQgetResult(self->conn) != NULL) { /* each query's results end with NULL */
+        PGresult *extra = PQgetResult(self->conn); /* each query's results end with NULL */
+        if (extra != NULL) {
+            PQclear(extra);
             error_set_text(self, "unexpected extra result in a pipeline");
             return first == PG_OK ? PG_ERROR : first;
         }
     }
     PGresult *sync = PQgetResult(self->conn);
     if (PQresultStatus(sync) != PGRES_PIPELINE_SYNC && first == PG_OK) {
-        error_set_text(self, "pipeline ended without its sync");
-        first = PG_ERROR;
+        /* COMMIT was answered: a connection that went before the sync
+         * leaves the outcome unknown, not failed */
+        bool lost = PQstatus(self->conn) != CONNECTION_OK;
+        error_set_text(self, lost ? "connection lost at the end of a pipeline"
+                                  : "pipeline ended without its sync");
+        first = lost ? PG_UNAVAILABLE : PG_ERROR;
     }
     PQclear(sync);
     return first;

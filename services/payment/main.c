@@ -169,7 +169,8 @@ int main(int argc, char **argv)
         !metrics_server_start_from_env("PAYGATE_METRICS_PORT", metrics, &metrics_server))
         return 1;
     payment_metrics_init(&app.metrics, metrics);
-    payment_gathers_init(&app.gathers, metrics);
+    payment_gathers_init(&app.gathers, app.settings.call_deadline_ms, &payment_insert_statement,
+                         &saga_finish_statement, metrics);
 
     app.zmq_ctx = zmq_ctx_new();
     pthread_t recovery;

@@ -97,10 +97,10 @@ typedef enum {
  * or FAILED it sets p's updated_at and failure fields. */
 saga_outcome_t saga_drive(payment_env_t *env, saga_payment_t *p, const char *request_id);
 
-/* payments.c: sets up the process's gathers (gather.h), counted in
- * 'metrics'; saga.c: the saga's own (debit, mark_paid, payment_finish). */
-void payment_gathers_init(payment_gathers_t *gathers, metrics_t *metrics);
-void saga_gathers_init(payment_gathers_t *gathers);
+/* payments.c: the insert of a new payment; saga.c: the statement that
+ * finishes one (both gathered: gather.h). */
+extern const payment_sql_kind_t payment_insert_statement;
+extern const payment_sql_kind_t saga_finish_statement;
 
 /* refunds.c: credits the wallet for PENDING refund 'refund_id' and marks
  * it SUCCEEDED. Returns true when done. */

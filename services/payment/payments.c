@@ -43,6 +43,8 @@ static const char insert_sql[] =
     " RETURNING id, lease_token, (extract(epoch FROM locked_until) * 1000)::bigint, " PGRPC_TIME(
         "created_at");
 
+const payment_sql_kind_t payment_insert_statement = {"payment_insert", insert_sql, 10};
+
 /* Takes over a payment whose driver's lease ended (plus the clock-skew
  * margin $3): a new fencing token, and the step as it is now. */
 static const char take_over_sql[] =
@@ -220,8 +222,8 @@ static Paygate__V1__Code payment_load_order(payment_env_t *env, const char *orde
     ProtobufCMessage *reply = NULL;
     rpc_status_t st;
     Paygate__V1__Code code;
-    if (!gather_rpc(env, PAYMENT_GATHER(env, order_get), &request.base, user, NULL, order_id, &code,
-                    &st, &reply))
+    if (!gather_rpc(PAYMENT_GATHER(env, order_get), env->rpc, &request.base, user, NULL, order_id,
+                    &code, &st, &reply))
         code = rpc_client_call(env->rpc, "order", "Get", &request.base,
                                &paygate__v1__order__descriptor, &reply, &opts, &st);
     *reason = "order_not_found";
@@ -341,7 +343,8 @@ Paygate__V1__Code payment_create(rpc_ctx_t *ctx, const ProtobufCMessage *request
                                    lease};
     PGresult *inserted = NULL;
     pg_result_t result = PG_OK;
-    if (!gather_sql(env, PAYMENT_GATHER(env, payment_insert), insert_params, &inserted, &result))
+    if (!payment_gather_sql(PAYMENT_GATHER(env, payment_insert), env->pg, insert_params, &inserted,
+                            &result))
         result =
             pg_exec_prepared(env->pg, "payment_insert", insert_sql, 10, insert_params, &inserted);
     if (result != PG_OK)
@@ -456,39 +459,4 @@ Paygate__V1__Code payment_list(rpc_ctx_t *ctx, const ProtobufCMessage *request_m
     }
     PQclear(rows);
     return PAYGATE__V1__CODE__OK;
-}
-
-void payment_gathers_init(payment_gathers_t *gathers, metrics_t *metrics)
-{
-    gather_init_rpc(&gathers->order_get, "order", "Get", &paygate__v1__order__descriptor);
-    gather_init_sql(&gathers->payment_insert, "payment_insert", insert_sql, 10);
-    saga_gathers_init(gathers);
-    /* A payment's steps, in order; the last leads to the first because
-     * the clients whose payments finished together send their next ones
-     * together (through the gateway: a longer wait). */
-    gather_then(&gathers->order_get, &gathers->payment_insert, gather_linger_step_us);
-    gather_then(&gathers->payment_insert, &gathers->debit, gather_linger_step_us);
-    gather_then(&gathers->debit, &gathers->mark_paid, gather_linger_step_us);
-    gather_then(&gathers->mark_paid, &gathers->payment_finish, gather_linger_step_us);
-    gather_then(&gathers->payment_finish, &gathers->order_get, gather_linger_round_us);
-    const char *const kind[] = {"kind", NULL};
-    metrics_family_t *calls = metrics_counter_family(
-        metrics, "paygate_payment_gathered_calls_total",
-        "Calls of payments made together with other payments' (gather.h), by kind.", kind);
-    metrics_family_t *batches =
-        metrics_counter_family(metrics, "paygate_payment_gathered_batches_total",
-                               "The batches those calls made, by kind.", kind);
-    struct {
-        gather_t *gather;
-        const char *kind;
-    } kinds[] = {{&gathers->order_get, "order_get"},
-                 {&gathers->payment_insert, "payment_insert"},
-                 {&gathers->debit, "debit"},
-                 {&gathers->mark_paid, "mark_paid"},
-                 {&gathers->payment_finish, "payment_finish"}};
-    for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++) {
-        const char *const values[] = {kinds[i].kind};
-        kinds[i].gather->calls = metrics_series(calls, values);
-        kinds[i].gather->batches = metrics_series(batches, values);
-    }
 }

@@ -83,6 +83,8 @@ static const char saga_finish_sql[] =
                       "  ON CONFLICT (event_id) DO NOTHING)"
                       " SELECT created, updated FROM done";
 
+const payment_sql_kind_t saga_finish_statement = {"saga_finish", saga_finish_sql, 8};
+
 /* Renews this driver's lease before it acts at 'step'; sets '*until_ms'
  * to the lease's end. False when the lease is lost (another driver took
  * the payment over, or it is finished): the caller must stop. */
@@ -163,7 +165,7 @@ static saga_outcome_t saga_finish(payment_env_t *env, saga_payment_t *p, bool su
                             payload,      token};
     PGresult *rows = NULL;
     pg_result_t result = PG_OK;
-    if (!gather_sql(env, PAYMENT_GATHER(env, payment_finish), params, &rows, &result))
+    if (!payment_gather_sql(PAYMENT_GATHER(env, payment_finish), env->pg, params, &rows, &result))
         result = pg_exec_prepared(env->pg, "saga_finish", saga_finish_sql, 8, params, &rows);
     free(payload);
     if (result != PG_OK) {
@@ -212,7 +214,7 @@ static Paygate__V1__Code saga_wallet_call(payment_env_t *env, const saga_payment
     /* Debits gather (ordered by user: the wallet rows they lock); the
      * rare credits go alone. */
     if (strcmp(method, "Debit") != 0 ||
-        !gather_rpc(env, PAYMENT_GATHER(env, debit), &request.base, p->user_id, request_id,
+        !gather_rpc(PAYMENT_GATHER(env, debit), env->rpc, &request.base, p->user_id, request_id,
                     p->user_id, &code, status, &reply))
         code = rpc_client_call(env->rpc, "user", method, &request.base,
                                &paygate__v1__wallet_movement__descriptor, &reply, &opts, status);
@@ -243,7 +245,7 @@ static Paygate__V1__Code saga_mark_paid(payment_env_t *env, const saga_payment_t
                             .principal = "payment"};
     ProtobufCMessage *reply = NULL;
     Paygate__V1__Code code;
-    if (!gather_rpc(env, PAYMENT_GATHER(env, mark_paid), &request.base, p->user_id, request_id,
+    if (!gather_rpc(PAYMENT_GATHER(env, mark_paid), env->rpc, &request.base, p->user_id, request_id,
                     p->order_id, &code, status, &reply))
         code = rpc_client_call(env->rpc, "order", "MarkPaid", &request.base,
                                &paygate__v1__order__descriptor, &reply, &opts, status);
@@ -321,11 +323,4 @@ saga_outcome_t saga_drive(payment_env_t *env, saga_payment_t *p, const char *req
 
     log_error("saga %s: unknown step '%s'", p->id, step);
     return SAGA_PENDING;
-}
-
-void saga_gathers_init(payment_gathers_t *gathers)
-{
-    gather_init_rpc(&gathers->debit, "user", "Debit", &paygate__v1__wallet_movement__descriptor);
-    gather_init_rpc(&gathers->mark_paid, "order", "MarkPaid", &paygate__v1__order__descriptor);
-    gather_init_sql(&gathers->payment_finish, "saga_finish", saga_finish_sql, 8);
 }
