@@ -457,7 +457,14 @@ Paygate__V1__Code rpc_client_call_batch(rpc_client_t *self, const char *service,
     }
     paygate__v1__batch_request__pack(&request, packed);
     rpc_call_opts_t batch_opts = opts != NULL ? *opts : (rpc_call_opts_t){0};
-    batch_opts.user_id = NULL; /* each item's */
+    /* Each item's user id rides in the body, where the broker cannot see
+     * it: the batch carries the first of them as its own, so that the
+     * broker refuses the batch from a key that may not act for users (and
+     * a worker refuses item user ids on a batch without one). */
+    batch_opts.user_id = NULL;
+    for (size_t i = 0; i < count && batch_opts.user_id == NULL; i++)
+        if (items[i].user_id != NULL && items[i].user_id[0] != '\0')
+            batch_opts.user_id = items[i].user_id;
     zmq_msg_t body;
     zmq_msg_init(&body);
     code =

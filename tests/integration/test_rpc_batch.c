@@ -176,15 +176,18 @@ static void txn_log(fixture_t *f, const char *command, char out[text_bytes_max])
     assert_int_equal(single_call(f, "TxnLog", command, out), PAYGATE__V1__CODE__OK);
 }
 
-/* Sends 'body' as a "batch."-method request (rpc_client_call_raw); on OK
- * decodes the BatchReply into '*reply' (free it). Returns the code. */
+/* Sends 'body' as a "batch."-method request (rpc_client_call_raw) whose
+ * own user id is "usr_raw" (as rpc_client_call_batch would send the
+ * calls' of pack_batch); on OK decodes the BatchReply into '*reply' (free
+ * it). Returns the code. */
 static Paygate__V1__Code raw_batch(fixture_t *f, const char *method, const uint8_t *body,
                                    size_t len, rpc_status_t *status,
                                    Paygate__V1__BatchReply **reply)
 {
     zmq_msg_t msg;
     zmq_msg_init(&msg);
-    rpc_call_opts_t opts = {.deadline_ms = call_deadline_ms, .request_id = "req_raw"};
+    rpc_call_opts_t opts = {
+        .deadline_ms = call_deadline_ms, .request_id = "req_raw", .user_id = "usr_raw"};
     Paygate__V1__Code code =
         rpc_client_call_raw(f->client, "echo", method, body, len, &opts, &msg, status);
     if (reply != NULL) {
@@ -313,7 +316,8 @@ static void test_unbatchable_method_unimplemented(void **state)
 /* 0 calls and more than rpc_batch_items_max are refused by the client
  * (without a broker to send them to) and, sent by hand, by the worker;
  * so is a body that is not a BatchRequest, and a call's request id that a
- * single call could not carry. */
+ * single call could not carry. Calls with user ids on a batch without one
+ * are PERMISSION_DENIED (the broker could not check them). */
 static void test_malformed_batches_invalid(void **state)
 {
     fixture_t *f = *state;
@@ -360,6 +364,16 @@ static void test_malformed_batches_invalid(void **state)
     assert_int_equal(raw_batch(f, "batch.Each", body, len, &status, NULL),
                      PAYGATE__V1__CODE__INVALID_ARGUMENT);
     assert_non_null(strstr(status.message, "request_id"));
+    free(body);
+    /* user ids in the calls, none on the batch (which the broker checks) */
+    len = pack_batch(2, SIZE_MAX, "req_x", &body);
+    zmq_msg_t msg;
+    zmq_msg_init(&msg);
+    rpc_call_opts_t opts = {.deadline_ms = call_deadline_ms};
+    assert_int_equal(
+        rpc_client_call_raw(f->client, "echo", "batch.Each", body, len, &opts, &msg, &status),
+        PAYGATE__V1__CODE__PERMISSION_DENIED);
+    zmq_msg_close(&msg);
     free(body);
     /* the largest valid one passes the same way */
     len = pack_batch(rpc_batch_items_max, SIZE_MAX, "req_x", &body);
