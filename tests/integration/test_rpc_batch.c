@@ -23,6 +23,7 @@
 #include "batch.pb-c.h"
 #include "clock/clock.h"
 #include "echo.pb-c.h"
+#include "http_client.h"
 #include "proc.h"
 #include "rpc/rpc.h"
 
@@ -516,6 +517,65 @@ static void test_transaction_without_ops_runs_each(void **state)
     assert_string_equal(log, "begin=0 commit=0 refused=0 rollback=0 runs=2 open=0");
 }
 
+/* Fails unless the worker's /metrics text 'body' has the
+ * sample paygate_rpc_handled_total of echo.'method' with 'code' at
+ * 'expected' ("absent": no such sample). */
+static void handled_is(const char *body, const char *method, const char *code, const char *expected)
+{
+    char key[256];
+    snprintf(key, sizeof key,
+             "\npaygate_rpc_handled_total{service=\"echo\",method=\"%s\",code=\"%s\"} ", method,
+             code);
+    const char *at = strstr(body, key);
+    if (strcmp(expected, "absent") == 0) {
+        if (at != NULL)
+            fail_msg("/metrics has %s", key + 1);
+        return;
+    }
+    if (at == NULL)
+        fail_msg("/metrics has no %s", key + 1);
+    char value[32];
+    snprintf(value, sizeof value, "%.*s", (int)strcspn(at + strlen(key), "\n"), at + strlen(key));
+    if (strcmp(value, expected) != 0)
+        fail_msg("%s is %s, want %s", key + 1, value, expected);
+}
+
+/* Each call of a batch counts in paygate_rpc_handled_total as one of its
+ * method, with its own code; a transactional batch that ran twice counts
+ * its calls once (the answers sent). */
+static void test_calls_counted_as_method(void **state)
+{
+    fixture_t *f = *state;
+    int port = free_tcp_port();
+    assert_true(port > 0);
+    char env_port[64];
+    snprintf(env_port, sizeof env_port, "PAYGATE_METRICS_PORT=%d", port);
+    start_system(f, "metrics", (const char *[]){"ECHO_BATCH_OPS=1", env_port, NULL});
+    static echo_batch_t b;
+    rpc_status_t status;
+    batch_add(&b, "a", "usr_1", NULL);
+    batch_add(&b, "fail", "usr_2", NULL);
+    batch_add(&b, "c", "usr_3", NULL);
+    assert_int_equal(batch_call(f, "Each", &b, &status), PAYGATE__V1__CODE__OK);
+    batch_clear(&b);
+    batch_add(&b, "a", "usr_1", NULL);
+    batch_add(&b, "spoil", "usr_2", NULL); /* first run stopped here: runs 2 + 2 */
+    assert_int_equal(batch_call(f, "Txn", &b, &status), PAYGATE__V1__CODE__OK);
+    batch_clear(&b);
+
+    http_response_t r;
+    if (!http_request(&r, port, "GET", "/metrics", NULL, NULL))
+        fail_msg("GET /metrics: %s", r.error);
+    assert_int_equal(r.status, 200);
+    assert_non_null(r.body);
+    handled_is(r.body, "Each", "OK", "2");
+    handled_is(r.body, "Each", "FAILED_PRECONDITION", "1");
+    handled_is(r.body, "Txn", "OK", "2");
+    handled_is(r.body, "Txn", "INTERNAL", "absent");
+    assert_null(strstr(r.body, "method=\"batch."));
+    http_response_free(&r);
+}
+
 #define T(fn) cmocka_unit_test_setup_teardown(fn, fixture_setup, fixture_teardown)
 
 int main(void)
@@ -524,7 +584,7 @@ int main(void)
         T(test_items_answered_in_order),           T(test_unbatchable_method_unimplemented),
         T(test_malformed_batches_invalid),         T(test_item_body_invalid_fails_alone),
         T(test_transaction_commits_once),          T(test_transaction_failure_reruns_singly),
-        T(test_transaction_without_ops_runs_each),
+        T(test_transaction_without_ops_runs_each), T(test_calls_counted_as_method),
     };
     return cmocka_run_group_tests_name("rpc batch integration", tests, NULL, NULL);
 }

@@ -14,6 +14,7 @@
  *   ECHO_HEARTBEAT_MS         heartbeat interval (default 1000)
  *   ECHO_MAX_IN_FLIGHT        requests per instance at once (default 4)
  *   ECHO_INSTANCE             instance id prefix (default derived)
+ *   PAYGATE_METRICS_PORT      GET /metrics on this port (default 0: off)
  *   ECHO_BATCH_OPS            1: the server has batch_ops (the fake
  *                             transactions below), so Txn's batches run
  *                             in one; 0 (default): they run as Each's
@@ -27,6 +28,8 @@
 #include "config/config.h"
 #include "echo.pb-c.h"
 #include "log/log.h"
+#include "metrics/metrics.h"
+#include "metrics/metrics_server.h"
 #include "rpc/rpc.h"
 
 static Paygate__V1__Code echo_echo(rpc_ctx_t *ctx, const ProtobufCMessage *request_msg,
@@ -280,6 +283,11 @@ int main(void)
     ok &= config_int("ECHO_BATCH_OPS", 0, 0, 1, &batch_ops);
     if (!ok)
         return 2;
+    metrics_t *metrics = metrics_new();
+    metrics_server_t *metrics_server = NULL;
+    if (metrics == NULL ||
+        !metrics_server_start_from_env("PAYGATE_METRICS_PORT", metrics, &metrics_server))
+        return 1;
 
     rpc_server_config_t config = {
         .endpoint = endpoint,
@@ -293,12 +301,18 @@ int main(void)
         .thread_init = echo_thread_init,
         .thread_fini = echo_thread_fini,
         .batch_ops = batch_ops ? &echo_batch_ops : NULL,
+        .metrics = metrics,
     };
     rpc_server_t *server = rpc_server_new(&config);
-    if (server == NULL)
+    if (server == NULL) {
+        metrics_server_stop(&metrics_server);
+        metrics_destroy(&metrics);
         return 2;
+    }
     rpc_server_stop_on_signals(server);
     int rc = rpc_server_run(server);
     rpc_server_destroy(&server);
+    metrics_server_stop(&metrics_server);
+    metrics_destroy(&metrics);
     return rc == 0 ? 0 : 1;
 }
