@@ -414,11 +414,19 @@ Paygate__V1__Code rpc_client_call_batch(rpc_client_t *self, const char *service,
     for (size_t i = 0; i < count; i++)
         items[i].reply = NULL;
     char batch_method[wire_method_bytes_max + 1];
-    if (count == 0 || count > rpc_batch_items_max ||
-        snprintf(batch_method, sizeof batch_method, "batch.%s", method) >=
-            (int)sizeof batch_method) {
+    if (count == 0 || count > rpc_batch_items_max) {
         rpc_status_set(status, PAYGATE__V1__CODE__INVALID_ARGUMENT,
-                       "a batch of %s.%s needs 1..%d calls", service, method, rpc_batch_items_max);
+                       "a batch of %s.%s needs 1..%d calls, not %zu", service, method,
+                       rpc_batch_items_max, count);
+        batch_fail_all(items, count, status);
+        return status->code;
+    }
+    if (snprintf(batch_method, sizeof batch_method, "batch.%s", method) >=
+        (int)sizeof batch_method) {
+        rpc_status_set(status, PAYGATE__V1__CODE__INVALID_ARGUMENT,
+                       "method name %.64s... is too long for a batch (batch.<method>: at most %d "
+                       "bytes)",
+                       method, wire_method_bytes_max);
         batch_fail_all(items, count, status);
         return status->code;
     }

@@ -343,6 +343,14 @@ static void test_malformed_batches_invalid(void **state)
                                            &paygate__v1__echo_reply__descriptor, NULL, &status),
                      PAYGATE__V1__CODE__INVALID_ARGUMENT);
     assert_int_equal(status.code, PAYGATE__V1__CODE__INVALID_ARGUMENT);
+    assert_non_null(strstr(status.message, "1..64 calls, not 0"));
+    /* a method name that "batch." makes longer than a method name may be */
+    const char long_name[] = "M123456789012345678901234567890123456789012345678901234567890";
+    assert_int_equal(rpc_client_call_batch(f->client, "echo", long_name, b.items, 1,
+                                           &paygate__v1__echo_reply__descriptor, NULL, &status),
+                     PAYGATE__V1__CODE__INVALID_ARGUMENT);
+    assert_non_null(strstr(status.message, "too long"));
+    assert_int_equal(b.items[0].status.code, PAYGATE__V1__CODE__INVALID_ARGUMENT);
     assert_true(clock_now_ms() - start < call_deadline_ms);
     batch_clear(&b);
     rpc_client_destroy(&f->client);
