@@ -122,12 +122,20 @@ static Paygate__V1__Code batch_call(fixture_t *f, const char *method, echo_batch
                                  &paygate__v1__echo_reply__descriptor, &opts, status);
 }
 
+/* Frees the replies of 'b' (before it is called again). */
+static void batch_free_replies(echo_batch_t *b)
+{
+    for (size_t i = 0; i < b->count; i++) {
+        if (b->items[i].reply != NULL)
+            protobuf_c_message_free_unpacked(b->items[i].reply, NULL);
+        b->items[i].reply = NULL;
+    }
+}
+
 /* Frees the replies of 'b' and empties it. */
 static void batch_clear(echo_batch_t *b)
 {
-    for (size_t i = 0; i < b->count; i++)
-        if (b->items[i].reply != NULL)
-            protobuf_c_message_free_unpacked(b->items[i].reply, NULL);
+    batch_free_replies(b);
     b->count = 0;
 }
 
@@ -525,6 +533,62 @@ static void test_transaction_without_ops_runs_each(void **state)
     assert_string_equal(log, "begin=0 commit=0 refused=0 rollback=0 runs=2 open=0");
 }
 
+/* RPC_BATCH_HANDLER: the method's batch code gets the calls whose bodies
+ * decoded, each with its own user and request id, and answers what it
+ * can; the handler answers the rest one by one; the replies come back in
+ * the calls' order. Without batch code, the handler answers every call. */
+static void test_batch_code_answers_what_it_can(void **state)
+{
+    fixture_t *f = *state;
+    start_system(f, "handler", NULL);
+    static echo_batch_t b;
+    batch_add(&b, "a", "usr_1", "req_h1");
+    batch_add(&b, "single", "usr_2", "req_h2");
+    batch_add(&b, "bulkfail", "usr_3", "req_h3");
+    batch_add(&b, "d", NULL, NULL);
+    rpc_status_t status;
+    assert_int_equal(batch_call(f, "Bulk", &b, &status), PAYGATE__V1__CODE__OK);
+    item_ok(&b, 0, "bulk|usr_1|req_h1|a|1/4");
+    item_ok(&b, 1, "single|usr_2|req_h2|single");
+    assert_int_equal(b.items[2].status.code, PAYGATE__V1__CODE__FAILED_PRECONDITION);
+    assert_string_equal(b.items[2].status.reason, "bulk_failed");
+    assert_string_equal(b.items[2].status.message, "failed in the batch code (request req_h3)");
+    assert_null(b.items[2].reply);
+    item_ok(&b, 3, "bulk||req_batch|d|4/4");
+    batch_free_replies(&b);
+    assert_int_equal(batch_call(f, "BulkPlain", &b, &status), PAYGATE__V1__CODE__OK);
+    item_ok(&b, 0, "single|usr_1|req_h1|a");
+    item_ok(&b, 2, "single|usr_3|req_h3|bulkfail");
+    batch_clear(&b);
+
+    /* A call whose body does not decode never reaches the batch code. */
+    uint8_t *body = NULL;
+    size_t len = pack_batch(3, 0, "req_x", &body);
+    Paygate__V1__BatchReply *reply = NULL;
+    assert_int_equal(raw_batch(f, "batch.Bulk", body, len, &status, &reply), PAYGATE__V1__CODE__OK);
+    free(body);
+    assert_int_equal(reply->n_results, 3);
+    assert_non_null(reply->results[0]->status);
+    assert_int_equal(reply->results[0]->status->code, PAYGATE__V1__CODE__INVALID_ARGUMENT);
+    for (size_t i = 1; i < 3; i++) {
+        assert_null(reply->results[i]->status);
+        Paygate__V1__EchoReply *echo = paygate__v1__echo_reply__unpack(
+            NULL, reply->results[i]->body.len, reply->results[i]->body.data);
+        assert_non_null(echo);
+        char expected[64], got[128];
+        snprintf(expected, sizeof expected, "bulk|usr_raw|req_x|p%zu|%zu/2", i, i);
+        snprintf(got, sizeof got, "%.*s", (int)echo->payload.len, (const char *)echo->payload.data);
+        assert_string_equal(got, expected);
+        paygate__v1__echo_reply__free_unpacked(echo, NULL);
+    }
+    paygate__v1__batch_reply__free_unpacked(reply, NULL);
+
+    /* singly, the handler */
+    char text[text_bytes_max];
+    assert_int_equal(single_call(f, "Bulk", "x", text), PAYGATE__V1__CODE__OK);
+    assert_string_equal(text, "single||req_solo|x");
+}
+
 /* Fails unless the worker's /metrics text 'body' has the
  * sample paygate_rpc_handled_total of echo.'method' with 'code' at
  * 'expected' ("absent": no such sample). */
@@ -592,7 +656,8 @@ int main(void)
         T(test_items_answered_in_order),           T(test_unbatchable_method_unimplemented),
         T(test_malformed_batches_invalid),         T(test_item_body_invalid_fails_alone),
         T(test_transaction_commits_once),          T(test_transaction_failure_reruns_singly),
-        T(test_transaction_without_ops_runs_each), T(test_calls_counted_as_method),
+        T(test_transaction_without_ops_runs_each), T(test_batch_code_answers_what_it_can),
+        T(test_calls_counted_as_method),
     };
     return cmocka_run_group_tests_name("rpc batch integration", tests, NULL, NULL);
 }

@@ -6,7 +6,8 @@
  * sleep_ms first (to hold a request in flight). For tests of batches
  * (rpc_client_call_batch, "batch.<Method>"): Each (RPC_BATCH_EACH) and Txn
  * (RPC_BATCH_TRANSACTION) answer what the call saw; TxnLog reports, and
- * steers, the thread's fake transactions (see the methods). Configured by:
+ * steers, the thread's fake transactions; Bulk has batch code
+ * (RPC_BATCH_HANDLER), BulkPlain does not (see the methods). Configured by:
  *
  *   PAYGATE_BROKER_ENDPOINT   broker to register with
  *   ECHO_SERVICE              service name (default "echo")
@@ -251,6 +252,54 @@ static Paygate__V1__Code echo_txn_log(rpc_ctx_t *ctx, const ProtobufCMessage *re
     return reply_text(ctx, (Paygate__V1__EchoReply *)reply_msg, text);
 }
 
+/* Bulk and BulkPlain (RPC_BATCH_HANDLER): singly, answer
+ * "single|<user_id>|<request_id>|<payload>". Bulk has batch code
+ * (echo_bulk_batch), BulkPlain none (its batches run call by call). */
+static Paygate__V1__Code echo_bulk(rpc_ctx_t *ctx, const ProtobufCMessage *request_msg,
+                                   ProtobufCMessage *reply_msg, void *state)
+{
+    (void)state;
+    const Paygate__V1__EchoRequest *request = (const Paygate__V1__EchoRequest *)request_msg;
+    char text[512];
+    snprintf(text, sizeof text, "single|%s|%s|%.*s", rpc_ctx_user_id(ctx), rpc_ctx_request_id(ctx),
+             (int)(request->payload.len < 256 ? request->payload.len : 256),
+             (const char *)request->payload.data);
+    return reply_text(ctx, (Paygate__V1__EchoReply *)reply_msg, text);
+}
+
+/* Bulk's batch code: answers each call it gets
+ * "bulk|<user_id>|<request_id>|<payload>|<k>/<count>" (k counting from 1
+ * among the 'count' calls it got), except payload "single" (left to the
+ * handler) and "bulkfail" (FAILED_PRECONDITION, reason bulk_failed). */
+static void echo_bulk_batch(rpc_ctx_t *const *ctxs, const ProtobufCMessage *const *requests,
+                            ProtobufCMessage *const *replies, Paygate__V1__Code *codes,
+                            bool *answered, size_t count, void *state)
+{
+    (void)state;
+    for (size_t i = 0; i < count; i++) {
+        const Paygate__V1__EchoRequest *request = (const Paygate__V1__EchoRequest *)requests[i];
+        if (payload_is(request, "single"))
+            continue;
+        answered[i] = true;
+        if (payload_is(request, "bulkfail")) {
+            codes[i] =
+                rpc_ctx_fail(ctxs[i], PAYGATE__V1__CODE__FAILED_PRECONDITION, "bulk_failed",
+                             "failed in the batch code (request %s)", rpc_ctx_request_id(ctxs[i]));
+            continue;
+        }
+        char text[512];
+        snprintf(text, sizeof text, "bulk|%s|%s|%.*s|%zu/%zu", rpc_ctx_user_id(ctxs[i]),
+                 rpc_ctx_request_id(ctxs[i]),
+                 (int)(request->payload.len < 256 ? request->payload.len : 256),
+                 (const char *)request->payload.data, i + 1, count);
+        codes[i] = reply_text(ctxs[i], (Paygate__V1__EchoReply *)replies[i], text);
+    }
+}
+
+static const rpc_batch_handler_t echo_batch_handlers[] = {
+    {"Bulk", echo_bulk_batch},
+};
+
 static const rpc_method_t echo_methods[] = {
     {"Caller", &paygate__v1__echo_request__descriptor, &paygate__v1__echo_reply__descriptor,
      echo_caller, RPC_BATCH_NONE},
@@ -266,6 +315,10 @@ static const rpc_method_t echo_methods[] = {
      RPC_BATCH_TRANSACTION},
     {"TxnLog", &paygate__v1__echo_request__descriptor, &paygate__v1__echo_reply__descriptor,
      echo_txn_log, RPC_BATCH_NONE},
+    {"Bulk", &paygate__v1__echo_request__descriptor, &paygate__v1__echo_reply__descriptor,
+     echo_bulk, RPC_BATCH_HANDLER},
+    {"BulkPlain", &paygate__v1__echo_request__descriptor, &paygate__v1__echo_reply__descriptor,
+     echo_bulk, RPC_BATCH_HANDLER},
 };
 
 int main(void)
@@ -302,6 +355,8 @@ int main(void)
         .thread_fini = echo_thread_fini,
         .batch_ops = batch_ops ? &echo_batch_ops : NULL,
         .metrics = metrics,
+        .batch_handlers = echo_batch_handlers,
+        .batch_handler_count = sizeof echo_batch_handlers / sizeof echo_batch_handlers[0],
     };
     rpc_server_t *server = rpc_server_new(&config);
     if (server == NULL) {
