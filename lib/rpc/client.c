@@ -414,11 +414,19 @@ Paygate__V1__Code rpc_client_call_batch(rpc_client_t *self, const char *service,
     for (size_t i = 0; i < count; i++)
         items[i].reply = NULL;
     char batch_method[wire_method_bytes_max + 1];
-    if (count == 0 || count > rpc_batch_items_max ||
-        snprintf(batch_method, sizeof batch_method, "batch.%s", method) >=
-            (int)sizeof batch_method) {
+    if (count == 0 || count > rpc_batch_items_max) {
         rpc_status_set(status, PAYGATE__V1__CODE__INVALID_ARGUMENT,
-                       "a batch of %s.%s needs 1..%d calls", service, method, rpc_batch_items_max);
+                       "a batch of %s.%s needs 1..%d calls, not %zu", service, method,
+                       rpc_batch_items_max, count);
+        batch_fail_all(items, count, status);
+        return status->code;
+    }
+    if (snprintf(batch_method, sizeof batch_method, "batch.%s", method) >=
+        (int)sizeof batch_method) {
+        rpc_status_set(status, PAYGATE__V1__CODE__INVALID_ARGUMENT,
+                       "method name %.64s... is too long for a batch (batch.<method>: at most %d "
+                       "bytes)",
+                       method, wire_method_bytes_max);
         batch_fail_all(items, count, status);
         return status->code;
     }
@@ -457,7 +465,14 @@ Paygate__V1__Code rpc_client_call_batch(rpc_client_t *self, const char *service,
     }
     paygate__v1__batch_request__pack(&request, packed);
     rpc_call_opts_t batch_opts = opts != NULL ? *opts : (rpc_call_opts_t){0};
-    batch_opts.user_id = NULL; /* each item's */
+    /* Each item's user id rides in the body, where the broker cannot see
+     * it: the batch carries the first of them as its own, so that the
+     * broker refuses the batch from a key that may not act for users (and
+     * a worker refuses item user ids on a batch without one). */
+    batch_opts.user_id = NULL;
+    for (size_t i = 0; i < count && batch_opts.user_id == NULL; i++)
+        if (items[i].user_id != NULL && items[i].user_id[0] != '\0')
+            batch_opts.user_id = items[i].user_id;
     zmq_msg_t body;
     zmq_msg_init(&body);
     code =

@@ -186,7 +186,9 @@ typedef struct {
  * in one message: the service's method "batch.<method>" (proto/batch.proto),
  * which it serves only for methods it marks batchable (else UNIMPLEMENTED).
  * The items share 'opts' except the user and the request id, which are
- * each item's. Returns the batch's code, also in 'status' (may be NULL):
+ * each item's; the batch itself carries the first item's user id, so the
+ * broker refuses it (PERMISSION_DENIED) from a key that may not act for
+ * users, as it would each call. Returns the batch's code, also in 'status' (may be NULL):
  * OK when the service answered the batch, and then each item's status
  * (and reply) is its own; any other code is every item's status too, with
  * the same meaning as for a single call (e.g. DEADLINE_EXCEEDED: the

@@ -599,12 +599,22 @@ static Paygate__V1__Code worker_serve_batch(worker_thread_t *self, const rpc_met
         worker_reply_failure(self, header, PAYGATE__V1__CODE__INVALID_ARGUMENT, text);
         return PAYGATE__V1__CODE__INVALID_ARGUMENT;
     }
+    /* The broker lets a caller user id through only from a key that may
+     * act for users, and sees the batch's alone: a call's user id counts
+     * only on a batch that carries one (rpc_client_call_batch does). */
+    const char *batch_user =
+        header->meta && header->meta->caller ? meta_text(header->meta->caller->user_id) : "";
     for (size_t i = 0; i < batch->n_items; i++) { /* as wire.c checks a single call's */
         if (!wire_token_valid(batch->items[i]->request_id, wire_request_id_bytes_max) &&
             batch->items[i]->request_id[0] != '\0') {
             worker_reply_failure(self, header, PAYGATE__V1__CODE__INVALID_ARGUMENT,
                                  "a batch call's request_id is not 1..64 printable characters");
             return PAYGATE__V1__CODE__INVALID_ARGUMENT;
+        }
+        if (batch->items[i]->user_id[0] != '\0' && batch_user[0] == '\0') {
+            worker_reply_failure(self, header, PAYGATE__V1__CODE__PERMISSION_DENIED,
+                                 "a batch's calls carry user ids but the batch carries none");
+            return PAYGATE__V1__CODE__PERMISSION_DENIED;
         }
     }
     Paygate__V1__BatchResult *results = arena_alloc(self->arena, batch->n_items * sizeof *results);

@@ -20,6 +20,7 @@
 
 #include <cmocka.h>
 
+#include "batch.pb-c.h"
 #include "clock/clock.h"
 #include "curve/curve.h"
 #include "echo.pb-c.h"
@@ -361,6 +362,92 @@ static void test_service_key_cannot_claim_a_user(void **state)
     rpc_client_destroy(&gateway);
 }
 
+/* Calls echo.Each as a batch of two with client 'c', for users 'user_a'
+ * and 'user_b' (may be NULL); on OK copies the calls' payloads
+ * ("<user>|<request id>|<payload>") into 'a' and 'b'. */
+static Paygate__V1__Code each_batch(rpc_client_t *c, const char *user_a, const char *user_b,
+                                    rpc_status_t *status, char a[256], char b[256])
+{
+    Paygate__V1__EchoRequest requests[2] = {PAYGATE__V1__ECHO_REQUEST__INIT,
+                                            PAYGATE__V1__ECHO_REQUEST__INIT};
+    requests[0].payload.data = (uint8_t *)"a";
+    requests[0].payload.len = 1;
+    requests[1].payload.data = (uint8_t *)"b";
+    requests[1].payload.len = 1;
+    rpc_batch_item_t items[2] = {
+        {.request = &requests[0].base, .user_id = user_a, .request_id = "req_ba"},
+        {.request = &requests[1].base, .user_id = user_b, .request_id = "req_bb"},
+    };
+    rpc_call_opts_t opts = {.deadline_ms = 3000};
+    Paygate__V1__Code code = rpc_client_call_batch(
+        c, "echo", "Each", items, 2, &paygate__v1__echo_reply__descriptor, &opts, status);
+    char *out[2] = {a, b};
+    for (int i = 0; i < 2; i++) {
+        out[i][0] = '\0';
+        if (items[i].reply == NULL)
+            continue;
+        const Paygate__V1__EchoReply *echo = (const Paygate__V1__EchoReply *)items[i].reply;
+        snprintf(out[i], 256, "%.*s", (int)echo->payload.len, (const char *)echo->payload.data);
+        protobuf_c_message_free_unpacked(items[i].reply, NULL);
+    }
+    return code;
+}
+
+/* The user ids of a batch's calls ride in its body, where the broker
+ * cannot see them: the batch carries one in its own caller, so that the
+ * act_for_users rule still holds, and a worker refuses a batch whose calls
+ * carry user ids when the batch itself carries none. */
+static void test_batch_user_ids_need_act_for_users(void **state)
+{
+    (void)state;
+    rpc_status_t status;
+    char a[256], b[256];
+    rpc_client_t *order = client_as("order");
+    assert_int_equal(each_batch(order, NULL, "usr_victim", &status, a, b),
+                     PAYGATE__V1__CODE__PERMISSION_DENIED);
+    assert_string_equal(status.reason, "user_identity_not_allowed");
+    assert_string_equal(b, "");
+    /* without users, a service key may batch */
+    assert_int_equal(each_batch(order, NULL, NULL, &status, a, b), PAYGATE__V1__CODE__OK);
+    assert_string_equal(a, "|req_ba|a");
+    assert_string_equal(b, "|req_bb|b");
+
+    /* Made by hand: user ids in the calls, none on the batch. */
+    Paygate__V1__EchoRequest request = PAYGATE__V1__ECHO_REQUEST__INIT;
+    uint8_t body[16];
+    Paygate__V1__BatchItem item = PAYGATE__V1__BATCH_ITEM__INIT;
+    item.body.data = body;
+    item.body.len = paygate__v1__echo_request__pack(&request, body);
+    item.user_id = (char *)"usr_victim";
+    Paygate__V1__BatchItem *items[] = {&item};
+    Paygate__V1__BatchRequest batch = PAYGATE__V1__BATCH_REQUEST__INIT;
+    batch.n_items = 1;
+    batch.items = items;
+    uint8_t packed[64];
+    assert_true(paygate__v1__batch_request__get_packed_size(&batch) <= sizeof packed);
+    size_t len = paygate__v1__batch_request__pack(&batch, packed);
+    zmq_msg_t reply;
+    zmq_msg_init(&reply);
+    rpc_call_opts_t opts = {.deadline_ms = 3000};
+    assert_int_equal(
+        rpc_client_call_raw(order, "echo", "batch.Each", packed, len, &opts, &reply, &status),
+        PAYGATE__V1__CODE__PERMISSION_DENIED);
+    assert_non_null(strstr(status.message, "user"));
+    zmq_msg_close(&reply);
+    rpc_client_destroy(&order);
+
+    /* The gateway may carry users: each call acts for its own. */
+    rpc_client_t *gateway = client_as("gateway");
+    assert_int_equal(each_batch(gateway, "usr_asha", "usr_ravi", &status, a, b),
+                     PAYGATE__V1__CODE__OK);
+    assert_string_equal(a, "usr_asha|req_ba|a");
+    assert_string_equal(b, "usr_ravi|req_bb|b");
+    assert_int_equal(each_batch(gateway, NULL, "usr_ravi", &status, a, b), PAYGATE__V1__CODE__OK);
+    assert_string_equal(a, "|req_ba|a");
+    assert_string_equal(b, "usr_ravi|req_bb|b");
+    rpc_client_destroy(&gateway);
+}
+
 /* A live instance id stays with its key: another key's READY for it is
  * refused and the instance keeps serving. */
 static void test_second_key_cannot_take_over(void **state)
@@ -432,6 +519,7 @@ int main(void)
         cmocka_unit_test(test_plaintext_peer_refused),
         cmocka_unit_test(test_register_only_own_services),
         cmocka_unit_test(test_service_key_cannot_claim_a_user),
+        cmocka_unit_test(test_batch_user_ids_need_act_for_users),
         cmocka_unit_test(test_second_key_cannot_take_over),
         cmocka_unit_test(test_bus_topics_per_key),
     };

@@ -27,6 +27,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "clock/clock.h"
@@ -89,6 +90,13 @@ static void query_cell(pg_conn_t *conn, const char *sql, int nparams, const char
     assert_int_equal(PQnfields(res), 1);
     snprintf(out, cell_bytes_max, "%s", PQgetisnull(res, 0, 0) ? "NULL" : PQgetvalue(res, 0, 0));
     PQclear(res);
+}
+
+/* Sleeps 'ms' milliseconds. */
+static void sleep_ms_pg(int ms)
+{
+    struct timespec pause = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
+    nanosleep(&pause, NULL);
 }
 
 /* The backend pid serving 'conn', as text. */
@@ -588,6 +596,291 @@ static void test_connect_timeout_is_bounded(void **state)
     close(fd);
 }
 
+/* --- pipelined batches and pg_transaction_failed -------------------------- */
+
+/* The table of the batch tests (in the run's main schema). */
+static void batch_table_create(void)
+{
+    static bool created;
+    if (created)
+        return;
+    exec_ok(g.db, "CREATE TABLE batch_rows (id bigint PRIMARY KEY, note text NOT NULL)", 0, NULL);
+    exec_ok(g.db, "CREATE TABLE batch_locks (id bigint PRIMARY KEY, n bigint NOT NULL)", 0, NULL);
+    exec_ok(g.db, "INSERT INTO batch_locks (id, n) VALUES (1, 0), (2, 0), (3, 0)", 0, NULL);
+    created = true;
+}
+
+static const char *const batch_insert_sql =
+    "INSERT INTO batch_rows (id, note) VALUES ($1, $2) RETURNING id, upper(note)";
+
+static void test_prepared_batch_commits_together(void **state)
+{
+    (void)state;
+    batch_table_create();
+    pg_conn_t *conn = pg_conn_new(g.dsn, g.schema);
+    char cell[cell_bytes_max];
+    const char *rows[][2] = {{"1001", "a"}, {"1002", "b"}, {"1003", "c"}, {"1004", "d"}};
+    const char *const *params[] = {rows[0], rows[1], rows[2], rows[3]};
+    PGresult *out[4];
+    assert_int_equal(
+        pg_exec_prepared_batch(conn, "batch_insert", batch_insert_sql, 2, 4, params, out), PG_OK);
+    for (int i = 0; i < 4; i++) {
+        assert_non_null(out[i]);
+        assert_int_equal(PQresultStatus(out[i]), PGRES_TUPLES_OK);
+        assert_int_equal(PQntuples(out[i]), 1);
+        assert_string_equal(PQgetvalue(out[i], 0, 0), rows[i][0]);
+        char upper[2] = {(char)(rows[i][1][0] - 'a' + 'A'), '\0'};
+        assert_string_equal(PQgetvalue(out[i], 0, 1), upper);
+        PQclear(out[i]);
+    }
+    /* Committed (another session sees them), in one transaction. */
+    query_cell(g.db, "SELECT count(*) FROM batch_rows WHERE id BETWEEN 1001 AND 1004", 0, NULL,
+               cell);
+    assert_string_equal(cell, "4");
+    query_cell(g.db,
+               "SELECT count(DISTINCT xmin::text) FROM batch_rows WHERE id BETWEEN 1001 AND 1004",
+               0, NULL, cell);
+    assert_string_equal(cell, "1");
+    assert_false(pg_transaction_failed(conn));
+
+    /* The statement stays prepared: a single call and a batch of one. */
+    const char *one[] = {"1005", "e"};
+    const char *const *one_params[] = {one};
+    assert_int_equal(pg_exec_prepared(conn, "batch_insert", batch_insert_sql, 2, one, NULL), PG_OK);
+    one[0] = "1006";
+    assert_int_equal(
+        pg_exec_prepared_batch(conn, "batch_insert", batch_insert_sql, 2, 1, one_params, out),
+        PG_OK);
+    assert_string_equal(PQgetvalue(out[0], 0, 0), "1006");
+    PQclear(out[0]);
+    query_cell(conn,
+               "SELECT count(*) || '/' || sum(generic_plans + custom_plans)"
+               " FROM pg_prepared_statements WHERE name = 'batch_insert'",
+               0, NULL, cell);
+    assert_string_equal(cell, "1/6");
+    pg_conn_destroy(&conn);
+}
+
+static void test_prepared_batch_failure_leaves_nothing(void **state)
+{
+    (void)state;
+    batch_table_create();
+    const char *taken[] = {"1100", "taken"};
+    exec_ok(g.db, "INSERT INTO batch_rows (id, note) VALUES ($1, $2)", 2, taken);
+    pg_conn_t *conn = pg_conn_new(g.dsn, g.schema);
+    char cell[cell_bytes_max];
+    const char *rows[][2] = {{"1101", "a"}, {"1102", "b"}, {"1100", "dup"}, {"1103", "d"}};
+    const char *const *params[] = {rows[0], rows[1], rows[2], rows[3]};
+    PGresult *out[4];
+    for (int i = 0; i < 4; i++)
+        out[i] = (PGresult *)(uintptr_t)1; /* must be reset to NULL */
+    assert_int_equal(
+        pg_exec_prepared_batch(conn, "batch_insert", batch_insert_sql, 2, 4, params, out),
+        PG_CONSTRAINT);
+    for (int i = 0; i < 4; i++)
+        assert_null(out[i]);
+    assert_string_equal(pg_error_sqlstate(conn), "23505");
+    assert_string_equal(pg_error_constraint(conn), "batch_rows_pkey");
+    query_cell(g.db, "SELECT count(*) FROM batch_rows WHERE id BETWEEN 1101 AND 1103", 0, NULL,
+               cell);
+    assert_string_equal(cell, "0"); /* nor those before the failure */
+
+    /* The connection is usable: out of the pipeline, no transaction. */
+    assert_false(pg_transaction_failed(conn));
+    query_cell(conn, "SELECT 1", 0, NULL, cell);
+    assert_string_equal(cell, "1");
+    assert_string_equal(pg_error_sqlstate(conn), "");
+    assert_int_equal(pg_begin(conn), PG_OK);
+    pg_rollback(conn);
+
+    /* A NOT NULL violation in the first statement: the same. */
+    const char *null_note[] = {"1104", NULL};
+    params[0] = null_note;
+    assert_int_equal(
+        pg_exec_prepared_batch(conn, "batch_insert", batch_insert_sql, 2, 2, params, out),
+        PG_CONSTRAINT);
+    assert_string_equal(pg_error_sqlstate(conn), "23502");
+    assert_null(out[0]);
+    assert_null(out[1]);
+
+    /* Without the bad rows, the batch commits. */
+    params[0] = rows[0];
+    params[2] = rows[3];
+    assert_int_equal(
+        pg_exec_prepared_batch(conn, "batch_insert", batch_insert_sql, 2, 3, params, out), PG_OK);
+    for (int i = 0; i < 3; i++)
+        PQclear(out[i]);
+    query_cell(g.db,
+               "SELECT string_agg(id::text, ',' ORDER BY id) FROM batch_rows"
+               " WHERE id BETWEEN 1100 AND 1104",
+               0, NULL, cell);
+    assert_string_equal(cell, "1100,1101,1102,1103");
+    pg_conn_destroy(&conn);
+}
+
+static void test_prepared_batch_refused_inside_transaction(void **state)
+{
+    (void)state;
+    batch_table_create();
+    pg_conn_t *conn = pg_conn_new(g.dsn, g.schema);
+    char cell[cell_bytes_max];
+    const char *row[] = {"1201", "a"};
+    const char *const *params[] = {row};
+    PGresult *out[1];
+    assert_int_equal(pg_begin(conn), PG_OK);
+    const char *before[] = {"1200", "in txn"};
+    exec_ok(conn, "INSERT INTO batch_rows (id, note) VALUES ($1, $2)", 2, before);
+    assert_int_equal(
+        pg_exec_prepared_batch(conn, "batch_insert", batch_insert_sql, 2, 1, params, out),
+        PG_ERROR);
+    assert_null(out[0]);
+    /* The caller's transaction is untouched: still open, still healthy. */
+    assert_false(pg_transaction_failed(conn));
+    query_cell(g.db, "SELECT count(*) FROM batch_rows WHERE id IN (1200, 1201)", 0, NULL, cell);
+    assert_string_equal(cell, "0");
+    assert_int_equal(pg_commit(conn), PG_OK);
+    query_cell(g.db, "SELECT string_agg(id::text, ',') FROM batch_rows WHERE id IN (1200, 1201)", 0,
+               NULL, cell);
+    assert_string_equal(cell, "1200");
+
+    /* So is a transaction begun with a plain BEGIN. */
+    exec_ok(conn, "BEGIN", 0, NULL);
+    assert_int_equal(
+        pg_exec_prepared_batch(conn, "batch_insert", batch_insert_sql, 2, 1, params, out),
+        PG_ERROR);
+    exec_ok(conn, "ROLLBACK", 0, NULL);
+    assert_int_equal(
+        pg_exec_prepared_batch(conn, "batch_insert", batch_insert_sql, 2, 1, params, out), PG_OK);
+    PQclear(out[0]);
+    pg_conn_destroy(&conn);
+}
+
+typedef struct {
+    const char *victim_pid; /* the backend to terminate once it waits for a lock */
+    bool terminated;
+} killer_job_t;
+
+/* Thread body: waits (up to 10 s) for backend 'victim_pid' to wait for a
+ * lock, then terminates it from a connection of its own. */
+static void *lock_waiter_killer(void *arg)
+{
+    killer_job_t *job = arg;
+    pg_conn_t *conn = pg_conn_new(g.dsn, g.schema);
+    const char *params[] = {job->victim_pid};
+    for (int i = 0; i < 500 && !job->terminated; i++) {
+        PGresult *res = NULL;
+        if (pg_exec(conn,
+                    "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity"
+                    " WHERE pid = $1::int AND wait_event_type = 'Lock'",
+                    1, params, &res) == PG_OK) {
+            job->terminated = PQntuples(res) == 1 && strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+            PQclear(res);
+        }
+        if (!job->terminated)
+            sleep_ms_pg(20);
+    }
+    pg_conn_destroy(&conn);
+    return NULL;
+}
+
+static void test_prepared_batch_connection_lost(void **state)
+{
+    (void)state;
+    batch_table_create();
+    static const char *const sql = "UPDATE batch_locks SET n = n + 1 WHERE id = $1 RETURNING n";
+    pg_conn_t *conn = pg_conn_new(g.dsn, g.schema);
+    char cell[cell_bytes_max], pid[cell_bytes_max], pid_after[cell_bytes_max];
+    const char *ids[][1] = {{"1"}, {"2"}, {"3"}};
+    const char *const *params[] = {ids[0], ids[1], ids[2]};
+    PGresult *out[3];
+
+    /* Terminated while idle: nothing was sent yet, so the batch runs on
+     * a fresh connection. */
+    backend_pid(conn, pid);
+    terminate_backend(pid);
+    assert_int_equal(pg_exec_prepared_batch(conn, "batch_bump", sql, 1, 3, params, out), PG_OK);
+    for (int i = 0; i < 3; i++) {
+        assert_string_equal(PQgetvalue(out[i], 0, 0), "1");
+        PQclear(out[i]);
+    }
+    backend_pid(conn, pid_after);
+    assert_string_not_equal(pid, pid_after);
+
+    /* Terminated in the middle of the batch (its second statement waits
+     * for a row lock held by another session): PG_UNAVAILABLE, nothing
+     * of it committed, and the next call reconnects. */
+    pg_conn_t *holder = pg_conn_new(g.dsn, g.schema);
+    assert_int_equal(pg_begin(holder), PG_OK);
+    exec_ok(holder, "SELECT n FROM batch_locks WHERE id = 2 FOR UPDATE", 0, NULL);
+    backend_pid(conn, pid);
+    killer_job_t job = {.victim_pid = pid};
+    pthread_t killer;
+    assert_int_equal(pthread_create(&killer, NULL, lock_waiter_killer, &job), 0);
+    for (int i = 0; i < 3; i++)
+        out[i] = (PGresult *)(uintptr_t)1;
+    pg_result_t result = pg_exec_prepared_batch(conn, "batch_bump", sql, 1, 3, params, out);
+    pthread_join(killer, NULL);
+    pg_rollback(holder);
+    pg_conn_destroy(&holder);
+    assert_true(job.terminated);
+    assert_int_equal(result, PG_UNAVAILABLE);
+    for (int i = 0; i < 3; i++)
+        assert_null(out[i]);
+    assert_false(pg_transaction_failed(conn));
+    query_cell(g.db, "SELECT string_agg(n::text, ',' ORDER BY id) FROM batch_locks", 0, NULL, cell);
+    assert_string_equal(cell, "1,1,1");
+
+    query_cell(conn, "SELECT 1", 0, NULL, cell);
+    backend_pid(conn, pid_after);
+    assert_string_not_equal(pid, pid_after);
+    assert_int_equal(pg_exec_prepared_batch(conn, "batch_bump", sql, 1, 3, params, out), PG_OK);
+    for (int i = 0; i < 3; i++)
+        PQclear(out[i]);
+    query_cell(g.db, "SELECT string_agg(n::text, ',' ORDER BY id) FROM batch_locks", 0, NULL, cell);
+    assert_string_equal(cell, "2,2,2");
+    pg_conn_destroy(&conn);
+}
+
+static void test_transaction_failed(void **state)
+{
+    (void)state;
+    batch_table_create();
+    pg_conn_t *conn = pg_conn_new(g.dsn, g.schema);
+    char pid[cell_bytes_max];
+    assert_false(pg_transaction_failed(conn)); /* not even connected */
+    exec_ok(conn, "SELECT 1", 0, NULL);
+    assert_false(pg_transaction_failed(conn));
+
+    assert_int_equal(pg_begin(conn), PG_OK);
+    const char *row[] = {"1300", "a"};
+    exec_ok(conn, "INSERT INTO batch_rows (id, note) VALUES ($1, $2)", 2, row);
+    assert_false(pg_transaction_failed(conn));
+    assert_int_equal(
+        pg_exec(conn, "INSERT INTO batch_rows (id, note) VALUES ($1, $2)", 2, row, NULL),
+        PG_CONSTRAINT);
+    assert_true(pg_transaction_failed(conn));
+    assert_int_equal(pg_exec(conn, "SELECT 1", 0, NULL, NULL), PG_ERROR); /* 25P02 */
+    assert_true(pg_transaction_failed(conn));
+    pg_rollback(conn);
+    assert_false(pg_transaction_failed(conn));
+
+    /* A failed statement outside a transaction spoils nothing. */
+    assert_int_equal(pg_exec(conn, "SELEC 1", 0, NULL, NULL), PG_ERROR);
+    assert_false(pg_transaction_failed(conn));
+
+    /* The connection lost inside a transaction: failed until rolled back. */
+    assert_int_equal(pg_begin(conn), PG_OK);
+    assert_false(pg_transaction_failed(conn));
+    backend_pid(conn, pid);
+    terminate_backend(pid);
+    assert_int_equal(pg_exec(conn, "SELECT 1", 0, NULL, NULL), PG_UNAVAILABLE);
+    assert_true(pg_transaction_failed(conn));
+    pg_rollback(conn);
+    assert_false(pg_transaction_failed(conn));
+    exec_ok(conn, "SELECT 1", 0, NULL);
+    pg_conn_destroy(&conn);
+}
+
 /* --- migrations ---------------------------------------------------------- */
 
 static void test_migrations_applied_in_order_and_recorded(void **state)
@@ -869,6 +1162,11 @@ int main(void)
         cmocka_unit_test(test_statement_not_retried_when_connection_drops),
         cmocka_unit_test(test_connection_lost_inside_transaction),
         cmocka_unit_test(test_connect_timeout_is_bounded),
+        cmocka_unit_test(test_prepared_batch_commits_together),
+        cmocka_unit_test(test_prepared_batch_failure_leaves_nothing),
+        cmocka_unit_test(test_prepared_batch_refused_inside_transaction),
+        cmocka_unit_test(test_prepared_batch_connection_lost),
+        cmocka_unit_test(test_transaction_failed),
         cmocka_unit_test(test_migrations_applied_in_order_and_recorded),
         cmocka_unit_test(test_migrate_twice_applies_nothing_new),
         cmocka_unit_test(test_concurrent_migrate_applies_each_once),
