@@ -295,7 +295,8 @@ typedef struct {
 typedef struct {
     bool (*begin)(void *thread_state);  /* false: could not begin */
     bool (*failed)(void *thread_state); /* a statement in it failed */
-    bool (*commit)(void *thread_state); /* false: not committed (or unknown) */
+    bool (*commit)(void *thread_state); /* false: not committed (or unknown);
+                                           rollback() follows */
     void (*rollback)(void *thread_state);
 } rpc_batch_ops_t;
 

@@ -573,7 +573,10 @@ static bool batch_run(worker_thread_t *self, const rpc_method_t *method,
         }
     }
     log_set_request_id(header->meta != NULL ? header->meta->request_id : NULL);
-    return !transaction || ops->commit(self->state);
+    if (!transaction || ops->commit(self->state))
+        return true;
+    ops->rollback(self->state); /* a commit that failed may leave it open */
+    return false;
 }
 
 /* Serves a REQUEST for "batch.<method>": every call in it, then one REPLY
@@ -681,7 +684,8 @@ static Paygate__V1__Code worker_serve_request(worker_thread_t *self, wire_messag
     }
     /* for worker_count: the table's name, "unknown" for any other, so
      * that callers cannot grow the metrics' label values */
-    self->serving_method = method != NULL ? method->name : "unknown";
+    self->serving_method =
+        method != NULL && (!batch || method->batch != RPC_BATCH_NONE) ? method->name : "unknown";
     self->serving_started_us = clock_now_us();
     char text[256];
     if (method == NULL && !batch) {
