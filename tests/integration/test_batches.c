@@ -39,6 +39,7 @@
 
 #include <libpq-fe.h>
 
+#include "curve/curve.h"
 #include "http_client.h"
 #include "id/id.h"
 #include "money/money.h"
@@ -838,6 +839,60 @@ static void test_order_get_batch_each_user_sees_its_own(void **state)
     assert_null(creates[0].reply);
 }
 
+/* The broker lets only keys trusted to carry an end user's id (gateway,
+ * payment, operators: act_for_users) act for a user. A batch carries
+ * each call's user inside its body: a key without that right (here the
+ * transaction service's) may not act for users that way either, so it
+ * cannot read another user's order through batch.Get; the same batch
+ * without users is let through (and answered unauthenticated). */
+static void test_batch_user_ids_need_the_right_to_act_for_users(void **state)
+{
+    (void)state;
+    char victim[id_bytes_max + 1], order[id_bytes_max + 1], cert[512];
+    unique(victim, sizeof victim, "usr_victim");
+    order_new(g.rpc, victim, 4100, order);
+    const char *dir = getenv("PAYGATE_TEST_CERTS_DIR");
+    assert_non_null(dir);
+    snprintf(cert, sizeof cert, "%s/transaction.cert_secret", dir);
+    curve_identity_t identity;
+    assert_true(curve_identity_load(cert, NULL, getenv("PAYGATE_BROKER_CERT"), &identity));
+    rpc_client_t *rpc = rpc_client_new_as(NULL, system_broker_endpoint(g.system), &identity);
+    assert_non_null(rpc);
+    Paygate__V1__GetOrderRequest get = PAYGATE__V1__GET_ORDER_REQUEST__INIT;
+    get.id = order;
+    rpc_call_opts_t opts = {.deadline_ms = call_deadline_ms};
+    rpc_status_t status;
+
+    /* alone: refused by the broker */
+    rpc_call_opts_t single = {.deadline_ms = call_deadline_ms, .user_id = victim};
+    ProtobufCMessage *reply = NULL;
+    assert_int_equal(rpc_client_call(rpc, "order", "Get", &get.base,
+                                     &paygate__v1__order__descriptor, &reply, &single, &status),
+                     PAYGATE__V1__CODE__PERMISSION_DENIED);
+    assert_string_equal(status.reason, "user_identity_not_allowed");
+    assert_null(reply);
+
+    /* in a batch, next to a call without a user: refused whole */
+    rpc_batch_item_t items[] = {{.request = &get.base, .user_id = ""},
+                                {.request = &get.base, .user_id = victim}};
+    assert_int_equal(rpc_client_call_batch(rpc, "order", "Get", items, 2,
+                                           &paygate__v1__order__descriptor, &opts, &status),
+                     PAYGATE__V1__CODE__PERMISSION_DENIED);
+    assert_string_equal(status.reason, "user_identity_not_allowed");
+    for (size_t i = 0; i < 2; i++) {
+        assert_int_equal(items[i].status.code, PAYGATE__V1__CODE__PERMISSION_DENIED);
+        assert_null(items[i].reply);
+    }
+
+    /* without users the batch goes through; the order stays unseen */
+    rpc_batch_item_t anonymous[] = {{.request = &get.base, .user_id = NULL}};
+    assert_int_equal(rpc_client_call_batch(rpc, "order", "Get", anonymous, 1,
+                                           &paygate__v1__order__descriptor, &opts, &status),
+                     PAYGATE__V1__CODE__OK);
+    expect_item_fails(anonymous, 0, PAYGATE__V1__CODE__UNAUTHENTICATED, "unauthenticated");
+    rpc_client_destroy(&rpc);
+}
+
 /* ---- tests: payments gathered ------------------------------------------- */
 
 /* What one client thread pays and what it got. */
@@ -1117,6 +1172,7 @@ int main(void)
         cmocka_unit_test(test_order_mark_paid_batch_answers_each_call),
         cmocka_unit_test(test_order_batch_falls_back_when_a_statement_fails),
         cmocka_unit_test(test_order_get_batch_each_user_sees_its_own),
+        cmocka_unit_test(test_batch_user_ids_need_the_right_to_act_for_users),
         cmocka_unit_test(test_concurrent_payments_are_gathered),
         cmocka_unit_test(test_concurrent_payments_half_fail_each_answer_its_own),
     };
