@@ -345,6 +345,29 @@ static int64_t db_ledger_rows(const char *user, const char *reference)
                   reference);
 }
 
+/* The transaction that wrote the ledger row of 'user' with 'reference'
+ * (its xmin) into 'out': rows written by one transaction share it. */
+static void db_ledger_xmin(const char *user, const char *reference, char out[32])
+{
+    const char *params[] = {user, reference};
+    PGresult *res = db_query(
+        "SELECT xmin::text FROM users.ledger WHERE user_id = $1 AND reference = $2", 2, params);
+    if (PQntuples(res) != 1)
+        fail_msg("wallet %s: %d ledger rows %s, expected one", user, PQntuples(res), reference);
+    snprintf(out, 32, "%s", PQgetvalue(res, 0, 0));
+    PQclear(res);
+}
+
+/* The transaction that last wrote order 'id' (its xmin) into 'out'. */
+static void db_order_xmin(const char *id, char out[32])
+{
+    const char *params[] = {id};
+    PGresult *res = db_query("SELECT xmin::text FROM orders.orders WHERE id = $1", 1, params);
+    assert_int_equal(PQntuples(res), 1);
+    snprintf(out, 32, "%s", PQgetvalue(res, 0, 0));
+    PQclear(res);
+}
+
 /* ---- processes ------------------------------------------------------------ */
 
 static int group_setup(void **state)
@@ -495,6 +518,14 @@ static void test_user_debit_batch_answers_each_call(void **state)
     assert_int_equal(db_ledger_rows(c, rc), 1);
     assert_int_equal(db_int("SELECT count(*) FROM users.ledger WHERE user_id = $1", nobody, NULL),
                      0);
+    /* the batch's debits were one transaction (one commit), not the
+     * earlier single call's */
+    char x1[32], x2[32], xc[32];
+    db_ledger_xmin(a, ra1, x1);
+    db_ledger_xmin(a, ra2, x2);
+    db_ledger_xmin(c, rc, xc);
+    assert_string_equal(x1, x2);
+    assert_string_not_equal(x1, xc);
 
     /* the refused debit left no trace: its reference works now, alone */
     Paygate__V1__WalletMovement *later = move_ok("Debit", b, 400, rb);
@@ -612,6 +643,11 @@ static void test_user_batch_falls_back_when_a_statement_fails(void **state)
     assert_int_equal(db_ledger_rows(a, ra), 1);
     assert_int_equal(db_ledger_rows(b, rb), 1);
     assert_int_equal(db_ledger_rows(rich, rr), 0);
+    /* run one by one: a transaction each */
+    char xa[32], xb[32];
+    db_ledger_xmin(a, ra, xa);
+    db_ledger_xmin(b, rb, xb);
+    assert_string_not_equal(xa, xb);
 
     /* and a debit batch after it works in one transaction again */
     Paygate__V1__WalletMovementRequest debits[] = {movement(a, 100, rd), movement(b, 50, rd)};
@@ -621,6 +657,9 @@ static void test_user_batch_falls_back_when_a_statement_fails(void **state)
     expect_movement(more, 0, "DEBIT", a, 100, rd, 1000, false);
     expect_movement(more, 1, "DEBIT", b, 50, rd, 700, false);
     batch_free(more, 2);
+    db_ledger_xmin(a, rd, xa);
+    db_ledger_xmin(b, rd, xb);
+    assert_string_equal(xa, xb);
     assert_int_equal(db_wallet_check(a), 1000);
     assert_int_equal(db_wallet_check(b), 700);
 }
@@ -782,6 +821,11 @@ static void test_order_batch_falls_back_when_a_statement_fails(void **state)
     assert_int_equal(log_count(system_order, "MarkPaid calls did not commit"),
                      fallbacks_before + 1);
 
+    /* run one by one: a transaction each */
+    char x_first[32], x_last[32];
+    db_order_xmin(first, x_first);
+    db_order_xmin(last, x_last);
+    assert_string_not_equal(x_first, x_last);
     expect_order(u, first, PAYGATE__V1__ORDER_STATUS__COMPLETED, p_first);
     expect_order(u, clash, PAYGATE__V1__ORDER_STATUS__PENDING, "");
     expect_order(u, last, PAYGATE__V1__ORDER_STATUS__COMPLETED, p_last);
@@ -1103,6 +1147,35 @@ static void test_concurrent_payments_are_gathered(void **state)
         fail_msg("debits were not gathered: %.0f calls in %.0f batches", debit_calls,
                  debit_batches);
     assert_true(calls_total > 0);
+    /* and the services committed such batches as one transaction: fewer
+     * transactions wrote the debits and completed the orders than there
+     * were payments */
+    char users[clients * (id_bytes_max + 1) + 3] = "{";
+    for (size_t t = 0; t < clients; t++) {
+        strcat(users, cs[t].user);
+        strcat(users, t + 1 < clients ? "," : "}");
+    }
+    const char *params[] = {users};
+    PGresult *res = db_query("SELECT count(*), count(DISTINCT xmin::text) FROM users.ledger"
+                             " WHERE kind = 'DEBIT' AND user_id = ANY($1::text[])",
+                             1, params);
+    int64_t debits = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+    int64_t debit_commits = strtoll(PQgetvalue(res, 0, 1), NULL, 10);
+    PQclear(res);
+    res = db_query("SELECT count(*), count(DISTINCT xmin::text) FROM orders.orders"
+                   " WHERE status = 'COMPLETED' AND user_id = ANY($1::text[])",
+                   1, params);
+    int64_t completed = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+    int64_t completed_commits = strtoll(PQgetvalue(res, 0, 1), NULL, 10);
+    PQclear(res);
+    fprintf(stderr,
+            "%" PRId64 " debits in %" PRId64 " commits, %" PRId64 " orders completed in %" PRId64
+            " commits\n",
+            debits, debit_commits, completed, completed_commits);
+    assert_int_equal(debits, clients * client_orders);
+    assert_int_equal(completed, clients * client_orders);
+    assert_true(debit_commits < debits);
+    assert_true(completed_commits < completed);
     free(before);
     free(after);
 }
