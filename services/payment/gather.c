@@ -28,7 +28,7 @@ static void sql_run(gather_t *g, void *leader, gather_call_t **calls, size_t cou
         calls[0]->gathered = true;
         return;
     }
-    const char *const *params[gather_batch_max];
+    const char *const *params[gather_batch_max] = {0};
     PGresult *rows[gather_batch_max];
     for (size_t i = 0; i < count; i++)
         params[i] = ((sql_call_t *)calls[i]->arg)->params;
