@@ -80,11 +80,13 @@ struct gateway {
     gateway_metrics_t *metrics; /* GET /metrics (gateway_metrics.c) */
     atomic_bool draining;       /* stopping: answer what came, then close each connection */
     atomic_uint in_flight;      /* requests begun and not yet completed (answer sent) */
+    /* routes_v1[i].gather: route i's caller (its calls, gathered) */
+    struct route_caller *callers;
 };
 
 enum { access_path_bytes_max = 255 };
 
-typedef struct {
+typedef struct request {
     route_match_t match;
     bool matched;
     char *body;
@@ -101,6 +103,17 @@ typedef struct {
     /* for the access log line (access_log) */
     char path[access_path_bytes_max + 1];
     char request_id[request_id_bytes_max + 1];
+    /* A call handed to its route's caller (route_t.gather): the
+     * connection is suspended until the caller has the answer. */
+    struct MHD_Connection *connection;
+    arena_t *arena; /* holds 'call_request' while it waits */
+    const ProtobufCMessage *call_request;
+    char user_id[TOKEN_USER_ID_SIZE];
+    bool call_done;
+    Paygate__V1__Code call_code;
+    rpc_status_t call_status;
+    ProtobufCMessage *call_reply; /* on OK; freed once answered */
+    struct request *call_next;
 } request_t;
 
 typedef struct {
@@ -403,6 +416,225 @@ static enum MHD_Result respond_bad_field(struct MHD_Connection *connection,
                          NULL, NULL);
 }
 
+/* Answers a call of 'route': the error for a failed one ('code',
+ * 'status'), else 'reply' as JSON (NULL: the service's body was not a
+ * reply). */
+static enum MHD_Result respond_call(struct MHD_Connection *connection, const route_t *route,
+                                    const char *request_id, Paygate__V1__Code code,
+                                    const rpc_status_t *status, const ProtobufCMessage *reply)
+{
+    if (code != PAYGATE__V1__CODE__OK) {
+        unsigned http = http_status_for(code, status->reason);
+        const char *message_text = status->message;
+        if (http >= 500 && code != PAYGATE__V1__CODE__UNAVAILABLE &&
+            code != PAYGATE__V1__CODE__DEADLINE_EXCEEDED) {
+            log_warn("gateway: %s %s -> %s: %s (request %s)", route->service, route->rpc,
+                     wire_code_name(code), status->message, request_id);
+            message_text = "internal error"; /* never leak internals */
+        } else if (code == PAYGATE__V1__CODE__UNAVAILABLE) {
+            message_text = "the service is temporarily unavailable; retry later";
+        } else if (code == PAYGATE__V1__CODE__DEADLINE_EXCEEDED) {
+            message_text = "the service did not answer in time";
+        }
+        json_t *details = json_object();
+        for (size_t i = 0; http != 500 && i < status->detail_count; i++)
+            json_object_set_new(details, status->details[i].key,
+                                json_string(status->details[i].value));
+        const char *extra_name = NULL, *extra_value = NULL;
+        if (http == 429 || http == 503) {
+            extra_name = "Retry-After";
+            extra_value = "1";
+        } else if (http == 401) {
+            extra_name = "WWW-Authenticate";
+            extra_value = "Bearer";
+        }
+        return respond_error(connection, http, http_error_code(code, status->reason), message_text,
+                             request_id, details, extra_name, extra_value);
+    }
+    json_t *json = reply ? transcode_to_json(reply) : NULL;
+    if (json == NULL) {
+        log_error("gateway: %s %s answered a body that is not a %s (request %s)", route->service,
+                  route->rpc, route->reply->name, request_id);
+        return respond_error(connection, 500, "internal_error", "internal error", request_id, NULL,
+                             NULL, NULL);
+    }
+    return respond(connection, route->success_status, json, request_id, NULL, NULL);
+}
+
+/* ---- route callers: gathered calls without blocking a thread ----------- */
+
+/* The caller of a route marked 'gather': one thread with its own client
+ * takes the calls the HTTP threads hand it (their connections suspended)
+ * and makes them, several at once as one lib/rpc batch, then resumes the
+ * connections. An HTTP thread thus never waits for such a call, however
+ * many are in flight, and calls that arrive while a batch is out make the
+ * next batch. */
+typedef struct route_caller {
+    gateway_t *gateway;
+    const route_t *route;
+    pthread_mutex_t lock; /* the queue; suspend and resume happen under it */
+    pthread_cond_t wake;
+    request_t *head;
+    request_t **tail;
+    bool stopping;
+    bool started;
+    pthread_t thread;
+} route_caller_t;
+
+/* Hands 'req' (its message 'message' in 'arena', which it keeps) to its
+ * route's caller and suspends its connection. False when the caller is
+ * stopping: the HTTP thread makes the call itself. */
+static bool route_caller_take(gateway_t *self, struct MHD_Connection *connection, request_t *req,
+                              const ProtobufCMessage *message, const char *user_id, arena_t *arena)
+{
+    route_caller_t *caller = &self->callers[req->match.route - routes_v1];
+    pthread_mutex_lock(&caller->lock);
+    if (caller->stopping || !caller->started) {
+        pthread_mutex_unlock(&caller->lock);
+        return false;
+    }
+    req->connection = connection;
+    req->arena = arena;
+    req->call_request = message;
+    snprintf(req->user_id, sizeof req->user_id, "%s", user_id);
+    req->call_done = false;
+    req->call_next = NULL;
+    *caller->tail = req;
+    caller->tail = &req->call_next;
+    MHD_suspend_connection(connection); /* before the caller can resume it */
+    pthread_cond_signal(&caller->wake);
+    pthread_mutex_unlock(&caller->lock);
+    return true;
+}
+
+/* Makes the calls of 'reqs' (1..rpc_batch_items_max) with 'client':
+ * alone, or as one batch. */
+static void route_caller_call(route_caller_t *caller, rpc_client_t *client, request_t **reqs,
+                              size_t count)
+{
+    const route_t *route = caller->route;
+    uint32_t deadline_ms = caller->gateway->config.deadline_ms;
+    if (count == 1) {
+        request_t *req = reqs[0];
+        rpc_call_opts_t opts = {.deadline_ms = deadline_ms,
+                                .request_id = req->request_id,
+                                .user_id = req->user_id,
+                                .principal = "gateway"};
+        req->call_code = rpc_client_call(client, route->service, route->rpc, req->call_request,
+                                         route->reply, &req->call_reply, &opts, &req->call_status);
+        return;
+    }
+    rpc_batch_item_t items[rpc_batch_items_max];
+    for (size_t i = 0; i < count; i++)
+        items[i] = (rpc_batch_item_t){.request = reqs[i]->call_request,
+                                      .user_id = reqs[i]->user_id,
+                                      .request_id = reqs[i]->request_id};
+    rpc_call_opts_t opts = {.deadline_ms = deadline_ms, .principal = "gateway"};
+    rpc_status_t status;
+    Paygate__V1__Code code = rpc_client_call_batch(client, route->service, route->rpc, items, count,
+                                                   route->reply, &opts, &status);
+    if (code == PAYGATE__V1__CODE__UNIMPLEMENTED) { /* a service from before batches */
+        for (size_t i = 0; i < count; i++)
+            route_caller_call(caller, client, &reqs[i], 1);
+        return;
+    }
+    for (size_t i = 0; i < count; i++) {
+        reqs[i]->call_code = items[i].status.code;
+        reqs[i]->call_status = items[i].status;
+        reqs[i]->call_reply = items[i].reply;
+    }
+}
+
+/* The caller's thread: calls until stopped, then answers what is still
+ * queued UNAVAILABLE (the gateway drains before it stops them). */
+static void *route_caller_main(void *arg)
+{
+    route_caller_t *caller = arg;
+    rpc_client_t *client =
+        rpc_client_new(caller->gateway->zmq_ctx, caller->gateway->config.broker_endpoint);
+    log_set_thread_instance("gateway-caller");
+    pthread_mutex_lock(&caller->lock);
+    for (;;) {
+        while (caller->head == NULL && !caller->stopping)
+            pthread_cond_wait(&caller->wake, &caller->lock);
+        if (caller->head == NULL)
+            break;
+        request_t *reqs[rpc_batch_items_max];
+        size_t count = 0;
+        while (caller->head != NULL && count < rpc_batch_items_max) {
+            reqs[count++] = caller->head;
+            caller->head = caller->head->call_next;
+        }
+        if (caller->head == NULL)
+            caller->tail = &caller->head;
+        bool stopping = caller->stopping;
+        pthread_mutex_unlock(&caller->lock);
+        if (client != NULL && !stopping) {
+            route_caller_call(caller, client, reqs, count);
+        } else {
+            for (size_t i = 0; i < count; i++) {
+                reqs[i]->call_code = PAYGATE__V1__CODE__UNAVAILABLE;
+                rpc_status_set(&reqs[i]->call_status, PAYGATE__V1__CODE__UNAVAILABLE,
+                               "the gateway is stopping");
+            }
+        }
+        pthread_mutex_lock(&caller->lock);
+        for (size_t i = 0; i < count; i++) {
+            reqs[i]->call_done = true;
+            MHD_resume_connection(reqs[i]->connection);
+        }
+    }
+    pthread_mutex_unlock(&caller->lock);
+    rpc_client_destroy(&client);
+    return NULL;
+}
+
+/* Starts the callers of the gathered routes. False when a thread could
+ * not start (those started are stopped). */
+static bool route_callers_start(gateway_t *self)
+{
+    self->callers = calloc(routes_v1_count, sizeof *self->callers);
+    if (self->callers == NULL)
+        return false;
+    for (size_t i = 0; i < routes_v1_count; i++) {
+        route_caller_t *caller = &self->callers[i];
+        caller->gateway = self;
+        caller->route = &routes_v1[i];
+        caller->tail = &caller->head;
+        pthread_mutex_init(&caller->lock, NULL);
+        pthread_cond_init(&caller->wake, NULL);
+        if (!routes_v1[i].gather)
+            continue;
+        pthread_mutex_lock(&caller->lock);
+        caller->started = pthread_create(&caller->thread, NULL, route_caller_main, caller) == 0;
+        pthread_mutex_unlock(&caller->lock);
+        if (!caller->started)
+            return false;
+    }
+    return true;
+}
+
+/* Stops the callers (each answers what is queued and resumes it) and
+ * frees them. */
+static void route_callers_stop(gateway_t *self)
+{
+    if (self->callers == NULL)
+        return;
+    for (size_t i = 0; i < routes_v1_count; i++) {
+        route_caller_t *caller = &self->callers[i];
+        pthread_mutex_lock(&caller->lock);
+        caller->stopping = true;
+        pthread_cond_signal(&caller->wake);
+        pthread_mutex_unlock(&caller->lock);
+        if (caller->started)
+            pthread_join(caller->thread, NULL);
+        pthread_mutex_destroy(&caller->lock);
+        pthread_cond_destroy(&caller->wake);
+    }
+    free(self->callers);
+    self->callers = NULL;
+}
+
 /* Builds the request message from body, path, query and headers, calls
  * the service, and responds. */
 static enum MHD_Result call_route(gateway_t *self, struct MHD_Connection *connection,
@@ -512,52 +744,21 @@ static enum MHD_Result call_route(gateway_t *self, struct MHD_Connection *connec
                             .request_id = request_id,
                             .user_id = user_id,
                             .principal = "gateway"};
+    if (route->gather && route_caller_take(self, connection, req, message, user_id, arena))
+        return MHD_YES; /* suspended: answered when the caller has the reply */
     zmq_msg_t reply_body;
     zmq_msg_init(&reply_body);
     rpc_status_t status;
     Paygate__V1__Code code = rpc_client_call_raw(client, route->service, route->rpc, packed, size,
                                                  &opts, &reply_body, &status);
-    if (code != PAYGATE__V1__CODE__OK) {
-        zmq_msg_close(&reply_body);
-        unsigned http = http_status_for(code, status.reason);
-        const char *message_text = status.message;
-        if (http >= 500 && code != PAYGATE__V1__CODE__UNAVAILABLE &&
-            code != PAYGATE__V1__CODE__DEADLINE_EXCEEDED) {
-            log_warn("gateway: %s %s -> %s: %s (request %s)", route->service, route->rpc,
-                     wire_code_name(code), status.message, request_id);
-            message_text = "internal error"; /* never leak internals */
-        } else if (code == PAYGATE__V1__CODE__UNAVAILABLE) {
-            message_text = "the service is temporarily unavailable; retry later";
-        } else if (code == PAYGATE__V1__CODE__DEADLINE_EXCEEDED) {
-            message_text = "the service did not answer in time";
-        }
-        json_t *details = json_object();
-        for (size_t i = 0; http != 500 && i < status.detail_count; i++)
-            json_object_set_new(details, status.details[i].key,
-                                json_string(status.details[i].value));
-        const char *extra_name = NULL, *extra_value = NULL;
-        if (http == 429 || http == 503) {
-            extra_name = "Retry-After";
-            extra_value = "1";
-        } else if (http == 401) {
-            extra_name = "WWW-Authenticate";
-            extra_value = "Bearer";
-        }
-        return respond_error(connection, http, http_error_code(code, status.reason), message_text,
-                             request_id, details, extra_name, extra_value);
+    ProtobufCMessage *reply = NULL;
+    if (code == PAYGATE__V1__CODE__OK) {
+        ProtobufCAllocator allocator = arena_protobuf_allocator(arena);
+        reply = protobuf_c_message_unpack(route->reply, &allocator, zmq_msg_size(&reply_body),
+                                          zmq_msg_data(&reply_body));
     }
-    ProtobufCAllocator allocator = arena_protobuf_allocator(arena);
-    ProtobufCMessage *reply = protobuf_c_message_unpack(
-        route->reply, &allocator, zmq_msg_size(&reply_body), zmq_msg_data(&reply_body));
     zmq_msg_close(&reply_body);
-    json_t *json = reply ? transcode_to_json(reply) : NULL;
-    if (json == NULL) {
-        log_error("gateway: %s %s answered a body that is not a %s (request %s)", route->service,
-                  route->rpc, route->reply->name, request_id);
-        return respond_error(connection, 500, "internal_error", "internal error", request_id, NULL,
-                             NULL, NULL);
-    }
-    return respond(connection, route->success_status, json, request_id, NULL, NULL);
+    return respond_call(connection, route, request_id, code, &status, reply);
 }
 
 /* Checks "Authorization: Bearer <token>"; on success fills 'user_id'. */
@@ -668,7 +869,8 @@ static enum MHD_Result finish(gateway_t *self, struct MHD_Connection *connection
     if (arena == NULL)
         return MHD_NO;
     enum MHD_Result result = call_route(self, connection, req, request_id, user_id, arena);
-    arena_destroy(&arena);
+    if (req->arena != arena) /* else the route's caller holds its message in it */
+        arena_destroy(&arena);
     return result;
 }
 
@@ -758,6 +960,13 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *connection, 
         req->body_len += chunk;
         return MHD_YES;
     }
+    if (req->connection != NULL) { /* back from its route's caller (resumed) */
+        log_set_request_id(req->request_id);
+        enum MHD_Result answered = respond_call(connection, req->match.route, req->request_id,
+                                                req->call_code, &req->call_status, req->call_reply);
+        log_set_request_id(NULL);
+        return answered;
+    }
     request_id_for(connection, req->request_id);
     /* Every line written while answering carries the request id. */
     log_set_request_id(req->request_id);
@@ -817,6 +1026,9 @@ static void on_completed(void *cls, struct MHD_Connection *connection, void **co
                                      duration_us);
     access_log(req, status, duration_us, code);
     atomic_fetch_sub(&self->in_flight, 1);
+    if (req->call_reply != NULL)
+        protobuf_c_message_free_unpacked(req->call_reply, NULL);
+    arena_destroy(&req->arena);
     free(req->body);
     free(req);
     *con_cls = NULL;
@@ -863,10 +1075,18 @@ gateway_t *gateway_new(const gateway_config_t *config)
         free(self);
         return NULL;
     }
+    if (!route_callers_start(self)) {
+        route_callers_stop(self);
+        gateway_metrics_destroy(&self->metrics);
+        zmq_ctx_term(self->zmq_ctx);
+        free(self);
+        return NULL;
+    }
     self->limits = ratelimit_new(&config->rate);
     if (self->limits == NULL) {
         gateway_metrics_destroy(&self->metrics);
         zmq_ctx_term(self->zmq_ctx);
+        route_callers_stop(self);
         free(self);
         return NULL;
     }
@@ -877,6 +1097,7 @@ gateway_t *gateway_new(const gateway_config_t *config)
         ratelimit_destroy(&self->limits);
         gateway_metrics_destroy(&self->metrics);
         zmq_ctx_term(self->zmq_ctx);
+        route_callers_stop(self);
         free(self);
         return NULL;
     }
@@ -898,6 +1119,7 @@ gateway_t *gateway_new(const gateway_config_t *config)
         log_error("gateway: cannot listen on %s:%u: %s", config->bind_address,
                   (unsigned)config->port, strerror(errno));
         zmq_ctx_term(self->zmq_ctx);
+        route_callers_stop(self);
         free(self);
         return NULL;
     }
@@ -943,6 +1165,7 @@ void gateway_destroy(gateway_t **self_p)
             break;
         usleep(drain_poll_ms * 1000);
     }
+    route_callers_stop(self);      /* answers (resumes) anything still with them */
     MHD_stop_daemon(self->daemon); /* joins the pool threads: their clients close */
     if (listener != MHD_INVALID_SOCKET)
         close(listener);

@@ -42,6 +42,11 @@ typedef struct {
     const char *const *query_fields; /* NULL-ended query parameters allowed, or NULL */
     bool has_body;                   /* takes a JSON body (POST) */
     route_limit_t limit;             /* its stricter rate limit, if any */
+    /* Calls made at the same time by the gateway's threads go to the
+     * service as one batch (lib/gather; the method must take batches, or
+     * each is made alone): for hot reads whose service answers a batch in
+     * one database round trip. */
+    bool gather;
 } route_t;
 
 typedef struct {

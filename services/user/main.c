@@ -28,14 +28,15 @@
  * logins (Argon2id) and wallet movements wait on the CPU and
  * on commits; the payment service's threads call Debit/Credit. */
 enum { user_threads_default = 4 };
-static const rpc_batch_handler_t user_batch_handlers[] = {{"Debit", wallet_debit_batch}};
+static const rpc_batch_handler_t user_batch_handlers[] = {{"GetWallet", wallet_get_batch},
+                                                          {"Debit", wallet_debit_batch}};
 static const rpc_method_t user_methods[] = {
     {"Register", &paygate__v1__register_request__descriptor, &paygate__v1__user__descriptor,
      user_register, RPC_BATCH_NONE},
     {"Login", &paygate__v1__login_request__descriptor, &paygate__v1__login_reply__descriptor,
      user_login, RPC_BATCH_NONE},
     {"GetWallet", &paygate__v1__get_wallet_request__descriptor, &paygate__v1__wallet__descriptor,
-     wallet_get, RPC_BATCH_NONE},
+     wallet_get, RPC_BATCH_HANDLER},
     {"TopUp", &paygate__v1__top_up_request__descriptor, &paygate__v1__top_up__descriptor,
      wallet_top_up, RPC_BATCH_NONE},
     {"Debit", &paygate__v1__wallet_movement_request__descriptor,

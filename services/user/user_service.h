@@ -32,6 +32,10 @@ Paygate__V1__Code wallet_get(rpc_ctx_t *ctx, const ProtobufCMessage *request,
                              ProtobufCMessage *reply, void *thread);
 Paygate__V1__Code wallet_top_up(rpc_ctx_t *ctx, const ProtobufCMessage *request,
                                 ProtobufCMessage *reply, void *thread);
+/* wallet.c: GetWallet's batch code (rpc_batch_handler_fn). */
+void wallet_get_batch(rpc_ctx_t *const *ctxs, const ProtobufCMessage *const *requests,
+                      ProtobufCMessage *const *replies, Paygate__V1__Code *codes, bool *answered,
+                      size_t count, void *thread_state);
 /* wallet.c: Debit's batch code (rpc_batch_handler_fn). */
 void wallet_debit_batch(rpc_ctx_t *const *ctxs, const ProtobufCMessage *const *requests,
                         ProtobufCMessage *const *replies, Paygate__V1__Code *codes, bool *answered,

@@ -146,6 +146,16 @@ static Paygate__V1__Code explain_no_debit(rpc_ctx_t *ctx, user_thread_t *thread,
                         amount);
 }
 
+/* The answer for the wallet in row 0 of 'rows' (cleared here). */
+static Paygate__V1__Code wallet_answer(rpc_ctx_t *ctx, PGresult *rows, Paygate__V1__Wallet *reply)
+{
+    reply->user_id = rpc_ctx_strdup(ctx, PQgetvalue(rows, 0, 0));
+    reply->balance = column_int64(rows, 1);
+    reply->currency = rpc_ctx_strdup(ctx, PQgetvalue(rows, 0, 2));
+    PQclear(rows);
+    return PAYGATE__V1__CODE__OK;
+}
+
 Paygate__V1__Code wallet_get(rpc_ctx_t *ctx, const ProtobufCMessage *request_msg,
                              ProtobufCMessage *reply_msg, void *thread_state)
 {
@@ -166,11 +176,48 @@ Paygate__V1__Code wallet_get(rpc_ctx_t *ctx, const ProtobufCMessage *request_msg
         return rpc_ctx_fail(ctx, PAYGATE__V1__CODE__NOT_FOUND, "wallet_not_found",
                             "no wallet for this user");
     }
-    reply->user_id = rpc_ctx_strdup(ctx, PQgetvalue(rows, 0, 0));
-    reply->balance = column_int64(rows, 1);
-    reply->currency = rpc_ctx_strdup(ctx, PQgetvalue(rows, 0, 2));
-    PQclear(rows);
-    return PAYGATE__V1__CODE__OK;
+    return wallet_answer(ctx, rows, reply);
+}
+
+/* Batch code of GetWallet (lib/rpc RPC_BATCH_HANDLER): the reads run in
+ * one round trip (pg_exec_prepared_batch; a transaction that writes
+ * nothing) and each wallet found is answered from its row. A caller
+ * without a user or a wallet, or everyone when the round trip fails, is
+ * left to wallet_get, which answers it alone. */
+void wallet_get_batch(rpc_ctx_t *const *ctxs, const ProtobufCMessage *const *requests,
+                      ProtobufCMessage *const *replies, Paygate__V1__Code *codes, bool *answered,
+                      size_t count, void *thread_state)
+{
+    (void)requests;
+    user_thread_t *thread = thread_state;
+    enum { most = rpc_batch_items_max };
+    const char *params[most][1];
+    const char *const *param_sets[most];
+    size_t index[most];
+    size_t n = 0;
+    for (size_t i = 0; i < count && i < most; i++) {
+        const char *user = rpc_ctx_user_id(ctxs[i]);
+        if (user[0] == '\0')
+            continue; /* wallet_get refuses it */
+        params[n][0] = user;
+        param_sets[n] = params[n];
+        index[n++] = i;
+    }
+    if (n == 0)
+        return;
+    PGresult *rows[most];
+    if (pg_exec_prepared_batch(thread->pg, "wallet_get", wallet_get_sql, 1, n, param_sets, rows) !=
+        PG_OK)
+        return;
+    for (size_t k = 0; k < n; k++) {
+        size_t i = index[k];
+        if (PQntuples(rows[k]) != 1) {
+            PQclear(rows[k]);
+            continue;
+        }
+        codes[i] = wallet_answer(ctxs[i], rows[k], (Paygate__V1__Wallet *)replies[i]);
+        answered[i] = true;
+    }
 }
 
 Paygate__V1__Code wallet_top_up(rpc_ctx_t *ctx, const ProtobufCMessage *request_msg,
