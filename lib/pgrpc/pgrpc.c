@@ -22,6 +22,27 @@ Paygate__V1__Code pgrpc_fail(rpc_ctx_t *ctx, const pg_conn_t *pg, pg_result_t re
                         "internal error (request %s)", rpc_ctx_request_id(ctx));
 }
 
+void pgrpc_batch_run(pg_conn_t *pg, const char *name, const char *sql, int nparams,
+                     const pgrpc_batch_t *batch, rpc_ctx_t *const *ctxs,
+                     const ProtobufCMessage *const *requests, ProtobufCMessage *const *replies,
+                     Paygate__V1__Code *codes, bool *answered, pgrpc_row_answer_fn answer)
+{
+    if (batch->count == 0)
+        return;
+    PGresult *rows[rpc_batch_items_max];
+    if (pg_exec_prepared_batch(pg, name, sql, nparams, batch->count, batch->params, rows) != PG_OK)
+        return;
+    for (size_t k = 0; k < batch->count; k++) {
+        size_t i = batch->index[k];
+        if (PQntuples(rows[k]) != 1) {
+            PQclear(rows[k]);
+            continue;
+        }
+        codes[i] = answer(ctxs[i], rows[k], requests[i], replies[i]);
+        answered[i] = true;
+    }
+}
+
 /* The connection of a thread state that begins with it. */
 static pg_conn_t *state_pg(void *thread_state)
 {

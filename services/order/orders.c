@@ -255,6 +255,14 @@ Paygate__V1__Code order_get(rpc_ctx_t *ctx, const ProtobufCMessage *request_msg,
     return order_reply(ctx, rows, reply);
 }
 
+/* order_reply as a pgrpc_row_answer_fn. */
+static Paygate__V1__Code order_row_answer(rpc_ctx_t *ctx, PGresult *rows,
+                                          const ProtobufCMessage *request, ProtobufCMessage *reply)
+{
+    (void)request;
+    return order_reply(ctx, rows, (Paygate__V1__Order *)reply);
+}
+
 /* Batch code of Get (lib/rpc RPC_BATCH_HANDLER): the reads run in one
  * round trip (pg_exec_prepared_batch; a transaction that writes nothing);
  * each order found is answered from its row. What is not found, or
@@ -265,36 +273,22 @@ void order_get_batch(rpc_ctx_t *const *ctxs, const ProtobufCMessage *const *requ
                      size_t count, void *thread_state)
 {
     order_thread_t *thread = thread_state;
-    enum { most = rpc_batch_items_max };
-    const char *params[most][2];
-    const char *const *param_sets[most];
-    size_t index[most];
-    size_t n = 0;
-    for (size_t i = 0; i < count && i < most; i++) {
+    const char *params[rpc_batch_items_max][2];
+    pgrpc_batch_t batch = {0};
+    for (size_t i = 0; i < count && i < rpc_batch_items_max; i++) {
         const Paygate__V1__GetOrderRequest *request =
             (const Paygate__V1__GetOrderRequest *)requests[i];
         const char *user = rpc_ctx_user_id(ctxs[i]);
         if (user[0] == '\0' || !id_valid("ord", request->id))
             continue; /* order_get refuses it */
-        params[n][0] = request->id;
-        params[n][1] = user;
-        param_sets[n] = params[n];
-        index[n++] = i;
+        size_t k = batch.count++;
+        params[k][0] = request->id;
+        params[k][1] = user;
+        batch.params[k] = params[k];
+        batch.index[k] = i;
     }
-    if (n == 0)
-        return;
-    PGresult *rows[most];
-    if (pg_exec_prepared_batch(thread->pg, "order_get", get_sql, 2, n, param_sets, rows) != PG_OK)
-        return;
-    for (size_t k = 0; k < n; k++) {
-        size_t i = index[k];
-        if (PQntuples(rows[k]) != 1) {
-            PQclear(rows[k]);
-            continue;
-        }
-        codes[i] = order_reply(ctxs[i], rows[k], (Paygate__V1__Order *)replies[i]);
-        answered[i] = true;
-    }
+    pgrpc_batch_run(thread->pg, "order_get", get_sql, 2, &batch, ctxs, requests, replies, codes,
+                    answered, order_row_answer);
 }
 
 /*
@@ -472,6 +466,16 @@ static Paygate__V1__Code mark_paid_answer(rpc_ctx_t *ctx, PGresult *rows,
     return PAYGATE__V1__CODE__OK;
 }
 
+/* mark_paid_answer of a call that completed its order, as a
+ * pgrpc_row_answer_fn. */
+static Paygate__V1__Code mark_paid_row_answer(rpc_ctx_t *ctx, PGresult *rows,
+                                              const ProtobufCMessage *request,
+                                              ProtobufCMessage *reply)
+{
+    return mark_paid_answer(ctx, rows, (const Paygate__V1__MarkPaidRequest *)request, true,
+                            (Paygate__V1__Order *)reply);
+}
+
 Paygate__V1__Code order_mark_paid(rpc_ctx_t *ctx, const ProtobufCMessage *request_msg,
                                   ProtobufCMessage *reply_msg, void *thread_state)
 {
@@ -533,12 +537,9 @@ void order_mark_paid_batch(rpc_ctx_t *const *ctxs, const ProtobufCMessage *const
                            bool *answered, size_t count, void *thread_state)
 {
     order_thread_t *thread = thread_state;
-    enum { most = rpc_batch_items_max };
-    const char *params[most][3];
-    const char *const *param_sets[most];
-    size_t index[most];
-    size_t n = 0;
-    for (size_t i = 0; i < count && i < most; i++) {
+    const char *params[rpc_batch_items_max][3];
+    pgrpc_batch_t batch = {0};
+    for (size_t i = 0; i < count && i < rpc_batch_items_max; i++) {
         const Paygate__V1__MarkPaidRequest *request =
             (const Paygate__V1__MarkPaidRequest *)requests[i];
         codes[i] = mark_paid_check(ctxs[i], request);
@@ -546,27 +547,13 @@ void order_mark_paid_batch(rpc_ctx_t *const *ctxs, const ProtobufCMessage *const
             answered[i] = true;
             continue;
         }
-        params[n][0] = request->order_id;
-        params[n][1] = request->payment_id;
-        params[n][2] = request->user_id;
-        param_sets[n] = params[n];
-        index[n++] = i;
+        size_t k = batch.count++;
+        params[k][0] = request->order_id;
+        params[k][1] = request->payment_id;
+        params[k][2] = request->user_id;
+        batch.params[k] = params[k];
+        batch.index[k] = i;
     }
-    if (n == 0)
-        return;
-    PGresult *rows[most];
-    if (pg_exec_prepared_batch(thread->pg, "order_mark_paid", mark_paid_sql, 3, n, param_sets,
-                               rows) != PG_OK)
-        return;
-    for (size_t k = 0; k < n; k++) {
-        size_t i = index[k];
-        if (PQntuples(rows[k]) != 1) {
-            PQclear(rows[k]);
-            continue;
-        }
-        codes[i] =
-            mark_paid_answer(ctxs[i], rows[k], (const Paygate__V1__MarkPaidRequest *)requests[i],
-                             true, (Paygate__V1__Order *)replies[i]);
-        answered[i] = true;
-    }
+    pgrpc_batch_run(thread->pg, "order_mark_paid", mark_paid_sql, 3, &batch, ctxs, requests,
+                    replies, codes, answered, mark_paid_row_answer);
 }

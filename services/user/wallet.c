@@ -156,6 +156,14 @@ static Paygate__V1__Code wallet_answer(rpc_ctx_t *ctx, PGresult *rows, Paygate__
     return PAYGATE__V1__CODE__OK;
 }
 
+/* wallet_answer as a pgrpc_row_answer_fn. */
+static Paygate__V1__Code wallet_row_answer(rpc_ctx_t *ctx, PGresult *rows,
+                                           const ProtobufCMessage *request, ProtobufCMessage *reply)
+{
+    (void)request;
+    return wallet_answer(ctx, rows, (Paygate__V1__Wallet *)reply);
+}
+
 Paygate__V1__Code wallet_get(rpc_ctx_t *ctx, const ProtobufCMessage *request_msg,
                              ProtobufCMessage *reply_msg, void *thread_state)
 {
@@ -188,36 +196,18 @@ void wallet_get_batch(rpc_ctx_t *const *ctxs, const ProtobufCMessage *const *req
                       ProtobufCMessage *const *replies, Paygate__V1__Code *codes, bool *answered,
                       size_t count, void *thread_state)
 {
-    (void)requests;
     user_thread_t *thread = thread_state;
-    enum { most = rpc_batch_items_max };
-    const char *params[most][1];
-    const char *const *param_sets[most];
-    size_t index[most];
-    size_t n = 0;
-    for (size_t i = 0; i < count && i < most; i++) {
-        const char *user = rpc_ctx_user_id(ctxs[i]);
-        if (user[0] == '\0')
+    const char *users[rpc_batch_items_max][1];
+    pgrpc_batch_t batch = {0};
+    for (size_t i = 0; i < count && i < rpc_batch_items_max; i++) {
+        users[batch.count][0] = rpc_ctx_user_id(ctxs[i]);
+        if (users[batch.count][0][0] == '\0')
             continue; /* wallet_get refuses it */
-        params[n][0] = user;
-        param_sets[n] = params[n];
-        index[n++] = i;
+        batch.params[batch.count] = users[batch.count];
+        batch.index[batch.count++] = i;
     }
-    if (n == 0)
-        return;
-    PGresult *rows[most];
-    if (pg_exec_prepared_batch(thread->pg, "wallet_get", wallet_get_sql, 1, n, param_sets, rows) !=
-        PG_OK)
-        return;
-    for (size_t k = 0; k < n; k++) {
-        size_t i = index[k];
-        if (PQntuples(rows[k]) != 1) {
-            PQclear(rows[k]);
-            continue;
-        }
-        codes[i] = wallet_answer(ctxs[i], rows[k], (Paygate__V1__Wallet *)replies[i]);
-        answered[i] = true;
-    }
+    pgrpc_batch_run(thread->pg, "wallet_get", wallet_get_sql, 1, &batch, ctxs, requests, replies,
+                    codes, answered, wallet_row_answer);
 }
 
 Paygate__V1__Code wallet_top_up(rpc_ctx_t *ctx, const ProtobufCMessage *request_msg,
@@ -363,6 +353,14 @@ static Paygate__V1__Code movement_answer(rpc_ctx_t *ctx, PGresult *rows,
     return PAYGATE__V1__CODE__OK;
 }
 
+/* movement_answer of a debit, as a pgrpc_row_answer_fn. */
+static Paygate__V1__Code debit_row_answer(rpc_ctx_t *ctx, PGresult *rows,
+                                          const ProtobufCMessage *request, ProtobufCMessage *reply)
+{
+    return movement_answer(ctx, rows, (const Paygate__V1__WalletMovementRequest *)request, true,
+                           (Paygate__V1__WalletMovement *)reply);
+}
+
 /* Debit (kind "DEBIT") or Credit (kind "CREDIT") of the request's user. */
 static Paygate__V1__Code wallet_move(rpc_ctx_t *ctx, const ProtobufCMessage *request_msg,
                                      ProtobufCMessage *reply_msg, user_thread_t *thread, bool debit)
@@ -448,10 +446,8 @@ void wallet_debit_batch(rpc_ctx_t *const *ctxs, const ProtobufCMessage *const *r
     user_thread_t *thread = thread_state;
     enum { most = rpc_batch_items_max };
     const char *params[most][4];
-    const char *const *param_sets[most];
     char amounts[most][24], not_after[most][24];
-    size_t index[most];
-    size_t n = 0;
+    pgrpc_batch_t batch = {0};
     for (size_t i = 0; i < count && i < most; i++) {
         const Paygate__V1__WalletMovementRequest *request =
             (const Paygate__V1__WalletMovementRequest *)requests[i];
@@ -460,32 +456,18 @@ void wallet_debit_batch(rpc_ctx_t *const *ctxs, const ProtobufCMessage *const *r
             answered[i] = true;
             continue;
         }
-        snprintf(amounts[n], sizeof amounts[n], "%" PRId64, request->amount);
-        snprintf(not_after[n], sizeof not_after[n], "%" PRId64, request->not_after_ms);
-        params[n][0] = request->user_id;
-        params[n][1] = amounts[n];
-        params[n][2] = request->reference;
-        params[n][3] = not_after[n];
-        param_sets[n] = params[n];
-        index[n++] = i;
+        size_t k = batch.count++;
+        snprintf(amounts[k], sizeof amounts[k], "%" PRId64, request->amount);
+        snprintf(not_after[k], sizeof not_after[k], "%" PRId64, request->not_after_ms);
+        params[k][0] = request->user_id;
+        params[k][1] = amounts[k];
+        params[k][2] = request->reference;
+        params[k][3] = not_after[k];
+        batch.params[k] = params[k];
+        batch.index[k] = i;
     }
-    if (n == 0)
-        return;
-    PGresult *rows[most];
-    if (pg_exec_prepared_batch(thread->pg, "wallet_debit", debit_sql, 4, n, param_sets, rows) !=
-        PG_OK)
-        return;
-    for (size_t k = 0; k < n; k++) {
-        size_t i = index[k];
-        if (PQntuples(rows[k]) != 1) {
-            PQclear(rows[k]);
-            continue;
-        }
-        codes[i] = movement_answer(ctxs[i], rows[k],
-                                   (const Paygate__V1__WalletMovementRequest *)requests[i], true,
-                                   (Paygate__V1__WalletMovement *)replies[i]);
-        answered[i] = true;
-    }
+    pgrpc_batch_run(thread->pg, "wallet_debit", debit_sql, 4, &batch, ctxs, requests, replies,
+                    codes, answered, debit_row_answer);
 }
 
 Paygate__V1__Code wallet_debit(rpc_ctx_t *ctx, const ProtobufCMessage *request,
