@@ -82,6 +82,7 @@ struct gateway {
     atomic_uint in_flight;      /* requests begun and not yet completed (answer sent) */
     /* routes_v1[i].gather: route i's caller (its calls, gathered) */
     struct route_caller *callers;
+    atomic_uint suspended; /* requests handed to a caller and not yet completed */
 };
 
 enum { access_path_bytes_max = 255 };
@@ -501,6 +502,7 @@ static bool route_caller_take(gateway_t *self, struct MHD_Connection *connection
     req->call_next = NULL;
     *caller->tail = req;
     caller->tail = &req->call_next;
+    atomic_fetch_add(&self->suspended, 1);
     MHD_suspend_connection(connection); /* before the caller can resume it */
     pthread_cond_signal(&caller->wake);
     pthread_mutex_unlock(&caller->lock);
@@ -1026,6 +1028,8 @@ static void on_completed(void *cls, struct MHD_Connection *connection, void **co
                                      duration_us);
     access_log(req, status, duration_us, code);
     atomic_fetch_sub(&self->in_flight, 1);
+    if (req->connection != NULL) /* it was handed to a route's caller */
+        atomic_fetch_sub(&self->suspended, 1);
     if (req->call_reply != NULL)
         protobuf_c_message_free_unpacked(req->call_reply, NULL);
     arena_destroy(&req->arena);
@@ -1165,7 +1169,12 @@ void gateway_destroy(gateway_t **self_p)
             break;
         usleep(drain_poll_ms * 1000);
     }
-    route_callers_stop(self);      /* answers (resumes) anything still with them */
+    route_callers_stop(self); /* answers (resumes) anything still with them */
+    /* libmicrohttpd must not stop with a connection still suspended: let
+     * the pool threads finish the ones just resumed */
+    int64_t resumed_until = clock_now_ms() + drain_idle_ms;
+    while (atomic_load(&self->suspended) > 0 && clock_now_ms() < resumed_until)
+        usleep(drain_poll_ms * 1000);
     MHD_stop_daemon(self->daemon); /* joins the pool threads: their clients close */
     if (listener != MHD_INVALID_SOCKET)
         close(listener);
