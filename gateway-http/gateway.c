@@ -1089,8 +1089,8 @@ gateway_t *gateway_new(const gateway_config_t *config)
     self->limits = ratelimit_new(&config->rate);
     if (self->limits == NULL) {
         gateway_metrics_destroy(&self->metrics);
+        route_callers_stop(self); /* their clients' sockets first: else zmq_ctx_term waits */
         zmq_ctx_term(self->zmq_ctx);
-        route_callers_stop(self);
         free(self);
         return NULL;
     }
@@ -1100,8 +1100,8 @@ gateway_t *gateway_new(const gateway_config_t *config)
     if (self->streams == NULL) {
         ratelimit_destroy(&self->limits);
         gateway_metrics_destroy(&self->metrics);
+        route_callers_stop(self); /* their clients' sockets first: else zmq_ctx_term waits */
         zmq_ctx_term(self->zmq_ctx);
-        route_callers_stop(self);
         free(self);
         return NULL;
     }
@@ -1122,8 +1122,8 @@ gateway_t *gateway_new(const gateway_config_t *config)
         gateway_metrics_destroy(&self->metrics);
         log_error("gateway: cannot listen on %s:%u: %s", config->bind_address,
                   (unsigned)config->port, strerror(errno));
+        route_callers_stop(self); /* their clients' sockets first: else zmq_ctx_term waits */
         zmq_ctx_term(self->zmq_ctx);
-        route_callers_stop(self);
         free(self);
         return NULL;
     }
