@@ -109,6 +109,7 @@ typedef struct request {
     struct MHD_Connection *connection;
     arena_t *arena; /* holds 'call_request' while it waits */
     const ProtobufCMessage *call_request;
+    int64_t call_deadline_at_ms; /* handed over + the deadline (clock_now_ms) */
     char user_id[TOKEN_USER_ID_SIZE];
     bool call_done;
     Paygate__V1__Code call_code;
@@ -497,6 +498,7 @@ static bool route_caller_take(gateway_t *self, struct MHD_Connection *connection
     req->connection = connection;
     req->arena = arena;
     req->call_request = message;
+    req->call_deadline_at_ms = clock_now_ms() + self->config.deadline_ms;
     snprintf(req->user_id, sizeof req->user_id, "%s", user_id);
     req->call_done = false;
     req->call_next = NULL;
@@ -510,12 +512,12 @@ static bool route_caller_take(gateway_t *self, struct MHD_Connection *connection
 }
 
 /* Makes the calls of 'reqs' (1..rpc_batch_items_max) with 'client':
- * alone, or as one batch. */
+ * alone, or as one batch, with 'deadline_ms' (what is left of the
+ * earliest one's). */
 static void route_caller_call(route_caller_t *caller, rpc_client_t *client, request_t **reqs,
-                              size_t count)
+                              size_t count, uint32_t deadline_ms)
 {
     const route_t *route = caller->route;
-    uint32_t deadline_ms = caller->gateway->config.deadline_ms;
     if (count == 1) {
         request_t *req = reqs[0];
         rpc_call_opts_t opts = {.deadline_ms = deadline_ms,
@@ -537,7 +539,7 @@ static void route_caller_call(route_caller_t *caller, rpc_client_t *client, requ
                                                    route->reply, &opts, &status);
     if (code == PAYGATE__V1__CODE__UNIMPLEMENTED) { /* a service from before batches */
         for (size_t i = 0; i < count; i++)
-            route_caller_call(caller, client, &reqs[i], 1);
+            route_caller_call(caller, client, &reqs[i], 1, deadline_ms);
         return;
     }
     for (size_t i = 0; i < count; i++) {
@@ -545,6 +547,33 @@ static void route_caller_call(route_caller_t *caller, rpc_client_t *client, requ
         reqs[i]->call_status = items[i].status;
         reqs[i]->call_reply = items[i].reply;
     }
+}
+
+/* Makes the calls of 'reqs' (1..rpc_batch_items_max) within each one's
+ * deadline, counted from when it was handed over: those that waited it
+ * out behind earlier batches are answered DEADLINE_EXCEEDED without a
+ * call, the others go with what is left of the earliest deadline among
+ * them. So no read waits longer than the gateway's deadline (which the
+ * drain on stop counts on), however many are queued. */
+static void route_caller_call_in_time(route_caller_t *caller, rpc_client_t *client,
+                                      request_t **reqs, size_t count)
+{
+    request_t *live[rpc_batch_items_max];
+    size_t n = 0;
+    int64_t now = clock_now_ms(), earliest = INT64_MAX;
+    for (size_t i = 0; i < count; i++) {
+        if (reqs[i]->call_deadline_at_ms <= now) {
+            reqs[i]->call_code = PAYGATE__V1__CODE__DEADLINE_EXCEEDED;
+            rpc_status_set(&reqs[i]->call_status, PAYGATE__V1__CODE__DEADLINE_EXCEEDED,
+                           "the call's deadline passed while it was queued");
+            continue;
+        }
+        if (reqs[i]->call_deadline_at_ms < earliest)
+            earliest = reqs[i]->call_deadline_at_ms;
+        live[n++] = reqs[i];
+    }
+    if (n > 0)
+        route_caller_call(caller, client, live, n, (uint32_t)(earliest - now));
 }
 
 /* The caller's thread: calls until stopped, then answers what is still
@@ -572,7 +601,7 @@ static void *route_caller_main(void *arg)
         bool stopping = caller->stopping;
         pthread_mutex_unlock(&caller->lock);
         if (client != NULL && !stopping) {
-            route_caller_call(caller, client, reqs, count);
+            route_caller_call_in_time(caller, client, reqs, count);
         } else {
             for (size_t i = 0; i < count; i++) {
                 reqs[i]->call_code = PAYGATE__V1__CODE__UNAVAILABLE;
