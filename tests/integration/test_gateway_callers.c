@@ -60,6 +60,7 @@ enum {
     error_users_count = 4,           /* threads reading a deleted wallet, as many normal ones */
     error_rounds = 10,               /* requests per thread of the error mix */
     restart_timeout_ms = 30000,      /* the user service back and answering */
+    queued_count = 320,              /* gathered reads queued at once: six batches' worth */
     inflight_count = 96,             /* gathered reads in flight at SIGTERM (two batches) */
     inflight_head_start_ms = 500,    /* for them to reach the gateway */
     gateway_exit_timeout_ms = 20000, /* SIGTERM to exit: deadline 5 s + drain, with margin */
@@ -212,6 +213,9 @@ static const char routed[] = "paygate_broker_requests_routed_total";
 static int group_setup(void **state)
 {
     (void)state;
+    /* the queued-reads test opens queued_count connections from 127.0.0.1 */
+    static const char *const gateway_env[] = {"PAYGATE_GATEWAY_CONNECTIONS_PER_ADDRESS_MAX=1024",
+                                              NULL}; /* static: the system keeps it */
     system_config_t config = {
         .name = "gwcall",
         .processes =
@@ -221,6 +225,7 @@ static int group_setup(void **state)
         .metrics = true,
         .threads = {[system_user] = 2, [system_order] = 2},
         .ready_timeout_ms = ready_timeout_ms,
+        .process_env = {[system_gateway] = gateway_env},
     };
     g.system = system_new(&config);
     if (g.system == NULL)
@@ -513,7 +518,69 @@ static void test_gateway_that_cannot_listen_exits(void **state)
     http_response_free(&r);
 }
 
-/* ---- 4. SIGTERM with gathered reads in flight --------------------------------- */
+/* ---- 4. reads queued behind batches keep their deadline ------------------------ */
+
+typedef struct {
+    const user_t *user;
+    char failure[failure_bytes];
+} queued_t;
+
+static void *queued_main(void *arg)
+{
+    queued_t *self = arg;
+    http_response_t r;
+    if (!http_api_request(&r, g.port, "GET", "/v1/wallet", self->user->token, NULL, NULL, NULL)) {
+        snprintf(self->failure, sizeof self->failure, "no answer: %s", r.error);
+    } else {
+        const char *why = r.status == 503   ? error_mismatch(&r, 503, NULL)
+                          : r.status == 504 ? error_mismatch(&r, 504, NULL)
+                                            : "neither 503 nor 504";
+        if (why != NULL)
+            snprintf(self->failure, sizeof self->failure, "%s", why);
+    }
+    http_response_free(&r);
+    return NULL;
+}
+
+/* With the user service stopped each batch waits the broker's grace (2 s)
+ * for a worker; 320 reads make six batches of at most 64, one after the
+ * other. A read's deadline (PAYGATE_GATEWAY_DEADLINE_MS, 5 s) counts from
+ * when it came, not from when its batch left: every one is answered, 503
+ * or 504, well within the client's timeout (10 s), not after the sixth
+ * batch. */
+static void test_queued_reads_keep_their_deadline(void **state)
+{
+    (void)state;
+    proc_t *user = system_process(g.system, system_user);
+    if (user->pid > 0) /* (a failed test before may have left it stopped) */
+        assert_true(proc_stop(user, system_stop_timeout_ms));
+    assert_true(discovery_wait(g.rpc, "user", 0, 10000) >= 0);
+    queued_t *reads = calloc(queued_count, sizeof *reads);
+    pthread_t *threads = calloc(queued_count, sizeof *threads);
+    assert_non_null(reads);
+    assert_non_null(threads);
+    for (size_t i = 0; i < queued_count; i++) {
+        reads[i].user = &g.users[i % users_count];
+        assert_int_equal(pthread_create(&threads[i], NULL, queued_main, &reads[i]), 0);
+    }
+    int failures = 0;
+    for (size_t i = 0; i < queued_count; i++) {
+        pthread_join(threads[i], NULL);
+        if (reads[i].failure[0] != '\0' && failures++ < 5)
+            fprintf(stderr, "  read %zu: %s\n", i, reads[i].failure);
+    }
+    free(reads);
+    free(threads);
+    if (failures > 0)
+        fail_msg("%d of %d queued reads got a wrong answer or none", failures, queued_count);
+    assert_true(system_start_process(g.system, system_user, "-again"));
+    assert_true(discovery_wait(g.rpc, "user", 2, restart_timeout_ms) >= 0);
+    http_response_t r;
+    assert_int_equal(call(&r, "GET", "/v1/wallet", &g.users[0], NULL, NULL), 200);
+    http_response_free(&r);
+}
+
+/* ---- 5. SIGTERM with gathered reads in flight --------------------------------- */
 
 typedef struct {
     const user_t *user;
@@ -578,7 +645,8 @@ static void test_sigterm_with_reads_in_flight(void **state)
     /* With the user service stopped, every gathered read waits in the
      * broker (its grace for a worker to come) until it is UNAVAILABLE. */
     proc_t *user = system_process(g.system, system_user);
-    assert_true(proc_stop(user, system_stop_timeout_ms));
+    if (user->pid > 0) /* (a failed test before may have left it stopped) */
+        assert_true(proc_stop(user, system_stop_timeout_ms));
     assert_true(discovery_wait(g.rpc, "user", 0, 10000) >= 0);
     inflight_t reads[inflight_count];
     pthread_t threads[inflight_count];
@@ -637,6 +705,7 @@ int main(void)
         cmocka_unit_test(test_isolation_under_concurrency),
         cmocka_unit_test(test_errors_through_the_caller),
         cmocka_unit_test(test_gateway_that_cannot_listen_exits),
+        cmocka_unit_test(test_queued_reads_keep_their_deadline),
         cmocka_unit_test(test_sigterm_with_reads_in_flight),
     };
     return cmocka_run_group_tests_name("gateway callers", tests, group_setup, group_teardown);
