@@ -435,30 +435,12 @@ static bool dispatch(registry_t *self, pending_t *p, worker_t *w, int64_t now)
     return true;
 }
 
-/* The ready worker of 's' to send the next request to: the least busy,
- * the least recently used among equals (the ready list's order). A
- * request sent to a worker that is busy waits behind what it holds,
- * however long that takes, while another may be idle: a payment thread
- * holds each request for a whole saga. O(ready workers). */
-static worker_t *service_pick(service_t *s)
-{
-    worker_t *best = NULL;
-    for (list_node_t *n = s->ready.next; n != &s->ready; n = n->next) {
-        worker_t *w = list_entry(n, worker_t, ready_link);
-        if (best == NULL || w->in_flight < best->in_flight)
-            best = w;
-        if (best->in_flight == 0)
-            break;
-    }
-    return best;
-}
-
 /* Hands waiting requests of 's' to its workers with free capacity. */
 static void service_dispatch(registry_t *self, service_t *s, int64_t now)
 {
     while (!list_empty(&s->queue) && !list_empty(&s->ready)) {
         pending_t *p = list_entry(list_front(&s->queue), pending_t, link);
-        worker_t *w = service_pick(s);
+        worker_t *w = list_entry(list_front(&s->ready), worker_t, ready_link);
         list_remove(&p->link);
         s->queue_len--;
         if (!dispatch(self, p, w, now)) {
