@@ -478,8 +478,9 @@ typedef struct route_caller {
     pthread_cond_t wake;
     request_t *head;
     request_t **tail;
+    bool accepting; /* its thread runs with a client: route_caller_take hands over */
     bool stopping;
-    bool started;
+    bool thread_made; /* to join */
     pthread_t thread;
 } route_caller_t;
 
@@ -491,7 +492,7 @@ static bool route_caller_take(gateway_t *self, struct MHD_Connection *connection
 {
     route_caller_t *caller = &self->callers[req->match.route - routes_v1];
     pthread_mutex_lock(&caller->lock);
-    if (caller->stopping || !caller->started) {
+    if (caller->stopping || !caller->accepting) {
         pthread_mutex_unlock(&caller->lock);
         return false;
     }
@@ -510,6 +511,9 @@ static bool route_caller_take(gateway_t *self, struct MHD_Connection *connection
     pthread_mutex_unlock(&caller->lock);
     return true;
 }
+
+static void route_caller_call_in_time(route_caller_t *caller, rpc_client_t *client,
+                                      request_t **reqs, size_t count);
 
 /* Makes the calls of 'reqs' (1..rpc_batch_items_max) with 'client':
  * alone, or as one batch, with 'deadline_ms' (what is left of the
@@ -539,7 +543,7 @@ static void route_caller_call(route_caller_t *caller, rpc_client_t *client, requ
                                                    route->reply, &opts, &status);
     if (code == PAYGATE__V1__CODE__UNIMPLEMENTED) { /* a service from before batches */
         for (size_t i = 0; i < count; i++)
-            route_caller_call(caller, client, &reqs[i], 1, deadline_ms);
+            route_caller_call_in_time(caller, client, &reqs[i], 1);
         return;
     }
     for (size_t i = 0; i < count; i++) {
@@ -581,10 +585,18 @@ static void route_caller_call_in_time(route_caller_t *caller, rpc_client_t *clie
 static void *route_caller_main(void *arg)
 {
     route_caller_t *caller = arg;
+    log_set_thread_instance("gateway-caller");
     rpc_client_t *client =
         rpc_client_new(caller->gateway->zmq_ctx, caller->gateway->config.broker_endpoint);
-    log_set_thread_instance("gateway-caller");
     pthread_mutex_lock(&caller->lock);
+    if (client == NULL) {
+        /* the HTTP threads make these calls themselves from now on; what
+         * was handed over already is answered below (stopping) */
+        log_error("gateway: no client for the caller of %s %s; its HTTP threads call instead",
+                  caller->route->method, caller->route->path);
+        caller->accepting = false;
+        caller->stopping = true;
+    }
     for (;;) {
         while (caller->head == NULL && !caller->stopping)
             pthread_cond_wait(&caller->wake, &caller->lock);
@@ -634,33 +646,48 @@ static bool route_callers_start(gateway_t *self)
         caller->tail = &caller->head;
         pthread_mutex_init(&caller->lock, NULL);
         pthread_cond_init(&caller->wake, NULL);
+    }
+    for (size_t i = 0; i < routes_v1_count; i++) {
+        route_caller_t *caller = &self->callers[i];
         if (!routes_v1[i].gather)
             continue;
         pthread_mutex_lock(&caller->lock);
-        caller->started = pthread_create(&caller->thread, NULL, route_caller_main, caller) == 0;
+        caller->thread_made = pthread_create(&caller->thread, NULL, route_caller_main, caller) == 0;
+        caller->accepting = caller->thread_made && !caller->stopping;
         pthread_mutex_unlock(&caller->lock);
-        if (!caller->started)
+        if (!caller->thread_made)
             return false;
     }
     return true;
 }
 
-/* Stops the callers (each answers what is queued and resumes it) and
- * frees them. */
+/* Stops the callers: each answers what is queued and resumes it, and
+ * from then on the HTTP threads make these calls themselves. Their
+ * memory stays until route_callers_free (an HTTP thread may still look
+ * at it until libmicrohttpd has stopped). */
 static void route_callers_stop(gateway_t *self)
 {
-    if (self->callers == NULL)
-        return;
-    for (size_t i = 0; i < routes_v1_count; i++) {
+    for (size_t i = 0; self->callers != NULL && i < routes_v1_count; i++) {
         route_caller_t *caller = &self->callers[i];
         pthread_mutex_lock(&caller->lock);
         caller->stopping = true;
+        caller->accepting = false;
         pthread_cond_signal(&caller->wake);
+        bool join = caller->thread_made;
+        caller->thread_made = false;
         pthread_mutex_unlock(&caller->lock);
-        if (caller->started)
+        if (join)
             pthread_join(caller->thread, NULL);
-        pthread_mutex_destroy(&caller->lock);
-        pthread_cond_destroy(&caller->wake);
+    }
+}
+
+/* Stops the callers if they are not, and frees them. */
+static void route_callers_free(gateway_t *self)
+{
+    route_callers_stop(self);
+    for (size_t i = 0; self->callers != NULL && i < routes_v1_count; i++) {
+        pthread_mutex_destroy(&self->callers[i].lock);
+        pthread_cond_destroy(&self->callers[i].wake);
     }
     free(self->callers);
     self->callers = NULL;
@@ -1109,7 +1136,7 @@ gateway_t *gateway_new(const gateway_config_t *config)
         return NULL;
     }
     if (!route_callers_start(self)) {
-        route_callers_stop(self);
+        route_callers_free(self);
         gateway_metrics_destroy(&self->metrics);
         zmq_ctx_term(self->zmq_ctx);
         free(self);
@@ -1118,7 +1145,7 @@ gateway_t *gateway_new(const gateway_config_t *config)
     self->limits = ratelimit_new(&config->rate);
     if (self->limits == NULL) {
         gateway_metrics_destroy(&self->metrics);
-        route_callers_stop(self); /* their clients' sockets first: else zmq_ctx_term waits */
+        route_callers_free(self); /* their clients' sockets first: else zmq_ctx_term waits */
         zmq_ctx_term(self->zmq_ctx);
         free(self);
         return NULL;
@@ -1129,7 +1156,7 @@ gateway_t *gateway_new(const gateway_config_t *config)
     if (self->streams == NULL) {
         ratelimit_destroy(&self->limits);
         gateway_metrics_destroy(&self->metrics);
-        route_callers_stop(self); /* their clients' sockets first: else zmq_ctx_term waits */
+        route_callers_free(self); /* their clients' sockets first: else zmq_ctx_term waits */
         zmq_ctx_term(self->zmq_ctx);
         free(self);
         return NULL;
@@ -1151,7 +1178,7 @@ gateway_t *gateway_new(const gateway_config_t *config)
         gateway_metrics_destroy(&self->metrics);
         log_error("gateway: cannot listen on %s:%u: %s", config->bind_address,
                   (unsigned)config->port, strerror(errno));
-        route_callers_stop(self); /* their clients' sockets first: else zmq_ctx_term waits */
+        route_callers_free(self); /* their clients' sockets first: else zmq_ctx_term waits */
         zmq_ctx_term(self->zmq_ctx);
         free(self);
         return NULL;
@@ -1205,6 +1232,7 @@ void gateway_destroy(gateway_t **self_p)
     while (atomic_load(&self->suspended) > 0 && clock_now_ms() < resumed_until)
         usleep(drain_poll_ms * 1000);
     MHD_stop_daemon(self->daemon); /* joins the pool threads: their clients close */
+    route_callers_free(self);
     if (listener != MHD_INVALID_SOCKET)
         close(listener);
     sse_destroy(&self->streams);

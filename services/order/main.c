@@ -30,7 +30,7 @@ static const rpc_method_t order_methods[] = {
     {"Create", &paygate__v1__create_order_request__descriptor, &paygate__v1__order__descriptor,
      order_create, RPC_BATCH_NONE},
     {"Get", &paygate__v1__get_order_request__descriptor, &paygate__v1__order__descriptor, order_get,
-     RPC_BATCH_EACH},
+     RPC_BATCH_HANDLER},
     {"List", &paygate__v1__list_orders_request__descriptor, &paygate__v1__order_list__descriptor,
      order_list, RPC_BATCH_NONE},
     {"Cancel", &paygate__v1__cancel_order_request__descriptor, &paygate__v1__order__descriptor,
