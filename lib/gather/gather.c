@@ -8,6 +8,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "clock/clock.h"
 #include "log/log.h"
 
 /* A condition variable on the monotonic clock (for timed waits). */
@@ -48,10 +49,20 @@ void gather_count_in(gather_t *g, metrics_series_t *calls, metrics_series_t *bat
     g->batches = batches;
 }
 
+/* Forgets the calls expected from the step before when they should have
+ * come by now (they took another path, e.g. a payment that failed). g->lock
+ * held. */
+static void gather_expire(gather_t *g)
+{
+    if (g->expected > 0 && clock_now_us() - g->expected_at_us > (int64_t)g->linger_us)
+        g->expected = 0;
+}
+
 /* As the leader (g->running set, g->lock held): waits up to g's linger
  * for the calls a run of the step before sent this way. */
 static void gather_linger(gather_t *g)
 {
+    gather_expire(g);
     if (g->expected == 0 || g->queued >= gather_batch_max)
         return;
     struct timespec until;
@@ -79,6 +90,7 @@ void gather_submit(gather_t *g, void *leader, gather_call_t *call)
     *g->tail = call;
     g->tail = &call->next;
     g->queued++;
+    gather_expire(g);
     if (g->expected > 0)
         g->expected--;
     if (g->lingering)
@@ -108,7 +120,9 @@ void gather_submit(gather_t *g, void *leader, gather_call_t *call)
         }
         if (g->then != NULL && count > 1) { /* these are on their way there */
             pthread_mutex_lock(&g->then->lock);
+            gather_expire(g->then);
             g->then->expected += (unsigned)count;
+            g->then->expected_at_us = clock_now_us();
             pthread_mutex_unlock(&g->then->lock);
         }
 

@@ -7,14 +7,15 @@
  * first thread to arrive while no call of that kind is running (the
  * leader) takes everything queued (up to gather_batch_max) and runs it
  * with its own connection or client; the others sleep until their part
- * is done, and whoever arrives meanwhile queues for the next run. Nobody
- * waits on purpose: a lone call runs at once, as a batch of one.
+ * is done, and whoever arrives meanwhile queues for the next run.
  *
  * Calls that ran together at one step tend to reach the next step
  * together, one after another as their threads wake: gather_then() names
  * the next step, whose leader then waits a moment (up to its linger) for
- * those expected, so that they stay one batch. A kind without a step
- * before it never waits.
+ * those expected, so that they stay one batch. That is the only waiting
+ * on purpose: a lone call with nothing expected runs at once, and what
+ * was expected but has not come within the linger (it took another path)
+ * is forgotten. A kind that is no step's next never waits.
  *
  * What a run does is the kind's run function (gather_rpc_* below make
  * one lib/rpc batch call, proto/batch.proto). Each call keeps its own
@@ -30,6 +31,7 @@
 #include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "metrics/metrics.h"
 #include "rpc/rpc.h"
@@ -62,9 +64,10 @@ struct gather {
     size_t queued;
     bool running;
     bool lingering;
-    unsigned expected;   /* calls a run of the step before sent this way */
-    unsigned linger_us;  /* how long a leader waits for them at most */
-    struct gather *then; /* the next step, NULL: none */
+    unsigned expected;      /* calls a run of the step before sent this way */
+    int64_t expected_at_us; /* when (clock_now_us); forgotten after linger_us */
+    unsigned linger_us;     /* how long a leader waits for them at most */
+    struct gather *then;    /* the next step, NULL: none */
     gather_run_fn run;
     void *kind;                /* the run function's (e.g. gather_rpc_kind_t) */
     metrics_series_t *calls;   /* calls run two or more together; NULL: not counted */

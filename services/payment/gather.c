@@ -4,6 +4,8 @@
  */
 #include "gather.h"
 
+#include <string.h>
+
 #include "log/log.h"
 #include "order.pb-c.h"
 #include "user.pb-c.h"
@@ -14,6 +16,32 @@ typedef struct {
     pg_result_t result;
     PGresult *rows;
 } sql_call_t;
+
+/* Orders two calls of a statement kind by its order_by parameters. */
+static int sql_compare(const gather_call_t *a, const gather_call_t *b,
+                       const payment_sql_kind_t *kind)
+{
+    const sql_call_t *x = a->arg, *y = b->arg;
+    for (size_t k = 0; k < 2 && kind->order_by[k] >= 0; k++) {
+        int c = strcmp(x->params[kind->order_by[k]], y->params[kind->order_by[k]]);
+        if (c != 0)
+            return c;
+    }
+    return 0;
+}
+
+/* Sorts 'calls' by their order_by parameters (insertion sort: a batch is
+ * at most gather_batch_max). */
+static void sql_sort(gather_call_t **calls, size_t count, const payment_sql_kind_t *kind)
+{
+    for (size_t i = 1; i < count; i++) {
+        gather_call_t *call = calls[i];
+        size_t j = i;
+        for (; j > 0 && sql_compare(calls[j - 1], call, kind) > 0; j--)
+            calls[j] = calls[j - 1];
+        calls[j] = call;
+    }
+}
 
 /* gather_run_fn of statement kinds: one alone on the leader's
  * connection, several in one pipelined transaction. */
@@ -28,6 +56,7 @@ static void sql_run(gather_t *g, void *leader, gather_call_t **calls, size_t cou
         calls[0]->gathered = true;
         return;
     }
+    sql_sort(calls, count, kind);
     const char *const *params[gather_batch_max] = {0};
     PGresult *rows[gather_batch_max];
     for (size_t i = 0; i < count; i++)

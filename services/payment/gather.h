@@ -38,11 +38,15 @@ enum {
     payment_linger_round_us = 1000,
 };
 
-/* A statement on the payment database, as a kind. */
+/* A statement on the payment database, as a kind. A batch runs its
+ * statements ordered by the parameters 'order_by' names (the key the
+ * statement locks: two batches then wait for each other in the same
+ * order, never in a cycle); -1 ends the list. */
 typedef struct {
     const char *statement; /* name and SQL as for pg_exec_prepared */
     const char *sql;
     int nparams;
+    int order_by[2];
 } payment_sql_kind_t;
 
 /* The steps a payment gathers, shared by the process's threads. */

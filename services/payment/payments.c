@@ -43,7 +43,8 @@ static const char insert_sql[] =
     " RETURNING id, lease_token, (extract(epoch FROM locked_until) * 1000)::bigint, " PGRPC_TIME(
         "created_at");
 
-const payment_sql_kind_t payment_insert_statement = {"payment_insert", insert_sql, 10};
+/* (ordered by user and idempotency key: the unique key it may wait on) */
+const payment_sql_kind_t payment_insert_statement = {"payment_insert", insert_sql, 10, {1, 3}};
 
 /* Takes over a payment whose driver's lease ended (plus the clock-skew
  * margin $3): a new fencing token, and the step as it is now. */

@@ -32,9 +32,13 @@
  * own. A driver that was slow past its lease finds the token changed and
  * stops; at most it repeats a call the new driver also makes (the order's
  * completion, keyed by payment id), which changes nothing. The debit
- * carries the lease's end (not_after_ms) and the user service refuses to
- * apply it later, so a slow debit cannot land after a newer driver decided
- * that the payment FAILED for lack of funds.
+ * carries the lease's end (not_after_ms) and the user service refuses a
+ * debit whose statement starts later, so a slow debit cannot land after a
+ * newer driver decided that the payment FAILED for lack of funds. (A
+ * debit whose statement started in time may commit a little later, e.g.
+ * in a batch; it holds the wallet's row lock until then, so a newer
+ * driver's debit with the same reference waits for it and gets it back
+ * as a replay.)
  */
 #include <inttypes.h>
 #include <stdlib.h>
@@ -83,7 +87,8 @@ static const char saga_finish_sql[] =
                       "  ON CONFLICT (event_id) DO NOTHING)"
                       " SELECT created, updated FROM done";
 
-const payment_sql_kind_t saga_finish_statement = {"saga_finish", saga_finish_sql, 8};
+/* (ordered by payment id: the row it updates) */
+const payment_sql_kind_t saga_finish_statement = {"saga_finish", saga_finish_sql, 8, {0, -1}};
 
 /* Renews this driver's lease before it acts at 'step'; sets '*until_ms'
  * to the lease's end. False when the lease is lost (another driver took

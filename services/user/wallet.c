@@ -30,8 +30,8 @@ static const char wallet_get_sql[] =
     "SELECT user_id, balance, currency FROM wallets WHERE user_id = $1";
 
 /* Whether the debit window $1 (Unix ms) has closed, by the database clock.
- * The statement's time, not now(): in a batch's transaction (lib/rpc
- * RPC_BATCH_TRANSACTION) now() is when the batch began. */
+ * The statement's time, not now(): in a batch's transaction (Debit's
+ * batch code, wallet_debit_batch) now() is when the batch began. */
 static const char window_closed_sql[] =
     "SELECT statement_timestamp() > to_timestamp($1::bigint / 1000.0)";
 
