@@ -14,8 +14,9 @@
  * the next step, whose leader then waits a moment (up to its linger) for
  * those expected, so that they stay one batch. That is the only waiting
  * on purpose: a lone call with nothing expected runs at once, and what
- * was expected but has not come within the linger (it took another path)
- * is forgotten. A kind that is no step's next never waits.
+ * was expected but has not come within gather_expect_horizon lingers (it
+ * took another path) is forgotten. A kind that is no step's next never
+ * waits.
  *
  * What a run does is the kind's run function (gather_rpc_* below make
  * one lib/rpc batch call, proto/batch.proto). Each call keeps its own
@@ -36,7 +37,10 @@
 #include "metrics/metrics.h"
 #include "rpc/rpc.h"
 
-enum { gather_batch_max = 32 };
+enum {
+    gather_batch_max = 32,
+    gather_expect_horizon = 8, /* lingers after which expected calls are forgotten */
+};
 
 typedef struct gather gather_t;
 
