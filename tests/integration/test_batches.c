@@ -50,6 +50,7 @@
 #include "proc.h"
 #include "rpc/rpc.h"
 #include "system.h"
+#include "wallet_check.h"
 #include "user.pb-c.h"
 
 /* The services' HS256 key (the user service signs with it): 48 bytes. */
@@ -311,32 +312,14 @@ static int64_t db_int(const char *sql, const char *a, const char *b)
     return value;
 }
 
-/* Checks the wallet of 'user' in the database: the ledger, replayed in id
- * order, matches every row's balance_after and never goes below zero, and
- * it ends at the balance. Returns the balance. */
+/* wallet_check (tests/support) of 'user': fails the test when the
+ * invariant does not hold. Returns the balance. */
 static int64_t db_wallet_check(const char *user)
 {
-    static const char ledger_sql[] =
-        "SELECT amount, balance_after, SUM(amount) OVER (ORDER BY id) FROM users.ledger"
-        " WHERE user_id = $1 ORDER BY id";
-    const char *params[] = {user};
-    PGresult *res = db_query(ledger_sql, 1, params);
-    int64_t running = 0;
-    for (int i = 0; i < PQntuples(res); i++) {
-        int64_t after = strtoll(PQgetvalue(res, i, 1), NULL, 10);
-        running = strtoll(PQgetvalue(res, i, 2), NULL, 10);
-        if (after != running || running < 0) {
-            PQclear(res);
-            fail_msg("wallet %s: ledger row %d says balance %" PRId64
-                     ", the sum so far is %" PRId64,
-                     user, i, after, running);
-        }
-    }
-    PQclear(res);
-    int64_t balance = db_int("SELECT balance FROM users.wallets WHERE user_id = $1", user, NULL);
-    if (balance != running)
-        fail_msg("wallet %s: balance %" PRId64 " but the ledger sums to %" PRId64, user, balance,
-                 running);
+    int64_t balance = 0;
+    char why[512];
+    if (!wallet_check(g.db, user, &balance, why, sizeof why))
+        fail_msg("%s", why);
     return balance;
 }
 

@@ -41,6 +41,7 @@
 #include "http_client.h"
 #include "proc.h"
 #include "system.h"
+#include "wallet_check.h"
 
 /* The services' HS256 key (user signs, gateway verifies): 48 bytes. */
 static const char jwt_secret[] = "payments-test-secret-0123456789abcdefghijklmnopq";
@@ -322,33 +323,14 @@ static int64_t db_int(const char *sql, const char *user_id)
     return value;
 }
 
-/* Checks the wallet of 'user_id' in the database: the ledger, replayed in
- * id order (the order the wallet's row lock gave the movements), matches
- * every row's balance_after and never goes below zero, and it ends at the
- * balance. Returns the balance. */
+/* wallet_check (tests/support) of 'user_id': fails the test when the
+ * invariant does not hold. Returns the balance. */
 static int64_t db_wallet_check(const char *user_id)
 {
-    static const char ledger_sql[] =
-        "SELECT amount, balance_after, SUM(amount) OVER (ORDER BY id) FROM users.ledger"
-        " WHERE user_id = $1 ORDER BY id";
-    const char *params[] = {user_id};
-    PGresult *res = db_query(ledger_sql, 1, params);
-    int64_t running = 0;
-    for (int i = 0; i < PQntuples(res); i++) {
-        int64_t after = strtoll(PQgetvalue(res, i, 1), NULL, 10);
-        running = strtoll(PQgetvalue(res, i, 2), NULL, 10);
-        if (after != running || running < 0) {
-            PQclear(res);
-            fail_msg("wallet %s: ledger row %d says balance %" PRId64
-                     ", the sum so far is %" PRId64,
-                     user_id, i, after, running);
-        }
-    }
-    PQclear(res);
-    int64_t balance = db_int("SELECT balance FROM users.wallets WHERE user_id = $1", user_id);
-    if (balance != running)
-        fail_msg("wallet %s: balance %" PRId64 " but the ledger sums to %" PRId64, user_id, balance,
-                 running);
+    int64_t balance = 0;
+    char why[512];
+    if (!wallet_check(g.db, user_id, &balance, why, sizeof why))
+        fail_msg("%s", why);
     return balance;
 }
 
