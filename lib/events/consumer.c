@@ -2,6 +2,7 @@
  * consumer: a consumer group member. See consumer.h.
  *
  *   connect -> SUBSCRIBE (each topic) -> DELIVER -> handler -> ACK
+ *                   (the DELIVERs waiting, together: batch handler -> ACKs)
  *      ^                                  HEARTBEAT while idle
  *      |  broker silent for liveness x interval: close, back off, again
  *      +--  DISCONNECT (UNAVAILABLE): SUBSCRIBE again
@@ -49,8 +50,8 @@ struct events_consumer {
 
 events_consumer_t *events_consumer_new(const events_consumer_config_t *config)
 {
-    if (config->endpoint == NULL || config->handler == NULL || config->topics == NULL ||
-        !wire_topic_name_valid(config->group)) {
+    if (config->endpoint == NULL || (config->handler == NULL && config->batch_handler == NULL) ||
+        config->topics == NULL || !wire_topic_name_valid(config->group)) {
         log_error("events: endpoint, handler, topics and a valid group are required");
         return NULL;
     }
@@ -169,11 +170,11 @@ static int consumer_connect(events_consumer_t *self)
     return 0;
 }
 
-/* Runs the handler for one DELIVER and acknowledges it when handled. */
-static void consumer_deliver(events_consumer_t *self, const wire_message_t *msg)
+/* The delivery a DELIVER message carries (pointing into 'msg'). */
+static events_delivery_t consumer_delivery(const events_consumer_t *self, const wire_message_t *msg)
 {
     const Paygate__V1__Event *e = msg->header->event;
-    events_delivery_t delivery = {
+    return (events_delivery_t){
         .topic = e->topic,
         .group = e->group ? e->group : self->group,
         .event_id = e->event_id,
@@ -184,11 +185,16 @@ static void consumer_deliver(events_consumer_t *self, const wire_message_t *msg)
         .payload = msg->has_body ? zmq_msg_data((zmq_msg_t *)&msg->body) : (const uint8_t *)"",
         .payload_len = msg->has_body ? zmq_msg_size((zmq_msg_t *)&msg->body) : 0,
     };
-    bool handled = self->config.handler(&delivery, self->config.state);
+}
+
+/* Sends ACK for 'delivery' when 'handled', else NACK. */
+static void consumer_answer(events_consumer_t *self, const events_delivery_t *delivery,
+                            bool handled)
+{
     Paygate__V1__Event ack_event = PAYGATE__V1__EVENT__INIT;
-    ack_event.topic = e->topic;
-    ack_event.group = (char *)delivery.group;
-    ack_event.offset = e->offset;
+    ack_event.topic = (char *)delivery->topic;
+    ack_event.group = (char *)delivery->group;
+    ack_event.offset = delivery->offset;
     Paygate__V1__Header header = PAYGATE__V1__HEADER__INIT;
     /* NACK: "not now" (redelivered after the broker's delay, and not
      * counted towards its dead-letter limit) */
@@ -196,14 +202,36 @@ static void consumer_deliver(events_consumer_t *self, const wire_message_t *msg)
     header.event = &ack_event;
     /* counted before the answer leaves: whoever sees the broker's lag
      * fall also sees the count */
-    const char *const values[] = {e->topic, self->group, handled ? "acked" : "nacked"};
+    const char *const values[] = {delivery->topic, self->group, handled ? "acked" : "nacked"};
     metrics_counter_add(metrics_series(self->consumed, values), 1);
     if (consumer_send(self, &header) != 0)
         log_warn("events %s: %s of %s offset %llu not sent: %s", self->consumer_id,
-                 handled ? "ACK" : "NACK", e->topic, (unsigned long long)e->offset,
+                 handled ? "ACK" : "NACK", delivery->topic, (unsigned long long)delivery->offset,
                  zmq_strerror(errno));
     if (handled)
         self->handled++;
+}
+
+/* Runs the handler (or the batch handler, once for all) for the
+ * 'count' DELIVERs in 'msgs', answers each, and clears them. */
+static void consumer_deliver(events_consumer_t *self, wire_message_t *msgs, size_t count)
+{
+    if (count == 0)
+        return;
+    events_delivery_t deliveries[events_batch_max];
+    bool handled[events_batch_max] = {0};
+    for (size_t i = 0; i < count; i++)
+        deliveries[i] = consumer_delivery(self, &msgs[i]);
+    if (self->config.batch_handler != NULL) {
+        self->config.batch_handler(deliveries, count, handled, self->config.state);
+    } else {
+        for (size_t i = 0; i < count; i++)
+            handled[i] = self->config.handler(&deliveries[i], self->config.state);
+    }
+    for (size_t i = 0; i < count; i++) {
+        consumer_answer(self, &deliveries[i], handled[i]);
+        wire_message_clear(&msgs[i]);
+    }
 }
 
 /* Handles what the broker sent. Returns false on a permanent refusal. */
@@ -211,9 +239,6 @@ static bool consumer_handle(events_consumer_t *self, const wire_message_t *msg)
 {
     const Paygate__V1__Header *h = msg->header;
     switch (h->command) {
-    case PAYGATE__V1__COMMAND__DELIVER:
-        consumer_deliver(self, msg);
-        return true;
     case PAYGATE__V1__COMMAND__HEARTBEAT:
         return true;
     case PAYGATE__V1__COMMAND__DISCONNECT: {
@@ -282,24 +307,40 @@ int events_consumer_run(events_consumer_t *self)
         zmq_pollitem_t item = {.socket = self->socket, .events = ZMQ_POLLIN};
         if (zmq_poll(&item, 1, consumer_poll_max_ms) <= 0)
             continue;
+        /* What is waiting: DELIVERs are kept and handled together (up to
+         * the batch's size), anything else is handled in its turn, after
+         * the DELIVERs that came before it. */
         bool fatal = false;
+        wire_message_t batch[events_batch_max];
+        size_t batched = 0, batch_max = c->max_in_flight < events_batch_max ? c->max_in_flight
+                                                                            : events_batch_max;
         for (int i = 0; i < 64 && !fatal; i++) {
-            wire_message_t msg;
+            wire_message_t *msg = &batch[batched];
             const char *detail = NULL;
-            int rc = wire_recv(self->socket, false, consumer_message_bytes_max, ZMQ_DONTWAIT, &msg,
+            int rc = wire_recv(self->socket, false, consumer_message_bytes_max, ZMQ_DONTWAIT, msg,
                                &detail);
             if (rc < 0) {
-                wire_message_clear(&msg);
+                wire_message_clear(msg);
                 break;
             }
             self->last_recv_at = clock_now_ms();
             self->backoff_ms = 0;
+            if (rc == WIRE_OK && msg->header->command == PAYGATE__V1__COMMAND__DELIVER) {
+                if (++batched == batch_max) {
+                    consumer_deliver(self, batch, batched);
+                    batched = 0;
+                }
+                continue;
+            }
+            consumer_deliver(self, batch, batched); /* clears slots before 'msg' */
+            batched = 0;
             if (rc == WIRE_OK)
-                fatal = !consumer_handle(self, &msg);
+                fatal = !consumer_handle(self, msg);
             else
                 log_warn("events %s: malformed message from broker: %s", self->consumer_id, detail);
-            wire_message_clear(&msg);
+            wire_message_clear(msg);
         }
+        consumer_deliver(self, batch, batched);
         if (fatal) {
             result = -1;
             break;

@@ -40,6 +40,18 @@ typedef struct {
  * deliveries it goes to the dead-letter topic. */
 typedef bool (*events_handler_fn)(const events_delivery_t *event, void *state);
 
+/* Handles 'count' (1..events_batch_max) events at once: sets
+ * 'acknowledge[i]' as events_handler_fn answers for event i. The events
+ * are those the broker had delivered by the time the consumer looked
+ * (while the batch before was being handled, say): never two with the
+ * same non-empty key, since the broker holds a key's next event back
+ * until the one before is acknowledged. Each is acknowledged (or refused)
+ * on its own, so a handler may still answer event by event. */
+typedef void (*events_batch_handler_fn)(const events_delivery_t *events, size_t count,
+                                        bool *acknowledge, void *state);
+
+enum { events_batch_max = 64 };
+
 typedef struct {
     const char *endpoint;           /* broker */
     const char *group;              /* consumer group name */
@@ -50,6 +62,10 @@ typedef struct {
     uint32_t heartbeat_liveness;    /* 0: 3 */
     bool start_at_end;              /* a new group skips history */
     events_handler_fn handler;
+    /* When set, events already waiting are handed over together through
+     * it (up to max_in_flight and events_batch_max); 'handler' is then
+     * not called and may be NULL. */
+    events_batch_handler_fn batch_handler;
     void *state;
     /* Where to count events (paygate_events_consumed_total{topic,group,
      * outcome}); NULL: not counted. Must outlive the consumer. */

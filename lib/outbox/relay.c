@@ -4,10 +4,14 @@
  *
  * A pass: BEGIN; lock up to outbox_batch_max unsent rows in id order (SKIP
  * LOCKED, so that several instances of a service share the work);
- * publish each, waiting for the broker's durable acknowledgement; stop at
- * the first failure (order is kept: the next pass starts there); mark the
- * published ones sent, all in one statement; COMMIT. Sent rows older than
- * a day are deleted now and then.
+ * publish them in waves, each wave sent at once and then awaited
+ * (rpc_client_publish_many: the broker stores a wave with one fsync),
+ * where a wave holds at most one event per key: the first of each key,
+ * then the second, and so on; stop after a wave in which a publish
+ * failed (a key's order is kept: its next event was not sent, and the
+ * next pass starts with the failed one); mark the published ones sent,
+ * all in one statement; COMMIT. Sent rows older than a day are deleted
+ * now and then.
  */
 #include "outbox.h"
 
@@ -128,7 +132,7 @@ static void relay_count_backlog(outbox_relay_t *self, pg_conn_t *pg)
 }
 
 /* One pass; returns rows published, or -1 when it could not work or a
- * publish failed (those before it are marked sent all the same). */
+ * publish failed (those published are marked sent all the same). */
 static int relay_pass(outbox_relay_t *self, pg_conn_t *pg, rpc_client_t *rpc)
 {
     if (pg_begin(pg) != PG_OK)
@@ -141,36 +145,74 @@ static int relay_pass(outbox_relay_t *self, pg_conn_t *pg, rpc_client_t *rpc)
         pg_rollback(pg);
         return -1;
     }
+    int count = PQntuples(rows);
+    uint8_t *payloads[outbox_batch_max];
+    size_t lengths[outbox_batch_max];
+    int wave[outbox_batch_max];
+    bool sent[outbox_batch_max] = {0};
+    if (count > outbox_batch_max)
+        count = outbox_batch_max;
+    for (int i = 0; i < count; i++) {
+        payloads[i] = hex_decode(PQgetvalue(rows, i, 4), &lengths[i]);
+        if (payloads[i] == NULL) { /* cannot be: the column is hex of bytea */
+            count = i;
+            break;
+        }
+        /* A key's events go in order: each goes out in the wave after its
+         * key's event before it (one wave is published at once, and an
+         * event may be stored while one before it in its wave failed). */
+        wave[i] = 0;
+        const char *key = PQgetvalue(rows, i, 3);
+        for (int j = 0; key[0] != '\0' && j < i; j++)
+            if (wave[j] >= wave[i] && strcmp(PQgetvalue(rows, j, 3), key) == 0)
+                wave[i] = wave[j] + 1;
+    }
     int published = 0;
     bool failed = false;
+    for (int w = 0; !failed; w++) {
+        rpc_publish_item_t items[outbox_batch_max];
+        int rows_of[outbox_batch_max];
+        size_t n = 0;
+        for (int i = 0; i < count; i++) {
+            if (wave[i] != w)
+                continue;
+            items[n] = (rpc_publish_item_t){.topic = PQgetvalue(rows, i, 2),
+                                            .event_id = PQgetvalue(rows, i, 1),
+                                            .key = PQgetvalue(rows, i, 3),
+                                            .payload = payloads[i],
+                                            .payload_len = lengths[i]};
+            rows_of[n++] = i;
+        }
+        if (n == 0)
+            break;
+        rpc_client_publish_many(rpc, items, n, self->config.publish_deadline_ms);
+        for (size_t k = 0; k < n; k++) {
+            Paygate__V1__Code code = items[k].code;
+            if (code == PAYGATE__V1__CODE__OK) {
+                sent[rows_of[k]] = true;
+                published++;
+                continue;
+            }
+            /* Say it once per kind of failure, not once per pass. */
+            if (!failed && code != self->last_failure)
+                log_warn("outbox: publish of %s failed (%s); will retry", items[k].event_id,
+                         wire_code_name(code));
+            if (!failed)
+                self->last_failure = code;
+            failed = true;
+        }
+        if (!failed)
+            self->last_failure = PAYGATE__V1__CODE__OK;
+    }
     /* "{id,id,...}": up to outbox_batch_max ids of at most 20 digits */
     char ids[2 + outbox_batch_max * 21];
     size_t ids_len = 0;
     ids[ids_len++] = '{';
-    for (int i = 0; i < PQntuples(rows); i++) {
-        size_t len = 0;
-        uint8_t *payload = hex_decode(PQgetvalue(rows, i, 4), &len);
-        if (payload == NULL)
-            break;
-        rpc_status_t status;
-        bool duplicate = false;
-        Paygate__V1__Code code = rpc_client_publish(
-            rpc, PQgetvalue(rows, i, 2), PQgetvalue(rows, i, 1), PQgetvalue(rows, i, 3), payload,
-            len, self->config.publish_deadline_ms, NULL, &duplicate, &status);
-        free(payload);
-        if (code != PAYGATE__V1__CODE__OK) {
-            /* Say it once per kind of failure, not once per pass. */
-            if (code != self->last_failure)
-                log_warn("outbox: publish of %s failed (%s: %s); will retry",
-                         PQgetvalue(rows, i, 1), wire_code_name(code), status.message);
-            self->last_failure = code;
-            failed = true;
-            break;
-        }
-        self->last_failure = PAYGATE__V1__CODE__OK;
-        ids_len += (size_t)snprintf(ids + ids_len, sizeof ids - ids_len, "%s%s",
-                                    published > 0 ? "," : "", PQgetvalue(rows, i, 0));
-        published++;
+    for (int i = 0; i < count; i++) {
+        free(payloads[i]);
+        if (sent[i])
+            ids_len += (size_t)snprintf(ids + ids_len, sizeof ids - ids_len, "%s%s",
+                                        ids_len > 1 ? "," : "", PQgetvalue(rows, i, 0));
     }
     snprintf(ids + ids_len, sizeof ids - ids_len, "}");
     /* One statement marks the batch (one per row cost a round trip each). */

@@ -283,6 +283,22 @@ Paygate__V1__Code rpc_client_call_raw(rpc_client_t *self, const char *service, c
     return client_wait(self, sent, give_up_at, deadline_ms + client_margin_ms, reply_body, status);
 }
 
+/* The PublishAck in 'reply' into '*offset' and '*duplicate'. False when
+ * it is not one. */
+static bool publish_ack_read(zmq_msg_t *reply, uint64_t *offset, bool *duplicate)
+{
+    Paygate__V1__PublishAck *ack =
+        paygate__v1__publish_ack__unpack(NULL, zmq_msg_size(reply), zmq_msg_data(reply));
+    if (ack == NULL)
+        return false;
+    if (offset != NULL)
+        *offset = ack->offset;
+    if (duplicate != NULL)
+        *duplicate = ack->duplicate;
+    paygate__v1__publish_ack__free_unpacked(ack, NULL);
+    return true;
+}
+
 Paygate__V1__Code rpc_client_publish(rpc_client_t *self, const char *topic, const char *event_id,
                                      const char *key, const void *payload, size_t payload_len,
                                      uint32_t deadline_ms, uint64_t *offset, bool *duplicate,
@@ -307,23 +323,76 @@ Paygate__V1__Code rpc_client_publish(rpc_client_t *self, const char *topic, cons
     zmq_msg_init(&reply);
     Paygate__V1__Code code = client_wait(self, header.correlation_id, clock_now_ms() + deadline_ms,
                                          deadline_ms, &reply, status);
-    if (code == PAYGATE__V1__CODE__OK) {
-        Paygate__V1__PublishAck *ack =
-            paygate__v1__publish_ack__unpack(NULL, zmq_msg_size(&reply), zmq_msg_data(&reply));
-        if (ack == NULL) {
-            rpc_status_set(status, PAYGATE__V1__CODE__INTERNAL,
-                           "publish answer is not a paygate.v1.PublishAck");
-            code = status->code;
-        } else {
-            if (offset != NULL)
-                *offset = ack->offset;
-            if (duplicate != NULL)
-                *duplicate = ack->duplicate;
-            paygate__v1__publish_ack__free_unpacked(ack, NULL);
-        }
+    if (code == PAYGATE__V1__CODE__OK && !publish_ack_read(&reply, offset, duplicate)) {
+        rpc_status_set(status, PAYGATE__V1__CODE__INTERNAL,
+                       "publish answer is not a paygate.v1.PublishAck");
+        code = status->code;
     }
     zmq_msg_close(&reply);
     return code;
+}
+
+size_t rpc_client_publish_many(rpc_client_t *self, rpc_publish_item_t *items, size_t count,
+                               uint32_t deadline_ms)
+{
+    if (deadline_ms == 0)
+        deadline_ms = rpc_deadline_default_ms;
+    int64_t give_up_at = clock_now_ms() + deadline_ms;
+    size_t sent = 0, waiting = 0, ok = 0;
+    for (; sent < count; sent++) {
+        rpc_publish_item_t *item = &items[sent];
+        Paygate__V1__Event event = PAYGATE__V1__EVENT__INIT;
+        event.topic = (char *)item->topic;
+        event.event_id = (char *)item->event_id;
+        event.key = (char *)(item->key ? item->key : "");
+        Paygate__V1__Header header = PAYGATE__V1__HEADER__INIT;
+        header.command = PAYGATE__V1__COMMAND__PUBLISH;
+        header.correlation_id = self->next_correlation++;
+        header.event = &event;
+        rpc_status_t status;
+        int64_t left = give_up_at - clock_now_ms();
+        if (left <= 0 || client_send_frames(self, &header, item->payload, item->payload_len,
+                                            (uint32_t)left, &status) != 0)
+            break;
+        item->correlation_id = header.correlation_id;
+        item->code = PAYGATE__V1__CODE__DEADLINE_EXCEEDED; /* until answered */
+        waiting++;
+    }
+    for (size_t i = sent; i < count; i++)
+        items[i].code = PAYGATE__V1__CODE__UNAVAILABLE;
+    zmq_msg_t reply;
+    zmq_msg_init(&reply);
+    while (waiting > 0) {
+        int64_t left = give_up_at - clock_now_ms();
+        if (left <= 0)
+            break;
+        uint64_t got = 0;
+        rpc_status_t status;
+        int rc = rpc_client_recv(self, (int)left, &got, &reply, &status);
+        if (rc < 0) {
+            for (size_t i = 0; i < sent; i++)
+                if (items[i].code == PAYGATE__V1__CODE__DEADLINE_EXCEEDED)
+                    items[i].code = PAYGATE__V1__CODE__UNAVAILABLE;
+            break;
+        }
+        if (rc == 0)
+            break;
+        /* ids were given in order: the reply's item, if it is one of ours */
+        if (got < items[0].correlation_id || got - items[0].correlation_id >= sent)
+            continue; /* a late reply to an earlier call: dropped */
+        rpc_publish_item_t *item = &items[got - items[0].correlation_id];
+        if (item->code != PAYGATE__V1__CODE__DEADLINE_EXCEEDED)
+            continue; /* answered already (cannot happen: one reply per id) */
+        item->code = status.code;
+        if (status.code == PAYGATE__V1__CODE__OK &&
+            !publish_ack_read(&reply, &item->offset, &item->duplicate))
+            item->code = PAYGATE__V1__CODE__INTERNAL;
+        if (item->code == PAYGATE__V1__CODE__OK)
+            ok++;
+        waiting--;
+    }
+    zmq_msg_close(&reply);
+    return ok;
 }
 
 Paygate__V1__Code rpc_client_call(rpc_client_t *self, const char *service, const char *method,

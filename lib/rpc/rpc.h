@@ -171,6 +171,33 @@ Paygate__V1__Code rpc_client_publish(rpc_client_t *self, const char *topic, cons
                                      uint32_t deadline_ms, uint64_t *offset, bool *duplicate,
                                      rpc_status_t *status);
 
+/* One event of rpc_client_publish_many: the caller fills the first five
+ * fields; the call sets the rest. */
+typedef struct {
+    const char *topic;
+    const char *event_id;
+    const char *key; /* NULL: none */
+    const void *payload;
+    size_t payload_len;
+    Paygate__V1__Code code;  /* as rpc_client_publish answers for this event */
+    uint64_t offset;         /* on OK */
+    bool duplicate;          /* on OK */
+    uint64_t correlation_id; /* the call's */
+} rpc_publish_item_t;
+
+/* Publishes 'count' events as rpc_client_publish publishes one, all sent
+ * before any answer is awaited, so that the broker stores them together
+ * (one fsync for the lot, as it reads them in one turn). Waits until
+ * each is answered or 'deadline_ms' (0: the default) passes, and sets
+ * each item's code (DEADLINE_EXCEEDED when unanswered: its outcome is
+ * unknown; UNAVAILABLE when it could not be sent). The broker stores
+ * them in the order sent, but one may fail while a later one is stored:
+ * a caller that needs a key's events in order sends no two of one key
+ * in one call. Returns how many are OK. The same rule as rpc_client_call:
+ * no rpc_client_send requests outstanding. */
+size_t rpc_client_publish_many(rpc_client_t *self, rpc_publish_item_t *items, size_t count,
+                               uint32_t deadline_ms);
+
 /* One call of a batch (rpc_client_call_batch): the caller fills the
  * first three fields; the call sets the other two. */
 typedef struct {

@@ -172,7 +172,7 @@ int main(int argc, char **argv)
         .consumer_id = config.instance != NULL ? consumer_id : NULL,
         .max_in_flight = transaction_events_in_flight_max,
         .start_at_end = false,
-        .handler = recorder_on_event,
+        .batch_handler = recorder_on_events,
         .state = recorder,
         .metrics = metrics,
     };

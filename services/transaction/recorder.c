@@ -1,9 +1,12 @@
 /*
  * recorder: money events from the event bus become transactions.
  *
- * The consumer thread (lib/events) hands every event of topics "payments"
- * and "wallet" to recorder_on_event(). Each payload is a MoneyEvent
- * (proto/events.proto); a movement of money becomes one row:
+ * The consumer thread (lib/events) hands the events of topics "payments"
+ * and "wallet" to recorder_on_events(), as many at once as the bus has
+ * delivered meanwhile. Each payload is a MoneyEvent (proto/events.proto);
+ * a movement of money becomes one row, and the rows of one call are
+ * inserted in one transaction sent in one round trip (one commit for
+ * all; when it does not commit, each event goes again alone):
  *
  *   PAYMENT_SUCCEEDED -> PAYMENT  "₹1,000 paid for Order #ord_..."
  *   REFUND_SUCCEEDED  -> REFUND   "₹200 refunded for Order #ord_..."
@@ -331,39 +334,63 @@ static void recorder_check_repeat(recorder_t *self, const events_delivery_t *eve
     PQclear(rows);
 }
 
+/* The record statement's parameters for 'm' (pointing into 'm' and
+ * 'row'). False when no id could be made. */
+typedef struct {
+    char id[id_bytes_max];
+    char amount[24];
+    const char *params[12];
+} record_row_t;
+
+static bool record_row(const movement_t *m, record_row_t *row)
+{
+    if (!id_new("txn", row->id, sizeof row->id)) {
+        log_error("recorder: no id for event %s", m->event_id);
+        return false;
+    }
+    snprintf(row->amount, sizeof row->amount, "%" PRId64, m->amount);
+    const char *params[] = {row->id,      m->event_id, m->user_id,     m->type,
+                            row->amount,  m->currency, m->order_id,    m->payment_id,
+                            m->refund_id, m->topup_id, m->description, m->created_at};
+    memcpy(row->params, params, sizeof params);
+    return true;
+}
+
+/* The record statement ran for 'm' (as 'row') and returned 'rows' (which
+ * it clears): a new row, or an event recorded before. */
+static void recorder_recorded(recorder_t *self, const events_delivery_t *event, const movement_t *m,
+                              const record_row_t *row, PGresult *rows)
+{
+    bool inserted = PQntuples(rows) == 1;
+    PQclear(rows);
+    if (inserted) {
+        self->recorded++;
+        log_info("recorder: %s %s %" PRId64 " paise for %s (event %s, %s offset %" PRIu64
+                 ", delivery %" PRIu32 ")",
+                 row->id, m->type, m->amount, m->user_id, m->event_id, event->topic, event->offset,
+                 event->delivery_count);
+    } else {
+        self->repeated++;
+        recorder_check_repeat(self, event, m);
+    }
+}
+
 /* Inserts 'm' unless its event id is recorded. Returns true to
  * acknowledge the event. */
 static bool recorder_record(recorder_t *self, const events_delivery_t *event, const movement_t *m)
 {
-    char id[id_bytes_max], amount[24];
-    if (!id_new("txn", id, sizeof id)) {
-        log_error("recorder: no id for event %s", m->event_id);
+    record_row_t row;
+    if (!record_row(m, &row)) {
         self->deferred++;
         return false;
     }
-    snprintf(amount, sizeof amount, "%" PRId64, m->amount);
-    const char *params[] = {id,           m->event_id, m->user_id,     m->type,
-                            amount,       m->currency, m->order_id,    m->payment_id,
-                            m->refund_id, m->topup_id, m->description, m->created_at};
     PGresult *rows = NULL;
     pg_result_t result =
-        pg_exec_prepared(self->pg, "transaction_record", record_sql, 12, params, &rows);
+        pg_exec_prepared(self->pg, "transaction_record", record_sql, 12, row.params, &rows);
     switch (result) {
-    case PG_OK: {
-        bool inserted = PQntuples(rows) == 1;
-        PQclear(rows);
-        if (inserted) {
-            self->recorded++;
-            log_info("recorder: %s %s %" PRId64 " paise for %s (event %s, %s offset %" PRIu64
-                     ", delivery %" PRIu32 ")",
-                     id, m->type, m->amount, m->user_id, m->event_id, event->topic, event->offset,
-                     event->delivery_count);
-        } else {
-            self->repeated++;
-            recorder_check_repeat(self, event, m);
-        }
+    case PG_OK:
+        recorder_recorded(self, event, m, &row, rows);
         return true;
-    }
     case PG_UNAVAILABLE:
         self->database_retry_at_ms = clock_now_ms() + recorder_database_retry_ms;
         self->deferred++;
@@ -408,24 +435,33 @@ static bool recorder_record(recorder_t *self, const events_delivery_t *event, co
     return false;
 }
 
-/* Handles one delivery with the event's request id as the log context. */
-static bool recorder_handle(recorder_t *self, const events_delivery_t *event)
+/* A delivery, decoded and checked: 'record' when 'movement' should be
+ * inserted; otherwise 'acknowledge' is the answer. */
+typedef struct {
+    Paygate__V1__MoneyEvent *event; /* NULL: not a MoneyEvent */
+    movement_t movement;
+    bool record;
+    bool acknowledge;
+} recorder_item_t;
+
+/* Decodes and checks 'event' into '*item' (free item->event after). */
+static void recorder_prepare(recorder_t *self, const events_delivery_t *event,
+                             recorder_item_t *item)
 {
-    Paygate__V1__MoneyEvent *e =
+    item->record = false;
+    item->acknowledge = true;
+    Paygate__V1__MoneyEvent *e = item->event =
         paygate__v1__money_event__unpack(NULL, event->payload_len, event->payload);
-    if (e != NULL)
-        log_set_request_id(e->request_id); /* the request that caused the event */
     if (e == NULL) {
         self->malformed++;
         log_error("recorder: %s offset %" PRIu64 " (event %s) is not a MoneyEvent; acknowledged"
                   " without a row",
                   event->topic, event->offset, loggable(event->event_id));
-        return true;
+        return;
     }
-    movement_t m;
+    log_set_request_id(e->request_id); /* the request that caused the event */
     const char *why = NULL;
-    bool acknowledge = true;
-    if (!movement_from_event(event, e, &m, &why)) {
+    if (!movement_from_event(event, e, &item->movement, &why)) {
         if (why == NULL) {
             self->ignored++;
             log_debug("recorder: event %s moves no money", loggable(e->event_id));
@@ -437,18 +473,85 @@ static bool recorder_handle(recorder_t *self, const events_delivery_t *event)
         }
     } else if (clock_now_ms() < self->database_retry_at_ms) {
         self->deferred++;
-        log_debug("recorder: database down moments ago; event %s left for redelivery", m.event_id);
-        acknowledge = false;
+        log_debug("recorder: database down moments ago; event %s left for redelivery",
+                  item->movement.event_id);
+        item->acknowledge = false;
     } else {
-        acknowledge = recorder_record(self, event, &m);
+        item->record = true;
     }
-    paygate__v1__money_event__free_unpacked(e, NULL);
-    return acknowledge;
+    log_set_request_id(NULL);
 }
 
-bool recorder_on_event(const events_delivery_t *event, void *state)
+/* Records the items of 'items' that are to be recorded, one statement
+ * each (see recorder_on_events for several at once). */
+static void recorder_record_each(recorder_t *self, const events_delivery_t *events,
+                                 recorder_item_t *items, size_t count)
 {
-    bool acknowledge = recorder_handle(state, event);
-    log_set_request_id(NULL);
-    return acknowledge;
+    for (size_t i = 0; i < count; i++) {
+        if (!items[i].record)
+            continue;
+        log_set_request_id(items[i].event->request_id);
+        if (clock_now_ms() < self->database_retry_at_ms) { /* down since this batch began */
+            self->deferred++;
+            items[i].acknowledge = false;
+        } else {
+            items[i].acknowledge = recorder_record(self, &events[i], &items[i].movement);
+        }
+        log_set_request_id(NULL);
+    }
+}
+
+void recorder_on_events(const events_delivery_t *events, size_t count, bool *acknowledge,
+                        void *state)
+{
+    recorder_t *self = state;
+    recorder_item_t items[events_batch_max];
+    record_row_t rows[events_batch_max];
+    const char *const *params[events_batch_max];
+    size_t indexes[events_batch_max], batched = 0;
+    if (count > events_batch_max)
+        count = events_batch_max; /* the consumer never sends more */
+    for (size_t i = 0; i < count; i++) {
+        recorder_prepare(self, &events[i], &items[i]);
+        if (!items[i].record)
+            continue;
+        if (!record_row(&items[i].movement, &rows[batched])) {
+            self->deferred++;
+            items[i].record = items[i].acknowledge = false;
+            continue;
+        }
+        params[batched] = rows[batched].params;
+        indexes[batched++] = i;
+    }
+    /* Two or more: one transaction, sent in one round trip. When it does
+     * not commit (a constraint, the database gone), nothing of it
+     * happened and each goes again alone, which explains its own
+     * failure. */
+    bool done = false;
+    if (batched >= 2) {
+        PGresult *results[events_batch_max];
+        pg_result_t result = pg_exec_prepared_batch(self->pg, "transaction_record", record_sql, 12,
+                                                    batched, params, results);
+        if (result == PG_OK) {
+            for (size_t b = 0; b < batched; b++) {
+                recorder_item_t *item = &items[indexes[b]];
+                log_set_request_id(item->event->request_id);
+                recorder_recorded(self, &events[indexes[b]], &item->movement, &rows[b], results[b]);
+                item->acknowledge = true;
+                item->record = false;
+                log_set_request_id(NULL);
+            }
+            done = true;
+        } else {
+            log_info("recorder: a batch of %zu events did not commit (%s); each goes alone",
+                     batched, pg_error_sqlstate(self->pg));
+        }
+    }
+    if (!done)
+        recorder_record_each(self, events, items, count);
+    for (size_t i = 0; i < count; i++) {
+        acknowledge[i] = items[i].acknowledge;
+        if (items[i].event != NULL)
+            paygate__v1__money_event__free_unpacked(items[i].event, NULL);
+    }
 }

@@ -47,12 +47,14 @@ recorder_t *recorder_new(const char *pg_dsn);
  * '*self' to NULL. NULL is a no-op. */
 void recorder_destroy(recorder_t **self);
 
-/* The consumer's handler (events_handler_fn), with 'recorder' a
- * recorder_t: records 'event' idempotently by event id. True
- * (acknowledge) when the event is recorded, was recorded before, moves no
- * money, or can never be recorded (malformed: logged); false (redeliver)
- * when the database is unavailable or failed unexpectedly. */
-bool recorder_on_event(const events_delivery_t *event, void *recorder);
+/* The consumer's batch handler (events_batch_handler_fn), with
+ * 'recorder' a recorder_t: records 'events' idempotently by event id,
+ * together in one transaction (one round trip) when it can. Sets
+ * 'acknowledge[i]' true when event i is recorded, was recorded before,
+ * moves no money, or can never be recorded (malformed: logged); false
+ * (redeliver) when the database is unavailable or failed unexpectedly. */
+void recorder_on_events(const events_delivery_t *events, size_t count, bool *acknowledge,
+                        void *recorder);
 
 /* transactions.c: the RPC handlers (thread state: transaction_thread_t). */
 Paygate__V1__Code transaction_get(rpc_ctx_t *ctx, const ProtobufCMessage *request,
