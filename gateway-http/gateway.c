@@ -465,12 +465,13 @@ static enum MHD_Result respond_call(struct MHD_Connection *connection, const rou
 
 /* ---- route callers: gathered calls without blocking a thread ----------- */
 
-/* The caller of a route marked 'gather': one thread with its own client
- * takes the calls the HTTP threads hand it (their connections suspended)
- * and makes them, several at once as one lib/rpc batch, then resumes the
- * connections. An HTTP thread thus never waits for such a call, however
- * many are in flight, and calls that arrive while a batch is out make the
- * next batch. */
+/* The caller of a route marked 'gather': a thread (or route_t.callers
+ * threads) with its own client takes the calls the HTTP threads hand it
+ * (their connections suspended) and makes them, several at once as one
+ * lib/rpc batch, then resumes the connections. An HTTP thread thus never
+ * waits for such a call, however many are in flight, and calls that
+ * arrive while a batch is out make the next batch (taken by another
+ * caller thread, if there is one waiting). */
 typedef struct route_caller {
     gateway_t *gateway;
     const route_t *route;
@@ -480,8 +481,8 @@ typedef struct route_caller {
     request_t **tail;
     bool accepting; /* its thread runs with a client: route_caller_take hands over */
     bool stopping;
-    bool thread_made; /* to join */
-    pthread_t thread;
+    unsigned threads_made; /* to join */
+    pthread_t threads[route_callers_max];
 } route_caller_t;
 
 /* Hands 'req' (its message 'message' in 'arena', which it keeps) to its
@@ -596,6 +597,7 @@ static void *route_caller_main(void *arg)
                   caller->route->method, caller->route->path);
         caller->accepting = false;
         caller->stopping = true;
+        pthread_cond_broadcast(&caller->wake); /* its other threads stop too */
     }
     for (;;) {
         while (caller->head == NULL && !caller->stopping)
@@ -651,11 +653,18 @@ static bool route_callers_start(gateway_t *self)
         route_caller_t *caller = &self->callers[i];
         if (!routes_v1[i].gather)
             continue;
+        unsigned threads = routes_v1[i].callers == 0 ? 1 : routes_v1[i].callers;
+        if (threads > route_callers_max)
+            threads = route_callers_max;
         pthread_mutex_lock(&caller->lock);
-        caller->thread_made = pthread_create(&caller->thread, NULL, route_caller_main, caller) == 0;
-        caller->accepting = caller->thread_made && !caller->stopping;
+        while (caller->threads_made < threads &&
+               pthread_create(&caller->threads[caller->threads_made], NULL, route_caller_main,
+                              caller) == 0)
+            caller->threads_made++;
+        bool made = caller->threads_made == threads;
+        caller->accepting = made && !caller->stopping;
         pthread_mutex_unlock(&caller->lock);
-        if (!caller->thread_made)
+        if (!made)
             return false;
     }
     return true;
@@ -672,12 +681,12 @@ static void route_callers_stop(gateway_t *self)
         pthread_mutex_lock(&caller->lock);
         caller->stopping = true;
         caller->accepting = false;
-        pthread_cond_signal(&caller->wake);
-        bool join = caller->thread_made;
-        caller->thread_made = false;
+        pthread_cond_broadcast(&caller->wake);
+        unsigned join = caller->threads_made;
+        caller->threads_made = 0;
         pthread_mutex_unlock(&caller->lock);
-        if (join)
-            pthread_join(caller->thread, NULL);
+        for (unsigned t = 0; t < join; t++)
+            pthread_join(caller->threads[t], NULL);
     }
 }
 

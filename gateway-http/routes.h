@@ -45,9 +45,16 @@ typedef struct {
     /* Calls made at the same time by the gateway's threads go to the
      * service as one batch (lib/gather; the method must take batches, or
      * each is made alone): for hot reads whose service answers a batch in
-     * one database round trip. */
+     * one database round trip, and for payments, which it drives
+     * together. */
     bool gather;
+    /* With gather: the route's caller threads, each with one batch out at
+     * a time (0: 1). Two keep a slow method's next batch going while one
+     * is out. */
+    unsigned callers;
 } route_t;
+
+enum { route_callers_max = 4 };
 
 typedef struct {
     const route_t *route;    /* NULL when nothing matched */

@@ -30,9 +30,12 @@
  * calls to user and order, so threads are how many payments one process
  * has in flight (./dev bench payments: 2 -> 8 threads, 322 -> 429/s). */
 enum { payment_threads_default = 8 };
+/* Create takes batches (the gateway sends the payments it has queued as
+ * one): payment_create_batch drives them together. */
+static const rpc_batch_handler_t payment_batch_handlers[] = {{"Create", payment_create_batch}};
 static const rpc_method_t payment_methods[] = {
     {"Create", &paygate__v1__create_payment_request__descriptor, &paygate__v1__payment__descriptor,
-     payment_create, RPC_BATCH_NONE},
+     payment_create, RPC_BATCH_HANDLER},
     {"Get", &paygate__v1__get_payment_request__descriptor, &paygate__v1__payment__descriptor,
      payment_get, RPC_BATCH_NONE},
     {"List", &paygate__v1__list_payments_request__descriptor,
@@ -200,6 +203,8 @@ int main(int argc, char **argv)
         .thread_fini = payment_env_destroy,
         .app = &app,
         .metrics = metrics,
+        .batch_handlers = payment_batch_handlers,
+        .batch_handler_count = sizeof payment_batch_handlers / sizeof payment_batch_handlers[0],
     };
     rpc_server_t *server = rpc_server_new(&server_config);
     int rc = -1;

@@ -97,6 +97,16 @@ typedef enum {
  * or FAILED it sets p's updated_at and failure fields. */
 saga_outcome_t saga_drive(payment_env_t *env, saga_payment_t *p, const char *request_id);
 
+/* saga.c: drives the fresh payments of 'ps' ('count', at most
+ * rpc_batch_items_max; each at ORDER_CHECKED with the lease its insert
+ * took, for request 'request_ids[i]') together: one user.Debit batch, one
+ * order.MarkPaid batch, one transaction for their outcomes. A payment
+ * for which a batch did not simply succeed goes on alone (saga_drive)
+ * from its recorded step, so that every failure is handled as for one
+ * payment. Sets 'outcomes[i]' as saga_drive answers for each. */
+void saga_drive_together(payment_env_t *env, saga_payment_t *const *ps,
+                         const char *const *request_ids, size_t count, saga_outcome_t *outcomes);
+
 /* payments.c: the insert of a new payment; saga.c: the statement that
  * finishes one (both gathered: gather.h). */
 extern const payment_sql_kind_t payment_insert_statement;
@@ -114,6 +124,16 @@ int recovery_pass(payment_env_t *env);
 /* payments.c / refunds.c: the RPC handlers (thread state: payment_env_t). */
 Paygate__V1__Code payment_create(rpc_ctx_t *ctx, const ProtobufCMessage *request,
                                  ProtobufCMessage *reply, void *thread);
+
+/* payments.c: Create's batch code (rpc_batch_handler_fn): the calls of a
+ * batch (two or more) check their orders in one order.Get batch, insert
+ * in one transaction and are driven together (saga_drive_together). It
+ * answers what went as for one call (the same replies and errors) and
+ * leaves to payment_create what does not: a call it would refuse, an
+ * order not answered, a known idempotency key, a batch that failed. */
+void payment_create_batch(rpc_ctx_t *const *ctxs, const ProtobufCMessage *const *requests,
+                          ProtobufCMessage *const *replies, Paygate__V1__Code *codes,
+                          bool *answered, size_t count, void *thread);
 Paygate__V1__Code payment_get(rpc_ctx_t *ctx, const ProtobufCMessage *request,
                               ProtobufCMessage *reply, void *thread);
 Paygate__V1__Code payment_list(rpc_ctx_t *ctx, const ProtobufCMessage *request,

@@ -379,6 +379,179 @@ Paygate__V1__Code payment_create(rpc_ctx_t *ctx, const ProtobufCMessage *request
     return answer_finished(ctx, &saga, outcome == SAGA_SUCCEEDED, reply);
 }
 
+/* ---- payments created together (batch.Create) ------------------------- */
+
+/* A call of a batch on its way: its order, its insert's parameters and
+ * then its saga. */
+typedef struct {
+    size_t call; /* index into the batch's calls */
+    const char *user;
+    const Paygate__V1__CreatePaymentRequest *request;
+    int64_t amount;
+    bool payable;
+    char id[id_bytes_max], amount_text[24];
+    const char *insert_params[10];
+    saga_payment_t saga;
+} create_item_t;
+
+/* Orders two items as the insert locks them: by user, then key. */
+static int create_item_compare(const create_item_t *a, const create_item_t *b)
+{
+    int c = strcmp(a->user, b->user);
+    return c != 0 ? c : strcmp(a->request->idempotency_key, b->request->idempotency_key);
+}
+
+/* Asks the order service for every item's order in one batch; keeps (and
+ * returns the count of) those it answered with an order of the caller's.
+ * The others are left to the single handler, which asks again and
+ * answers as for one call (a known key first, then the order's error). */
+static size_t create_orders(payment_env_t *env, rpc_ctx_t *const *ctxs, create_item_t *items,
+                            size_t count)
+{
+    Paygate__V1__GetOrderRequest requests[rpc_batch_items_max];
+    rpc_batch_item_t calls[rpc_batch_items_max];
+    for (size_t k = 0; k < count; k++) {
+        paygate__v1__get_order_request__init(&requests[k]);
+        requests[k].id = items[k].request->order_id;
+        calls[k] = (rpc_batch_item_t){.request = &requests[k].base,
+                                      .user_id = items[k].user,
+                                      .request_id = rpc_ctx_request_id(ctxs[items[k].call])};
+    }
+    rpc_call_opts_t opts = {.deadline_ms = env->settings->call_deadline_ms, .principal = "payment"};
+    Paygate__V1__Code code = rpc_client_call_batch(env->rpc, "order", "Get", calls, count,
+                                                   &paygate__v1__order__descriptor, &opts, NULL);
+    size_t kept = 0;
+    for (size_t k = 0; k < count; k++) {
+        const Paygate__V1__Order *order = (const Paygate__V1__Order *)calls[k].reply;
+        bool known = code == PAYGATE__V1__CODE__OK &&
+                     calls[k].status.code == PAYGATE__V1__CODE__OK && order != NULL &&
+                     strcmp(order->user_id, items[k].user) == 0;
+        if (known) {
+            items[k].amount = order->amount;
+            items[k].payable = order->status == PAYGATE__V1__ORDER_STATUS__PENDING;
+            items[kept++] = items[k];
+        }
+        if (calls[k].reply != NULL)
+            protobuf_c_message_free_unpacked(calls[k].reply, NULL);
+    }
+    return kept;
+}
+
+void payment_create_batch(rpc_ctx_t *const *ctxs, const ProtobufCMessage *const *requests,
+                          ProtobufCMessage *const *replies, Paygate__V1__Code *codes,
+                          bool *answered, size_t count, void *thread_state)
+{
+    payment_env_t *env = thread_state;
+    create_item_t items[rpc_batch_items_max];
+    size_t n = 0;
+    /* What the single handler would refuse at once, it refuses. */
+    for (size_t i = 0; i < count && n < rpc_batch_items_max; i++) {
+        const Paygate__V1__CreatePaymentRequest *request =
+            (const Paygate__V1__CreatePaymentRequest *)requests[i];
+        const char *user = rpc_ctx_user_id(ctxs[i]);
+        if (user[0] == '\0' || !wire_token_valid(request->order_id, order_id_bytes_max) ||
+            !wire_token_valid(request->idempotency_key, idempotency_key_bytes_max))
+            continue;
+        items[n++] = (create_item_t){.call = i, .user = user, .request = request};
+    }
+    if (n < 2)
+        return; /* one call: the single handler gathers it with others' */
+    n = create_orders(env, ctxs, items, n);
+    if (n == 0)
+        return;
+
+    /* The inserts, in lock order, in one transaction. When it does not
+     * commit, nothing of it happened (or its outcome is unknown: then the
+     * single handler finds the key in progress, and the recovery loop
+     * finishes the payment), and every call goes to the single handler. */
+    for (size_t i = 1; i < n; i++) {
+        create_item_t moving = items[i];
+        size_t j = i;
+        for (; j > 0 && create_item_compare(&items[j - 1], &moving) > 0; j--)
+            items[j] = items[j - 1];
+        items[j] = moving;
+    }
+    char lease[16];
+    snprintf(lease, sizeof lease, "%u", env->settings->lease_ms);
+    const char *const *params[rpc_batch_items_max];
+    for (size_t k = 0; k < n; k++) {
+        create_item_t *it = &items[k];
+        id_new("pay", it->id, sizeof it->id);
+        snprintf(it->amount_text, sizeof it->amount_text, "%" PRId64, it->amount);
+        const char *insert_params[] = {it->id,
+                                       it->user,
+                                       it->request->order_id,
+                                       it->request->idempotency_key,
+                                       it->amount_text,
+                                       it->payable ? "PROCESSING" : "FAILED",
+                                       it->payable ? "ORDER_CHECKED" : "DONE",
+                                       it->payable ? "" : "order_not_payable",
+                                       it->payable ? "" : "the order is not PENDING",
+                                       lease};
+        memcpy(it->insert_params, insert_params, sizeof insert_params);
+        params[k] = it->insert_params;
+    }
+    PGresult *inserted[rpc_batch_items_max];
+    if (pg_exec_prepared_batch(env->pg, "payment_insert", insert_sql, 10, n, params, inserted) !=
+        PG_OK) {
+        log_info("payment: a batch of %zu inserts did not commit (%s); each goes alone", n,
+                 pg_error_sqlstate(env->pg));
+        return;
+    }
+
+    /* A known key (no row) goes to the single handler, which replays it;
+     * an order that is not payable is answered now; the rest are driven
+     * together. */
+    saga_payment_t *sagas[rpc_batch_items_max];
+    const char *request_ids[rpc_batch_items_max];
+    size_t driven[rpc_batch_items_max], m = 0;
+    for (size_t k = 0; k < n; k++) {
+        create_item_t *it = &items[k];
+        PGresult *rows = inserted[k];
+        if (PQntuples(rows) == 0) {
+            PQclear(rows);
+            continue;
+        }
+        saga_payment_t fresh = {.amount = it->amount};
+        snprintf(fresh.id, sizeof fresh.id, "%s", it->id);
+        snprintf(fresh.user_id, sizeof fresh.user_id, "%s", it->user);
+        snprintf(fresh.order_id, sizeof fresh.order_id, "%s", it->request->order_id);
+        snprintf(fresh.step, sizeof fresh.step, "ORDER_CHECKED");
+        fresh.lease_token = strtoll(PQgetvalue(rows, 0, 1), NULL, 10);
+        fresh.lease_until_ms = strtoll(PQgetvalue(rows, 0, 2), NULL, 10);
+        snprintf(fresh.created_at, sizeof fresh.created_at, "%s", PQgetvalue(rows, 0, 3));
+        PQclear(rows);
+        saga_payment_t *saga = &it->saga;
+        *saga = fresh;
+        size_t i = it->call;
+        answered[i] = true;
+        if (!it->payable) {
+            memcpy(saga->updated_at, saga->created_at, sizeof saga->updated_at);
+            saga->failure_code = "order_not_payable";
+            saga->failure_message = "the order is not PENDING";
+            codes[i] = answer_finished(ctxs[i], saga, false, (Paygate__V1__Payment *)replies[i]);
+            continue;
+        }
+        sagas[m] = saga;
+        request_ids[m] = rpc_ctx_request_id(ctxs[i]);
+        driven[m++] = k;
+    }
+    if (m == 0)
+        return;
+    saga_outcome_t outcomes[rpc_batch_items_max];
+    saga_drive_together(env, sagas, request_ids, m, outcomes);
+    for (size_t d = 0; d < m; d++) {
+        create_item_t *it = &items[driven[d]];
+        size_t i = it->call;
+        Paygate__V1__Payment *reply = (Paygate__V1__Payment *)replies[i];
+        log_set_request_id(request_ids[d]);
+        codes[i] = outcomes[d] == SAGA_PENDING /* another driver may have finished it */
+                       ? answer_by_id(ctxs[i], env, it->id, it->user, reply)
+                       : answer_finished(ctxs[i], &it->saga, outcomes[d] == SAGA_SUCCEEDED, reply);
+    }
+    log_set_request_id(NULL);
+}
+
 Paygate__V1__Code payment_get(rpc_ctx_t *ctx, const ProtobufCMessage *request_msg,
                               ProtobufCMessage *reply_msg, void *thread_state)
 {

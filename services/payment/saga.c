@@ -140,15 +140,25 @@ static bool saga_advance(payment_env_t *env, const saga_payment_t *p, const char
     return recorded;
 }
 
-/* Records the final status of 'p'. */
-static saga_outcome_t saga_finish(payment_env_t *env, saga_payment_t *p, bool succeeded,
-                                  const char *failure_code, const char *failure_message)
+/* The finishing statement's parameters for 'p' (its outcome and its
+ * event, caused by request 'request_id'). */
+typedef struct {
+    char event_id[96];
+    char occurred_at[32];
+    char token[24];
+    char *payload; /* hex of the MoneyEvent; free it (finish_args_free) */
+    const char *params[8];
+} finish_args_t;
+
+/* Fills '*a' for finishing 'p'. False when the event cannot be built. */
+static bool finish_args(const saga_payment_t *p, bool succeeded, const char *failure_code,
+                        const char *failure_message, const char *request_id, finish_args_t *a)
 {
-    char event_id[96], occurred_at[32];
-    snprintf(event_id, sizeof event_id, "payment.%s:%s", succeeded ? "succeeded" : "failed", p->id);
-    outbox_now_rfc3339(occurred_at, sizeof occurred_at);
+    snprintf(a->event_id, sizeof a->event_id, "payment.%s:%s", succeeded ? "succeeded" : "failed",
+             p->id);
+    outbox_now_rfc3339(a->occurred_at, sizeof a->occurred_at);
     Paygate__V1__MoneyEvent event = PAYGATE__V1__MONEY_EVENT__INIT;
-    event.event_id = event_id;
+    event.event_id = a->event_id;
     event.type = succeeded ? PAYGATE__V1__MONEY_EVENT_TYPE__PAYMENT_SUCCEEDED
                            : PAYGATE__V1__MONEY_EVENT_TYPE__PAYMENT_FAILED;
     event.user_id = (char *)p->user_id;
@@ -157,26 +167,26 @@ static saga_outcome_t saga_finish(payment_env_t *env, saga_payment_t *p, bool su
     event.order_id = (char *)p->order_id;
     event.payment_id = (char *)p->id;
     event.failure_code = (char *)failure_code;
-    event.occurred_at = occurred_at;
-    event.request_id = (char *)log_request_id(); /* the request being served */
-    char *payload = outbox_payload_hex(&event.base);
-    if (payload == NULL)
-        return SAGA_PENDING;
-    char token[24];
-    snprintf(token, sizeof token, "%" PRId64, p->lease_token);
+    event.occurred_at = a->occurred_at;
+    event.request_id = (char *)(request_id != NULL ? request_id : "");
+    a->payload = outbox_payload_hex(&event.base);
+    if (a->payload == NULL)
+        return false;
+    snprintf(a->token, sizeof a->token, "%" PRId64, p->lease_token);
     const char *params[] = {p->id,        succeeded ? "SUCCEEDED" : "FAILED",
                             failure_code, failure_message,
-                            event_id,     p->user_id,
-                            payload,      token};
-    PGresult *rows = NULL;
-    pg_result_t result = PG_OK;
-    if (!payment_gather_sql(PAYMENT_GATHER(env, payment_finish), env->pg, params, &rows, &result))
-        result = pg_exec_prepared(env->pg, "saga_finish", saga_finish_sql, 8, params, &rows);
-    free(payload);
-    if (result != PG_OK) {
-        log_warn("saga %s: cannot record the outcome: %s", p->id, pg_error_message(env->pg));
-        return SAGA_PENDING;
-    }
+                            a->event_id,  p->user_id,
+                            a->payload,   a->token};
+    memcpy(a->params, params, sizeof params);
+    return true;
+}
+
+/* The finishing statement's answer 'rows' (cleared here) for 'p': the
+ * outcome recorded, or SAGA_PENDING when this driver no longer held it. */
+static saga_outcome_t finish_result(payment_env_t *env, saga_payment_t *p, bool succeeded,
+                                    const char *failure_code, const char *failure_message,
+                                    PGresult *rows)
+{
     /* The statement inserts the event row exactly when it finished the
      * payment: no row means this driver no longer held it. */
     bool finished = PQntuples(rows) == 1;
@@ -198,6 +208,25 @@ static saga_outcome_t saga_finish(payment_env_t *env, saga_payment_t *p, bool su
              succeeded ? "SUCCEEDED" : "FAILED", succeeded ? "" : " ", failure_code, p->order_id,
              p->amount);
     return succeeded ? SAGA_SUCCEEDED : SAGA_FAILED;
+}
+
+/* Records the final status of 'p'. */
+static saga_outcome_t saga_finish(payment_env_t *env, saga_payment_t *p, bool succeeded,
+                                  const char *failure_code, const char *failure_message)
+{
+    finish_args_t a;
+    if (!finish_args(p, succeeded, failure_code, failure_message, log_request_id(), &a))
+        return SAGA_PENDING;
+    PGresult *rows = NULL;
+    pg_result_t result = PG_OK;
+    if (!payment_gather_sql(PAYMENT_GATHER(env, payment_finish), env->pg, a.params, &rows, &result))
+        result = pg_exec_prepared(env->pg, "saga_finish", saga_finish_sql, 8, a.params, &rows);
+    free(a.payload);
+    if (result != PG_OK) {
+        log_warn("saga %s: cannot record the outcome: %s", p->id, pg_error_message(env->pg));
+        return SAGA_PENDING;
+    }
+    return finish_result(env, p, succeeded, failure_code, failure_message, rows);
 }
 
 /* Calls user.'method' (Debit or Credit) for 'p'. */
@@ -328,4 +357,188 @@ saga_outcome_t saga_drive(payment_env_t *env, saga_payment_t *p, const char *req
 
     log_error("saga %s: unknown step '%s'", p->id, step);
     return SAGA_PENDING;
+}
+
+/* ---- payments driven together ------------------------------------------- */
+
+/* Sorts 'order' (indexes into 'ps', 'count' of them) by the text 'key'
+ * gives for each payment: the rows a batch locks, in one order for all
+ * batches, so that two never wait for each other in a cycle. */
+static void saga_sort(size_t *order, size_t count, saga_payment_t *const *ps,
+                      const char *(*key)(const saga_payment_t *p))
+{
+    for (size_t i = 1; i < count; i++) {
+        size_t moving = order[i], j = i;
+        for (; j > 0 && strcmp(key(ps[order[j - 1]]), key(ps[moving])) > 0; j--)
+            order[j] = order[j - 1];
+        order[j] = moving;
+    }
+}
+
+static const char *saga_user_key(const saga_payment_t *p)
+{
+    return p->user_id;
+}
+
+static const char *saga_order_key(const saga_payment_t *p)
+{
+    return p->order_id;
+}
+
+static const char *saga_id_key(const saga_payment_t *p)
+{
+    return p->id;
+}
+
+/* The payments of 'ps' still 'going' (not left to go alone), in the
+ * order of 'key'; returns how many. */
+static size_t saga_going(saga_payment_t *const *ps, const bool *alone, size_t count,
+                         const char *(*key)(const saga_payment_t *p), size_t *order)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < count; i++)
+        if (!alone[i])
+            order[n++] = i;
+    saga_sort(order, n, ps, key);
+    return n;
+}
+
+/* One user.Debit batch for the payments going on; those it did not debit
+ * as asked go alone. */
+static void saga_debit_together(payment_env_t *env, saga_payment_t *const *ps,
+                                const char *const *request_ids, bool *alone, size_t count)
+{
+    size_t order[rpc_batch_items_max];
+    size_t n = saga_going(ps, alone, count, saga_user_key, order);
+    if (n == 0)
+        return;
+    Paygate__V1__WalletMovementRequest requests[rpc_batch_items_max];
+    rpc_batch_item_t items[rpc_batch_items_max];
+    for (size_t k = 0; k < n; k++) {
+        const saga_payment_t *p = ps[order[k]];
+        paygate__v1__wallet_movement_request__init(&requests[k]);
+        requests[k].user_id = (char *)p->user_id;
+        requests[k].amount = p->amount;
+        requests[k].reference = (char *)p->id;
+        /* the lease the insert took: see saga_drive */
+        requests[k].not_after_ms = p->lease_until_ms;
+        items[k] = (rpc_batch_item_t){.request = &requests[k].base,
+                                      .user_id = p->user_id,
+                                      .request_id = request_ids[order[k]]};
+    }
+    rpc_call_opts_t opts = {.deadline_ms = env->settings->call_deadline_ms, .principal = "payment"};
+    Paygate__V1__Code code =
+        rpc_client_call_batch(env->rpc, "user", "Debit", items, n,
+                              &paygate__v1__wallet_movement__descriptor, &opts, NULL);
+    for (size_t k = 0; k < n; k++) {
+        const Paygate__V1__WalletMovement *movement =
+            (const Paygate__V1__WalletMovement *)items[k].reply;
+        bool debited = code == PAYGATE__V1__CODE__OK &&
+                       items[k].status.code == PAYGATE__V1__CODE__OK && movement != NULL &&
+                       movement->amount == ps[order[k]]->amount;
+        if (!debited)
+            alone[order[k]] = true;
+        if (items[k].reply != NULL)
+            protobuf_c_message_free_unpacked(items[k].reply, NULL);
+    }
+}
+
+/* One order.MarkPaid batch for the payments going on; those whose order
+ * it did not complete go alone. */
+static void saga_mark_paid_together(payment_env_t *env, saga_payment_t *const *ps,
+                                    const char *const *request_ids, bool *alone, size_t count)
+{
+    size_t order[rpc_batch_items_max];
+    size_t n = saga_going(ps, alone, count, saga_order_key, order);
+    if (n == 0)
+        return;
+    Paygate__V1__MarkPaidRequest requests[rpc_batch_items_max];
+    rpc_batch_item_t items[rpc_batch_items_max];
+    for (size_t k = 0; k < n; k++) {
+        const saga_payment_t *p = ps[order[k]];
+        paygate__v1__mark_paid_request__init(&requests[k]);
+        requests[k].order_id = (char *)p->order_id;
+        requests[k].payment_id = (char *)p->id;
+        requests[k].user_id = (char *)p->user_id;
+        items[k] = (rpc_batch_item_t){.request = &requests[k].base,
+                                      .user_id = p->user_id,
+                                      .request_id = request_ids[order[k]]};
+    }
+    rpc_call_opts_t opts = {.deadline_ms = env->settings->call_deadline_ms, .principal = "payment"};
+    Paygate__V1__Code code = rpc_client_call_batch(env->rpc, "order", "MarkPaid", items, n,
+                                                   &paygate__v1__order__descriptor, &opts, NULL);
+    for (size_t k = 0; k < n; k++) {
+        if (code != PAYGATE__V1__CODE__OK || items[k].status.code != PAYGATE__V1__CODE__OK)
+            alone[order[k]] = true;
+        if (items[k].reply != NULL)
+            protobuf_c_message_free_unpacked(items[k].reply, NULL);
+    }
+}
+
+/* The payments going on succeeded: their finishing statements in one
+ * transaction. Sets their outcomes; when it did not commit, they go
+ * alone. */
+static void saga_finish_together(payment_env_t *env, saga_payment_t *const *ps,
+                                 const char *const *request_ids, bool *alone, size_t count,
+                                 saga_outcome_t *outcomes)
+{
+    size_t order[rpc_batch_items_max];
+    size_t n = saga_going(ps, alone, count, saga_id_key, order);
+    if (n == 0)
+        return;
+    finish_args_t args[rpc_batch_items_max];
+    const char *const *params[rpc_batch_items_max];
+    size_t built = 0;
+    for (; built < n; built++) {
+        if (!finish_args(ps[order[built]], true, "", "", request_ids[order[built]], &args[built]))
+            break;
+        params[built] = args[built].params;
+    }
+    PGresult *rows[rpc_batch_items_max];
+    pg_result_t result = built < n ? PG_ERROR
+                                   : pg_exec_prepared_batch(env->pg, "saga_finish", saga_finish_sql,
+                                                            8, n, params, rows);
+    for (size_t k = 0; k < built; k++)
+        free(args[k].payload);
+    if (result != PG_OK) {
+        log_info("saga: a batch of %zu outcomes did not commit (%s); each goes alone", n,
+                 built < n ? "no event" : pg_error_sqlstate(env->pg));
+        for (size_t k = 0; k < n; k++)
+            alone[order[k]] = true;
+        return;
+    }
+    for (size_t k = 0; k < n; k++) {
+        log_set_request_id(request_ids[order[k]]);
+        outcomes[order[k]] = finish_result(env, ps[order[k]], true, "", "", rows[k]);
+    }
+    log_set_request_id(NULL);
+}
+
+void saga_drive_together(payment_env_t *env, saga_payment_t *const *ps,
+                         const char *const *request_ids, size_t count, saga_outcome_t *outcomes)
+{
+    bool alone[rpc_batch_items_max] = {0};
+    if (count > rpc_batch_items_max)
+        count = rpc_batch_items_max; /* the callers never pass more */
+    for (size_t i = 0; i < count; i++) {
+        outcomes[i] = SAGA_PENDING;
+        /* only what payment_create_batch hands over: a fresh payment at
+         * ORDER_CHECKED with its insert's lease */
+        alone[i] = strcmp(ps[i]->step, "ORDER_CHECKED") != 0 || ps[i]->lease_until_ms == 0;
+    }
+    saga_debit_together(env, ps, request_ids, alone, count);
+    saga_mark_paid_together(env, ps, request_ids, alone, count);
+    saga_finish_together(env, ps, request_ids, alone, count, outcomes);
+    /* Whatever did not simply succeed goes on alone from its recorded
+     * step: the calls it repeats are keyed by the payment id and give the
+     * same answers again (a debit made is replayed, an order completed
+     * by this payment stays so), and each failure is then handled as in
+     * a payment driven alone. */
+    for (size_t i = 0; i < count; i++) {
+        if (!alone[i])
+            continue;
+        log_set_request_id(request_ids[i]);
+        outcomes[i] = saga_drive(env, ps[i], request_ids[i]);
+    }
+    log_set_request_id(NULL);
 }
