@@ -8,7 +8,10 @@
  * on the Redis channel, in GET /v1/notifications and on the SSE stream.
  * Then the consumers are SIGKILLed during a burst of payments: every
  * payment still appears exactly once in the history, and no notification
- * is lost or doubled.
+ * is lost or doubled. Last, the transaction service's recorder is handed
+ * a batch of money events (published at once while it was stopped) with a
+ * malformed one and a repeated payment: one row per movement, all
+ * acknowledged.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -29,11 +32,15 @@
 #include <cmocka.h>
 #include <hiredis/hiredis.h>
 #include <jansson.h>
+#include <libpq-fe.h>
 
 #include "clock/clock.h"
+#include "events.pb-c.h"
 #include "http_client.h"
 #include "proc.h"
+#include "rpc/rpc.h"
 #include "system.h"
+#include "wire/wire.h"
 
 static const char jwt_secret[] = "event-flow-test-secret-0123456789abcdefghijklm";
 static const char password[] = "Flow-Passw0rd-71c2";
@@ -463,12 +470,296 @@ static void test_consumers_killed_during_burst(void **state)
     http_response_free(&r);
 }
 
+/* ---- the recorder's batches ------------------------------------------------ */
+
+enum {
+    batch_count = 12,        /* events published at once */
+    batch_malformed = 5,     /* not a MoneyEvent */
+    batch_repeat = 7,        /* the first payment again, under another event id */
+    batch_failed = 10,       /* PAYMENT_FAILED: moves no money */
+    batch_wait_ms = 30000,   /* for the recorder to catch up */
+    money_payload_max = 512, /* a packed MoneyEvent of this test */
+};
+
+/* One MoneyEvent of the test (its strings are its own). */
+typedef struct {
+    char event_id[id_bytes];
+    Paygate__V1__MoneyEventType type;
+    char user[id_bytes];
+    int64_t amount;
+    char order[id_bytes];
+    char payment[id_bytes];
+    char refund[id_bytes];
+    char topup[id_bytes];
+    uint8_t payload[money_payload_max];
+    size_t payload_len;
+} money_t;
+
+/* Packs 'm' into m->payload. */
+static void money_pack(money_t *m)
+{
+    Paygate__V1__MoneyEvent e = PAYGATE__V1__MONEY_EVENT__INIT;
+    e.event_id = m->event_id;
+    e.type = m->type;
+    e.user_id = m->user;
+    e.amount = m->amount;
+    e.currency = (char *)"INR";
+    e.order_id = m->order;
+    e.payment_id = m->payment;
+    e.refund_id = m->refund;
+    e.topup_id = m->topup;
+    e.occurred_at = (char *)"2026-11-27T10:00:00.000Z";
+    e.request_id = (char *)"";
+    m->payload_len = paygate__v1__money_event__get_packed_size(&e);
+    assert_true(m->payload_len <= sizeof m->payload);
+    paygate__v1__money_event__pack(&e, m->payload);
+}
+
+/* The first column of the first row of 'sql' with text parameter $1 =
+ * 'param', as a number. */
+static long long db_number(PGconn *db, const char *sql, const char *param)
+{
+    const char *params[] = {param};
+    PGresult *r = PQexecParams(db, sql, param ? 1 : 0, NULL, param ? params : NULL, NULL, NULL, 0);
+    if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1)
+        fail_msg("%s: %s", sql, PQerrorMessage(db));
+    long long value = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
+    PQclear(r);
+    return value;
+}
+
+/* Group "transaction" of topic "payments", from broker.services/List. */
+typedef struct {
+    bool found;
+    uint64_t end_offset;
+    uint64_t committed;
+    uint64_t lag;
+    uint32_t in_flight;
+    uint64_t redelivered;
+    uint64_t dead_lettered;
+} recorder_group_t;
+
+static recorder_group_t recorder_group(rpc_client_t *rpc)
+{
+    recorder_group_t out = {0};
+    Paygate__V1__ListServicesRequest request = PAYGATE__V1__LIST_SERVICES_REQUEST__INIT;
+    ProtobufCMessage *msg = NULL;
+    rpc_call_opts_t opts = {.deadline_ms = 2000};
+    rpc_status_t status;
+    Paygate__V1__Code code =
+        rpc_client_call(rpc, "broker.services", "List", &request.base,
+                        &paygate__v1__list_services_reply__descriptor, &msg, &opts, &status);
+    if (code != PAYGATE__V1__CODE__OK)
+        fail_msg("broker.services/List: %s %s", wire_code_name(code), status.message);
+    Paygate__V1__ListServicesReply *reply = (Paygate__V1__ListServicesReply *)msg;
+    for (size_t i = 0; i < reply->n_topics; i++) {
+        const Paygate__V1__TopicInfo *t = reply->topics[i];
+        if (strcmp(t->name, "payments") != 0)
+            continue;
+        for (size_t k = 0; k < t->n_groups; k++) {
+            const Paygate__V1__GroupInfo *g = t->groups[k];
+            if (strcmp(g->name, "transaction") != 0)
+                continue;
+            out = (recorder_group_t){.found = true,
+                                     .end_offset = t->end_offset,
+                                     .committed = g->committed_offset,
+                                     .lag = g->lag,
+                                     .in_flight = g->in_flight,
+                                     .redelivered = g->redelivered,
+                                     .dead_lettered = g->dead_lettered};
+        }
+    }
+    protobuf_c_message_free_unpacked(msg, NULL);
+    return out;
+}
+
+/* Counts the lines of 'path' that contain 'text'. */
+static int log_lines(const char *path, const char *text)
+{
+    FILE *file = fopen(path, "r");
+    if (file == NULL)
+        return -1;
+    static char line[65536];
+    int count = 0;
+    while (fgets(line, sizeof line, file) != NULL)
+        count += strstr(line, text) != NULL;
+    fclose(file);
+    return count;
+}
+
+/* Twelve money events wait on topic "payments" while the transaction
+ * service is stopped, so that its recorder is handed them together when
+ * it starts again: payments, refunds and top-ups, one payload that is not
+ * a MoneyEvent, a PAYMENT_FAILED, and the payment of an event recorded
+ * before under another event id (transactions_payment_once: the batch's
+ * transaction cannot commit and each event goes again alone). Afterwards
+ * every movement has exactly one row, the malformed, failed and repeated
+ * events none, the repeated payment still its first row only, and the
+ * group has acknowledged everything (lag 0) without a refusal or a dead
+ * letter. */
+static void test_recorder_batch_with_a_repeated_payment(void **state)
+{
+    (void)state;
+    rpc_client_t *rpc = rpc_client_new(NULL, system_broker_endpoint(sys.system));
+    assert_non_null(rpc);
+    PGconn *db = PQconnectdb(system_pg_dsn(sys.system));
+    if (PQstatus(db) != CONNECTION_OK)
+        fail_msg("cannot connect to the test database: %s", PQerrorMessage(db));
+    char tag[32];
+    snprintf(tag, sizeof tag, "rb%dx%u", (int)getpid(), sys.counter++);
+    static const char row_sql[] =
+        "SELECT count(*) FROM transactions.transactions WHERE event_id = $1";
+
+    /* the first payment, recorded alone */
+    static money_t first, batch[batch_count];
+    memset(&first, 0, sizeof first);
+    snprintf(first.event_id, id_bytes, "evt_%s_first", tag);
+    first.type = PAYGATE__V1__MONEY_EVENT_TYPE__PAYMENT_SUCCEEDED;
+    snprintf(first.user, id_bytes, "usr_%s_first", tag);
+    first.amount = 1111;
+    snprintf(first.order, id_bytes, "ord_%s_first", tag);
+    snprintf(first.payment, id_bytes, "pay_%s_first", tag);
+    money_pack(&first);
+    rpc_status_t status;
+    assert_int_equal(rpc_client_publish(rpc, "payments", first.event_id, first.user, first.payload,
+                                        first.payload_len, 5000, NULL, NULL, &status),
+                     PAYGATE__V1__CODE__OK);
+    int64_t until = clock_now_ms() + batch_wait_ms;
+    while (db_number(db, row_sql, first.event_id) != 1) {
+        if (clock_now_ms() > until)
+            fail_msg("event %s not recorded within %d ms", first.event_id, batch_wait_ms);
+        sleep_ms(100);
+    }
+
+    /* the recorder stops; the batch waits for it */
+    proc_t *transaction = system_process(sys.system, system_transaction);
+    assert_true(proc_stop(transaction, 15000));
+    recorder_group_t before = recorder_group(rpc);
+    assert_true(before.found);
+    rpc_publish_item_t items[batch_count];
+    for (int i = 0; i < batch_count; i++) {
+        money_t *m = &batch[i];
+        memset(m, 0, sizeof *m);
+        snprintf(m->event_id, id_bytes, "evt_%s_%d", tag, i);
+        snprintf(m->user, id_bytes, "usr_%s_%d", tag, i);
+        m->amount = 1000 + i;
+        switch (i == batch_repeat ? -1 : i == batch_failed ? -2 : i % 3) {
+        case -1: /* the first payment again */
+            m->type = first.type;
+            snprintf(m->user, id_bytes, "%s", first.user);
+            m->amount = first.amount;
+            snprintf(m->order, id_bytes, "%s", first.order);
+            snprintf(m->payment, id_bytes, "%s", first.payment);
+            break;
+        case -2:
+            m->type = PAYGATE__V1__MONEY_EVENT_TYPE__PAYMENT_FAILED;
+            snprintf(m->order, id_bytes, "ord_%s_%d", tag, i);
+            snprintf(m->payment, id_bytes, "pay_%s_%d", tag, i);
+            break;
+        case 0:
+            m->type = PAYGATE__V1__MONEY_EVENT_TYPE__TOPUP_SUCCEEDED;
+            snprintf(m->topup, id_bytes, "top_%s_%d", tag, i);
+            break;
+        case 1:
+            m->type = PAYGATE__V1__MONEY_EVENT_TYPE__PAYMENT_SUCCEEDED;
+            snprintf(m->order, id_bytes, "ord_%s_%d", tag, i);
+            snprintf(m->payment, id_bytes, "pay_%s_%d", tag, i);
+            break;
+        default:
+            m->type = PAYGATE__V1__MONEY_EVENT_TYPE__REFUND_SUCCEEDED;
+            snprintf(m->order, id_bytes, "ord_%s_%d", tag, i);
+            snprintf(m->payment, id_bytes, "pay_%s_%d", tag, i);
+            snprintf(m->refund, id_bytes, "ref_%s_%d", tag, i);
+            break;
+        }
+        money_pack(m);
+        if (i == batch_malformed) { /* a varint that never ends */
+            memset(m->payload, 0xff, 16);
+            m->payload_len = 16;
+            assert_null(paygate__v1__money_event__unpack(NULL, m->payload_len, m->payload));
+        }
+        items[i] = (rpc_publish_item_t){.topic = "payments",
+                                        .event_id = m->event_id,
+                                        .key = m->user,
+                                        .payload = m->payload,
+                                        .payload_len = m->payload_len};
+    }
+    assert_int_equal(rpc_client_publish_many(rpc, items, batch_count, 5000), batch_count);
+
+    /* the recorder starts again and catches up */
+    assert_true(system_start_process(sys.system, system_transaction, "-batch"));
+    recorder_group_t after = {0};
+    until = clock_now_ms() + batch_wait_ms;
+    for (;;) {
+        after = recorder_group(rpc);
+        if (after.found && after.end_offset >= before.end_offset + batch_count && after.lag == 0 &&
+            after.in_flight == 0)
+            break;
+        if (clock_now_ms() > until)
+            fail_msg("group transaction: lag %llu, %u in flight after %d ms",
+                     (unsigned long long)after.lag, after.in_flight, batch_wait_ms);
+        sleep_ms(100);
+    }
+    assert_int_equal(after.committed, after.end_offset);
+    assert_int_equal(after.redelivered, before.redelivered); /* nothing refused */
+    assert_int_equal(after.dead_lettered, before.dead_lettered);
+
+    /* one row per movement, none for the others */
+    for (int i = 0; i < batch_count; i++) {
+        const money_t *m = &batch[i];
+        bool moves = i != batch_malformed && i != batch_repeat && i != batch_failed;
+        long long rows = db_number(db, row_sql, m->event_id);
+        if (rows != (moves ? 1 : 0))
+            fail_msg("event %d (%s): %lld rows", i, m->event_id, rows);
+        if (!moves)
+            continue;
+        const char *type = m->type == PAYGATE__V1__MONEY_EVENT_TYPE__TOPUP_SUCCEEDED    ? "TOPUP"
+                           : m->type == PAYGATE__V1__MONEY_EVENT_TYPE__REFUND_SUCCEEDED ? "REFUND"
+                                                                                        : "PAYMENT";
+        const char *params[] = {m->event_id, m->user, type};
+        char amount[32];
+        snprintf(amount, sizeof amount, "%lld", (long long)m->amount);
+        PGresult *r =
+            PQexecParams(db,
+                         "SELECT amount FROM transactions.transactions WHERE event_id = $1"
+                         " AND user_id = $2 AND type = $3",
+                         3, NULL, params, NULL, NULL, 0);
+        assert_int_equal(PQresultStatus(r), PGRES_TUPLES_OK);
+        assert_int_equal(PQntuples(r), 1);
+        assert_string_equal(PQgetvalue(r, 0, 0), amount);
+        PQclear(r);
+    }
+    assert_int_equal(
+        db_number(db,
+                  "SELECT count(*) FROM transactions.transactions WHERE payment_id = $1"
+                  " AND type = 'PAYMENT'",
+                  first.payment),
+        1);
+    assert_int_equal(db_number(db, row_sql, first.event_id), 1);
+    char like[id_bytes + 8];
+    snprintf(like, sizeof like, "%%%s%%", tag);
+    assert_int_equal(
+        db_number(db, "SELECT count(*) FROM transactions.transactions WHERE event_id LIKE $1",
+                  like),
+        1 + batch_count - 3);
+
+    /* the batch's transaction failed on the repeated payment; each went
+     * alone, and the single path told about the repeat and the payload */
+    const char *log = transaction->log_path;
+    assert_true(log_lines(log, "did not commit") >= 1);
+    assert_int_equal(log_lines(log, "already recorded under another event id"), 1);
+    assert_int_equal(log_lines(log, "is not a MoneyEvent"), 1);
+    PQfinish(db);
+    rpc_client_destroy(&rpc);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_seed_flow),
         cmocka_unit_test(test_sse_stream),
         cmocka_unit_test(test_consumers_killed_during_burst),
+        cmocka_unit_test(test_recorder_batch_with_a_repeated_payment),
     };
     return cmocka_run_group_tests_name("event flow", tests, group_setup, group_teardown);
 }
