@@ -1,8 +1,10 @@
 /*
  * Integration tests of the broker's durable event bus with real processes:
  * the paygate-broker binary with its own data directory, publishers using
- * rpc_client_publish, consumers on raw DEALER sockets (for exact control
- * over acknowledgements and heartbeats) or the lib/events consumer, and
+ * rpc_client_publish and rpc_client_publish_many, consumers on raw DEALER
+ * sockets (for exact control over acknowledgements and heartbeats) or the
+ * lib/events consumer (one event at a time, or in batches), the outbox
+ * relay (lib/outbox, on a scratch database of PAYGATE_TEST_PG_DSN), and
  * discovery (broker.services/List) to read topics and groups.
  *
  * Each test starts its own broker on a free port with a fresh
@@ -18,6 +20,7 @@
 #include <ftw.h>
 #include <pthread.h>
 #include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -30,11 +33,14 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+#include <libpq-fe.h>
 
 #include "clock/clock.h"
 #include "events/consumer.h"
+#include "outbox/outbox.h"
 #include "proc.h"
 #include "rpc/rpc.h"
+#include "scratch_db.h"
 #include "wire/wire.h"
 
 enum {
@@ -106,6 +112,13 @@ typedef struct {
     void *zmq_ctx;
     member_t members[members_max];
     int member_count;
+    /* the outbox relay tests: a scratch database and the relay */
+    char db_base_dsn[1024];
+    char db_name[64];
+    char db_dsn[1200];
+    bool db_made;
+    PGconn *db;
+    outbox_relay_t *relay;
 } fixture_t;
 
 /* ---- fixture ---------------------------------------------------------- */
@@ -140,6 +153,11 @@ static int remove_entry(const char *path, const struct stat *st, int type, struc
 static int fixture_teardown(void **state)
 {
     fixture_t *f = *state;
+    outbox_relay_stop(&f->relay);
+    if (f->db != NULL)
+        PQfinish(f->db);
+    if (f->db_made)
+        scratch_db_drop(f->db_base_dsn, f->db_name);
     rpc_client_destroy(&f->client);
     proc_kill(&f->broker);
     for (int i = 0; i < f->member_count; i++) {
@@ -1253,6 +1271,405 @@ static void test_events_consumer_survives_broker_restart(void **state)
     }
 }
 
+/* ---- 9b. the lib/events batch handler ------------------------------------- */
+
+enum {
+    batch_events_max = 64, /* events of one batch test (numbered "bat-<n>") */
+    batch_handled_max = 4, /* hand-overs of one event the log keeps */
+    batch_handler_ms = 50, /* each call is slow: what arrives meanwhile waits */
+    batch_in_flight = 16,  /* the consumer's max_in_flight */
+};
+
+/* What a batch handler was given, per event number. */
+typedef struct {
+    pthread_mutex_t lock;
+    int refuse;                   /* refused on its first hand-over; -1: none */
+    int calls;                    /* batch handler calls */
+    size_t largest;               /* events in the largest call */
+    size_t smallest;              /* events in the smallest call */
+    bool same_key_in_call;        /* two events of one non-empty key in one call */
+    bool unexpected;              /* an event id, topic or group not of the test */
+    int handed[batch_events_max]; /* hand-overs of event n */
+    uint32_t counts[batch_events_max][batch_handled_max]; /* their delivery_count */
+    int order[batch_events_max]; /* event numbers in the order acknowledged */
+    int acknowledged;
+} batch_log_t;
+
+static void batch_log_init(batch_log_t *b, int refuse)
+{
+    memset(b, 0, sizeof *b);
+    pthread_mutex_init(&b->lock, NULL);
+    b->refuse = refuse;
+    b->smallest = SIZE_MAX;
+}
+
+/* The number of "bat-<n>", or -1. */
+static int batch_event_number(const char *event_id)
+{
+    int n = -1, used = 0;
+    if (sscanf(event_id, "bat-%d%n", &n, &used) != 1 || event_id[used] != '\0' || n < 0 ||
+        n >= batch_events_max)
+        return -1;
+    return n;
+}
+
+/* The batch handler: logs each call, refuses event 'refuse' on its first
+ * hand-over, acknowledges the rest, and is slow on purpose. */
+static void batch_record(const events_delivery_t *events, size_t count, bool *acknowledge,
+                         void *state)
+{
+    batch_log_t *b = state;
+    pthread_mutex_lock(&b->lock);
+    b->calls++;
+    if (count > b->largest)
+        b->largest = count;
+    if (count < b->smallest)
+        b->smallest = count;
+    for (size_t i = 0; i < count; i++) {
+        const events_delivery_t *e = &events[i];
+        acknowledge[i] = false;
+        for (size_t k = 0; k < i; k++)
+            b->same_key_in_call |= e->key[0] != '\0' && strcmp(e->key, events[k].key) == 0;
+        int n = batch_event_number(e->event_id);
+        if (n < 0 || strcmp(e->topic, "batched") != 0 || strcmp(e->group, "batcher") != 0) {
+            b->unexpected = true;
+            continue;
+        }
+        char payload[32];
+        int len = snprintf(payload, sizeof payload, "payload-%d", n);
+        b->unexpected |=
+            e->payload_len != (size_t)len || memcmp(e->payload, payload, e->payload_len);
+        if (b->handed[n] < batch_handled_max)
+            b->counts[n][b->handed[n]] = e->delivery_count;
+        b->handed[n]++;
+        if (n == b->refuse && b->handed[n] == 1)
+            continue; /* refused: NACK */
+        acknowledge[i] = true;
+        if (b->acknowledged < batch_events_max)
+            b->order[b->acknowledged] = n;
+        b->acknowledged++;
+    }
+    pthread_mutex_unlock(&b->lock);
+    sleep_ms(batch_handler_ms);
+}
+
+static int batch_acknowledged(batch_log_t *b)
+{
+    pthread_mutex_lock(&b->lock);
+    int n = b->acknowledged;
+    pthread_mutex_unlock(&b->lock);
+    return n;
+}
+
+/* Runs a lib/events consumer with the batch handler on topic "batched",
+ * group "batcher", until 'count' events were acknowledged and the group
+ * committed them all, then 'linger_ms' more (for anything delivered
+ * again), and stops it. Returns false when that did not happen in time. */
+static bool batch_consume(fixture_t *f, batch_log_t *b, int count, int linger_ms)
+{
+    const char *topics[] = {"batched", NULL};
+    events_consumer_config_t config = {
+        .endpoint = f->endpoint,
+        .group = "batcher",
+        .topics = topics,
+        .consumer_id = "batcher-1",
+        .max_in_flight = batch_in_flight,
+        .heartbeat_interval_ms = 200,
+        .heartbeat_liveness = 3,
+        .batch_handler = batch_record,
+        .state = b,
+    };
+    consumer_thread_t thread = {.consumer = events_consumer_new(&config), .result = -2};
+    assert_non_null(thread.consumer);
+    pthread_t tid;
+    assert_int_equal(pthread_create(&tid, NULL, consumer_main, &thread), 0);
+    int64_t until = clock_now_ms() + 15000;
+    while (batch_acknowledged(b) < count && clock_now_ms() < until)
+        sleep_ms(20);
+    bool ok = batch_acknowledged(b) >= count;
+    if (!ok)
+        print_error("the batch handler acknowledged %d of %d events\n", batch_acknowledged(b),
+                    count);
+    ok = ok && wait_group(f, NULL, 0, "batched", "batcher", count, 1, 5000);
+    if (ok)
+        sleep_ms(linger_ms);
+    events_consumer_stop(thread.consumer);
+    pthread_join(tid, NULL);
+    events_consumer_destroy(&thread.consumer);
+    assert_int_equal(thread.result, 0);
+    return ok;
+}
+
+/* The key of batch event 'n' in the first test: 20 keys, two events
+ * each, then four without a key. */
+static void batch_key(int n, char *key, size_t size)
+{
+    if (n >= 40)
+        snprintf(key, size, "%s", "");
+    else
+        snprintf(key, size, "key-%02d", n % 20);
+}
+
+/* 44 events wait before the consumer starts; its batch handler (slow, so
+ * that what arrives meanwhile waits for the next call) is given batches
+ * of more than one event, never more than max_in_flight, never two of one
+ * key; every event is handed over once (delivery_count 1) and
+ * acknowledged, each key's events in the order published, and the group
+ * commits all of them with nothing redelivered. */
+static void test_events_batch_handler_gets_what_waits(void **state)
+{
+    fixture_t *f = *state;
+    start_broker(f, "batchhandler", true, NULL);
+    enum { count = 44 };
+    char id[32], key[32], payload[32];
+    for (int i = 0; i < count; i++) {
+        snprintf(id, sizeof id, "bat-%d", i);
+        batch_key(i, key, sizeof key);
+        snprintf(payload, sizeof payload, "payload-%d", i);
+        publish_ok(f, "batched", id, key, payload, (uint64_t)i);
+    }
+    batch_log_t b;
+    batch_log_init(&b, -1);
+    bool ok = batch_consume(f, &b, count, 300);
+    pthread_mutex_destroy(&b.lock);
+    assert_true(ok);
+
+    print_message("%d calls for %d events, %zu to %zu events each\n", b.calls, count, b.smallest,
+                  b.largest);
+    assert_false(b.unexpected);
+    assert_false(b.same_key_in_call);
+    assert_true(b.largest > 1);
+    assert_true(b.largest <= batch_in_flight);
+    assert_true(b.calls < count);
+    assert_int_equal(b.acknowledged, count);
+    for (int i = 0; i < count; i++) {
+        assert_int_equal(b.handed[i], 1);
+        assert_int_equal(b.counts[i][0], 1);
+    }
+    /* each key's events in the order published */
+    for (int k = 0; k < count; k++) {
+        for (int j = k + 1; j < count; j++) {
+            char a[32], c[32];
+            batch_key(b.order[k], a, sizeof a);
+            batch_key(b.order[j], c, sizeof c);
+            if (a[0] != '\0' && strcmp(a, c) == 0 && b.order[k] > b.order[j])
+                fail_msg("key %s: event %d acknowledged before event %d", a, b.order[j],
+                         b.order[k]);
+        }
+    }
+    topic_view_t view;
+    topic_view_must(f, "batched", &view);
+    const group_view_t *g = group_of(&view, "batcher");
+    assert_int_equal(g->committed, count);
+    assert_int_equal(g->lag, 0);
+    assert_int_equal(g->in_flight, 0);
+    assert_int_equal(g->redelivered, 0);
+}
+
+/* A batch handler that refuses one event of a batch (acknowledge[i]
+ * false) gets that event alone again after the NACK delay (a refusal does
+ * not count as a delivery: delivery_count stays 1); the others of its
+ * batch are acknowledged and never handed over again, and the next event
+ * of the refused event's key waits until it is acknowledged. */
+static void test_events_batch_refusal_redelivers_only_that_event(void **state)
+{
+    fixture_t *f = *state;
+    start_broker(f, "batchrefuse", true,
+                 (const char *[]){"PAYGATE_BROKER_NACK_DELAY_MS=200", NULL});
+    enum { count = 10, refused = 3, same_key = 7 };
+    char id[32], key[32], payload[32];
+    for (int i = 0; i < count; i++) {
+        snprintf(id, sizeof id, "bat-%d", i);
+        snprintf(key, sizeof key, "key-%d", i == same_key ? refused : i);
+        snprintf(payload, sizeof payload, "payload-%d", i);
+        publish_ok(f, "batched", id, key, payload, (uint64_t)i);
+    }
+    batch_log_t b;
+    batch_log_init(&b, refused);
+    /* linger well past the NACK delay: nothing else may come again */
+    bool ok = batch_consume(f, &b, count, 1000);
+    pthread_mutex_destroy(&b.lock);
+    assert_true(ok);
+
+    assert_false(b.unexpected);
+    assert_false(b.same_key_in_call);
+    assert_true(b.largest > 1);
+    assert_int_equal(b.acknowledged, count);
+    for (int i = 0; i < count; i++) {
+        if (b.handed[i] != (i == refused ? 2 : 1))
+            fail_msg("event %d was handed over %d times", i, b.handed[i]);
+        assert_int_equal(b.counts[i][0], 1);
+    }
+    assert_int_equal(b.counts[refused][1], 1); /* a NACK is not a failed delivery */
+    int refused_at = -1, same_key_at = -1;
+    for (int k = 0; k < count; k++) {
+        if (b.order[k] == refused)
+            refused_at = k;
+        if (b.order[k] == same_key)
+            same_key_at = k;
+    }
+    assert_true(refused_at >= 0 && same_key_at > refused_at);
+    topic_view_t view;
+    topic_view_must(f, "batched", &view);
+    const group_view_t *g = group_of(&view, "batcher");
+    assert_int_equal(g->committed, count);
+    assert_int_equal(g->redelivered, 1);
+    assert_int_equal(g->dead_lettered, 0);
+}
+
+/* ---- 9c. rpc_client_publish_many ------------------------------------------ */
+
+enum { many_max = 16 };
+
+/* Fills 'items' with 'count' events "<prefix>-<first + i>" of 'topic',
+ * key "k<i % 3>", payload the id; 'ids' holds the strings. */
+static void many_fill(rpc_publish_item_t *items, char (*ids)[32], size_t count, const char *topic,
+                      const char *prefix, int first)
+{
+    static const char *const keys[] = {"k0", "k1", "k2"};
+    for (size_t i = 0; i < count; i++) {
+        snprintf(ids[i], sizeof ids[i], "%s-%d", prefix, first + (int)i);
+        items[i] = (rpc_publish_item_t){.topic = topic,
+                                        .event_id = ids[i],
+                                        .key = keys[i % 3],
+                                        .payload = ids[i],
+                                        .payload_len = strlen(ids[i]),
+                                        .code = PAYGATE__V1__CODE__INTERNAL,
+                                        .offset = UINT64_MAX,
+                                        .duplicate = true};
+    }
+}
+
+/* rpc_client_publish_many: twelve events in one call are all OK with
+ * offsets 0..11 in the order sent; the same ids again (in another order,
+ * with two new ones) are duplicates with their first offsets, the new
+ * ones stored next; in a call with an event of an invalid topic and one
+ * without an event id, those two fail (INVALID_ARGUMENT) and the others
+ * are stored. A reader sees each event once, in offset order. */
+static void test_publish_many(void **state)
+{
+    fixture_t *f = *state;
+    start_broker(f, "publishmany", true, NULL);
+    rpc_publish_item_t items[many_max];
+    char ids[many_max][32];
+    many_fill(items, ids, 12, "many", "m", 0);
+    assert_int_equal(rpc_client_publish_many(f->client, items, 12, publish_deadline_ms), 12);
+    for (size_t i = 0; i < 12; i++) {
+        assert_int_equal(items[i].code, PAYGATE__V1__CODE__OK);
+        assert_false(items[i].duplicate);
+        assert_int_equal(items[i].offset, i);
+    }
+
+    /* again, reversed, then two new ones */
+    rpc_publish_item_t again[many_max];
+    char again_ids[many_max][32];
+    for (size_t i = 0; i < 12; i++) {
+        many_fill(&again[i], &again_ids[i], 1, "many", "m", 11 - (int)i);
+        again[i].key = items[11 - i].key;
+    }
+    many_fill(&again[12], &again_ids[12], 2, "many", "m", 12);
+    assert_int_equal(rpc_client_publish_many(f->client, again, 14, publish_deadline_ms), 14);
+    for (size_t i = 0; i < 12; i++) {
+        assert_int_equal(again[i].code, PAYGATE__V1__CODE__OK);
+        assert_true(again[i].duplicate);
+        assert_int_equal(again[i].offset, 11 - i);
+    }
+    for (size_t i = 12; i < 14; i++) {
+        assert_int_equal(again[i].code, PAYGATE__V1__CODE__OK);
+        assert_false(again[i].duplicate);
+        assert_int_equal(again[i].offset, i);
+    }
+
+    /* a bad topic and a missing event id among good ones */
+    rpc_publish_item_t mixed[4];
+    char mixed_ids[4][32];
+    many_fill(mixed, mixed_ids, 4, "many", "v", 0);
+    mixed[1].topic = "Bad Topic!";
+    mixed[2].event_id = "";
+    assert_int_equal(rpc_client_publish_many(f->client, mixed, 4, publish_deadline_ms), 2);
+    assert_int_equal(mixed[0].code, PAYGATE__V1__CODE__OK);
+    assert_int_equal(mixed[0].offset, 14);
+    assert_int_equal(mixed[1].code, PAYGATE__V1__CODE__INVALID_ARGUMENT);
+    assert_int_equal(mixed[2].code, PAYGATE__V1__CODE__INVALID_ARGUMENT);
+    assert_int_equal(mixed[3].code, PAYGATE__V1__CODE__OK);
+    assert_int_equal(mixed[3].offset, 15);
+    assert_false(mixed[3].duplicate);
+
+    topic_view_t view;
+    topic_view_must(f, "many", &view);
+    assert_int_equal(view.end_offset, 16);
+    assert_int_equal(view.published, 16);
+    assert_int_equal(view.duplicates, 12);
+    assert_int_equal(view.topic_count, 1); /* nothing stored under the bad name */
+
+    member_t *m = member_join(f, "many", "reader", "reader-1", 16, 5000, false);
+    for (int i = 0; i < 16; i++) {
+        char expected[32];
+        if (i < 14)
+            snprintf(expected, sizeof expected, "m-%d", i);
+        else
+            snprintf(expected, sizeof expected, "v-%d", i == 14 ? 0 : 3);
+        delivery_t d;
+        member_expect(m, 5000, &d);
+        assert_int_equal(d.offset, i);
+        assert_string_equal(d.event_id, expected);
+        assert_int_equal(d.payload_len, strlen(expected));
+        assert_memory_equal(d.payload, expected, d.payload_len);
+        member_ack_delivery(m, &d);
+    }
+    member_expect_nothing(m, 300);
+}
+
+/* rpc_client_publish_many without an answer in time (the broker
+ * SIGSTOPped): every item DEADLINE_EXCEEDED and 0 returned. Once the
+ * broker goes on, it stores them and answers late; the next call must
+ * drop those late answers and take only its own (offsets after the late
+ * ones), and the first call's ids are then duplicates at offsets 0..2. */
+static void test_publish_many_late_answers(void **state)
+{
+    fixture_t *f = *state;
+    start_broker(f, "publishlate", true, NULL);
+    rpc_publish_item_t items[3], next[3], again[3];
+    char ids[3][32], next_ids[3][32], again_ids[3][32];
+    many_fill(items, ids, 3, "late", "late", 0);
+    proc_signal(&f->broker, SIGSTOP);
+    size_t ok = rpc_client_publish_many(f->client, items, 3, 300);
+    proc_signal(&f->broker, SIGCONT);
+    assert_int_equal(ok, 0);
+    for (size_t i = 0; i < 3; i++)
+        assert_int_equal(items[i].code, PAYGATE__V1__CODE__DEADLINE_EXCEEDED);
+
+    many_fill(next, next_ids, 3, "late", "next", 0);
+    assert_int_equal(rpc_client_publish_many(f->client, next, 3, publish_deadline_ms), 3);
+    for (size_t i = 0; i < 3; i++) {
+        assert_int_equal(next[i].code, PAYGATE__V1__CODE__OK);
+        assert_false(next[i].duplicate);
+        assert_int_equal(next[i].offset, 3 + i);
+    }
+    many_fill(again, again_ids, 3, "late", "late", 0);
+    assert_int_equal(rpc_client_publish_many(f->client, again, 3, publish_deadline_ms), 3);
+    for (size_t i = 0; i < 3; i++) {
+        assert_int_equal(again[i].code, PAYGATE__V1__CODE__OK);
+        assert_true(again[i].duplicate);
+        assert_int_equal(again[i].offset, i);
+    }
+}
+
+/* A broker without an event bus answers each PUBLISH of a
+ * rpc_client_publish_many UNIMPLEMENTED: nothing is OK, 0 returned. */
+static void test_publish_many_without_bus(void **state)
+{
+    fixture_t *f = *state;
+    start_broker(f, "publishmanynobus", false, NULL);
+    rpc_publish_item_t items[4];
+    char ids[4][32];
+    many_fill(items, ids, 4, "many", "nobus", 0);
+    assert_int_equal(rpc_client_publish_many(f->client, items, 4, publish_deadline_ms), 0);
+    for (size_t i = 0; i < 4; i++)
+        assert_int_equal(items[i].code, PAYGATE__V1__CODE__UNIMPLEMENTED);
+    assert_true(broker_alive(f));
+}
+
 /* ---- 10. bad input --------------------------------------------------------- */
 
 /* SUBSCRIBE with invalid topic names, PUBLISH without an event id, ACKs
@@ -1409,6 +1826,242 @@ static void test_bus_disabled(void **state)
     assert_true(broker_alive(f));
 }
 
+/* ---- 11. the outbox relay (lib/outbox) ------------------------------------- */
+
+enum { relay_rows_max = 16, relay_wait_ms = 10000 };
+
+/* Runs 'sql' on the fixture's scratch database; it must succeed. */
+static void relay_sql(fixture_t *f, const char *sql)
+{
+    PGresult *r = PQexec(f->db, sql);
+    ExecStatusType status = PQresultStatus(r);
+    if (status != PGRES_COMMAND_OK && status != PGRES_TUPLES_OK)
+        print_error("%s: %s\n", sql, PQerrorMessage(f->db));
+    assert_true(status == PGRES_COMMAND_OK || status == PGRES_TUPLES_OK);
+    PQclear(r);
+}
+
+/* The first column of the first row of 'sql', as a number. */
+static long long relay_number(fixture_t *f, const char *sql)
+{
+    PGresult *r = PQexec(f->db, sql);
+    if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1)
+        print_error("%s: %s\n", sql, PQerrorMessage(f->db));
+    assert_int_equal(PQresultStatus(r), PGRES_TUPLES_OK);
+    assert_int_equal(PQntuples(r), 1);
+    long long value = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
+    PQclear(r);
+    return value;
+}
+
+/* A scratch database with schema "relay" holding an outbox table as the
+ * services' migrations make it (dropped by the teardown). */
+static void relay_db_new(fixture_t *f)
+{
+    const char *dsn = getenv("PAYGATE_TEST_PG_DSN");
+    if (dsn == NULL || dsn[0] == '\0')
+        fail_msg("PAYGATE_TEST_PG_DSN is not set: run the suite with ./dev test");
+    snprintf(f->db_base_dsn, sizeof f->db_base_dsn, "%s", dsn);
+    snprintf(f->db_name, sizeof f->db_name, "bus_relay_%d", (int)getpid());
+    assert_true(scratch_db_create(dsn, f->db_name, f->db_dsn, sizeof f->db_dsn));
+    f->db_made = true;
+    f->db = PQconnectdb(f->db_dsn);
+    if (PQstatus(f->db) != CONNECTION_OK)
+        fail_msg("cannot connect to %s: %s", f->db_name, PQerrorMessage(f->db));
+    relay_sql(f, "SET client_min_messages = warning");
+    relay_sql(f, "CREATE SCHEMA relay");
+    relay_sql(f, "CREATE TABLE relay.outbox (id bigserial PRIMARY KEY,"
+                 " event_id text NOT NULL UNIQUE, topic text NOT NULL, key text NOT NULL,"
+                 " payload bytea NOT NULL, created_at timestamptz NOT NULL DEFAULT now(),"
+                 " sent_at timestamptz)");
+}
+
+typedef struct {
+    const char *event_id;
+    const char *topic;
+    const char *key;
+} relay_row_t;
+
+/* Inserts 'rows' (NULL event id ends them) in one statement, ids in
+ * order; each payload is its event id. */
+static void relay_insert(fixture_t *f, const relay_row_t *rows)
+{
+    char sql[4096];
+    size_t len = (size_t)snprintf(
+        sql, sizeof sql, "INSERT INTO relay.outbox (event_id, topic, key, payload) VALUES");
+    for (size_t i = 0; rows[i].event_id != NULL; i++)
+        len += (size_t)snprintf(sql + len, sizeof sql - len, "%s ('%s', '%s', '%s', '%s'::bytea)",
+                                i > 0 ? "," : "", rows[i].event_id, rows[i].topic, rows[i].key,
+                                rows[i].event_id);
+    assert_true(len < sizeof sql);
+    relay_sql(f, sql);
+}
+
+/* Whether the row of 'event_id' has sent_at. */
+static bool relay_sent(fixture_t *f, const char *event_id)
+{
+    char sql[256];
+    snprintf(sql, sizeof sql,
+             "SELECT count(*) FROM relay.outbox WHERE event_id = '%s' AND sent_at IS NOT NULL",
+             event_id);
+    return relay_number(f, sql) == 1;
+}
+
+/* Waits until the row of 'event_id' (NULL: every row) has sent_at. */
+static bool relay_wait_sent(fixture_t *f, const char *event_id)
+{
+    int64_t until = clock_now_ms() + relay_wait_ms;
+    while (clock_now_ms() < until) {
+        if (event_id != NULL ? relay_sent(f, event_id)
+                             : relay_number(f, "SELECT count(*) FROM relay.outbox"
+                                               " WHERE sent_at IS NULL") == 0)
+            return true;
+        sleep_ms(50);
+    }
+    print_error("outbox row %s not sent within %d ms\n", event_id ? event_id : "(any)",
+                relay_wait_ms);
+    return false;
+}
+
+/* Starts the relay of schema "relay" towards the fixture's broker. */
+static void relay_start(fixture_t *f)
+{
+    outbox_relay_config_t config = {
+        .pg_dsn = f->db_dsn,
+        .schema = "relay",
+        .broker_endpoint = f->endpoint,
+        .interval_ms = 20,
+        .publish_deadline_ms = 2000,
+    };
+    f->relay = outbox_relay_start(&config);
+    assert_non_null(f->relay);
+}
+
+/* Reads 'count' events of topic "relayed" as a new group 'group' from
+ * its start, acknowledging each, and then asserts that nothing more
+ * comes; 'offsets[i]' is the offset of the row 'rows[i]' (UINT64_MAX
+ * when it did not come). */
+static void relay_read(fixture_t *f, const char *group, const relay_row_t *rows, size_t count,
+                       uint64_t *offsets)
+{
+    size_t n = 0;
+    while (rows[n].event_id != NULL)
+        n++;
+    for (size_t i = 0; i < n; i++)
+        offsets[i] = UINT64_MAX;
+    member_t *m = member_join(f, "relayed", group, group, 16, 5000, false);
+    for (size_t k = 0; k < count; k++) {
+        delivery_t d;
+        member_expect(m, 5000, &d);
+        size_t i = 0;
+        while (i < n && strcmp(rows[i].event_id, d.event_id) != 0)
+            i++;
+        if (i == n)
+            fail_msg("unexpected event %s at offset %llu", d.event_id,
+                     (unsigned long long)d.offset);
+        assert_int_equal(offsets[i], UINT64_MAX); /* once */
+        assert_int_equal(d.payload_len, strlen(d.event_id));
+        assert_memory_equal(d.payload, d.event_id, d.payload_len);
+        assert_string_equal(d.key, rows[i].key);
+        offsets[i] = d.offset;
+        member_ack_delivery(m, &d);
+    }
+    member_expect_nothing(m, 300);
+}
+
+/* Asserts that rows of one key have increasing offsets in id order. */
+static void relay_assert_key_order(const relay_row_t *rows, const uint64_t *offsets)
+{
+    for (size_t i = 0; rows[i].event_id != NULL; i++) {
+        for (size_t j = i + 1; rows[j].event_id != NULL; j++) {
+            if (rows[i].key[0] == '\0' || strcmp(rows[i].key, rows[j].key) != 0)
+                continue;
+            if (offsets[i] == UINT64_MAX || offsets[j] == UINT64_MAX || offsets[i] >= offsets[j])
+                fail_msg("key %s: %s (offset %llu) is not before %s (offset %llu)", rows[i].key,
+                         rows[i].event_id, (unsigned long long)offsets[i], rows[j].event_id,
+                         (unsigned long long)offsets[j]);
+        }
+    }
+}
+
+/* Outbox rows with keys A,A,B,A,C,B, one without a key and A again,
+ * waiting before the relay starts: it sends them all (each row marked
+ * sent, each event stored once), each key's events in id order, in waves
+ * of at most one event per key (the first of each key, then the second,
+ * ...: the offsets show the waves). */
+static void test_outbox_relay_waves_keep_key_order(void **state)
+{
+    fixture_t *f = *state;
+    start_broker(f, "relaywaves", true, NULL);
+    relay_db_new(f);
+    static const relay_row_t rows[] = {
+        {"w-1", "relayed", "A"}, {"w-2", "relayed", "A"}, {"w-3", "relayed", "B"},
+        {"w-4", "relayed", "A"}, {"w-5", "relayed", "C"}, {"w-6", "relayed", "B"},
+        {"w-7", "relayed", ""},  {"w-8", "relayed", "A"}, {NULL, NULL, NULL}};
+    enum { count = 8 };
+    relay_insert(f, rows);
+    relay_start(f);
+    assert_true(relay_wait_sent(f, NULL));
+
+    topic_view_t view;
+    topic_view_must(f, "relayed", &view);
+    assert_int_equal(view.end_offset, count);
+    assert_int_equal(view.duplicates, 0);
+    uint64_t offsets[relay_rows_max];
+    relay_read(f, "checker", rows, count, offsets);
+    relay_assert_key_order(rows, offsets);
+    /* the waves: {w-1, w-3, w-5, w-7}, {w-2, w-6}, {w-4}, {w-8} */
+    static const uint64_t waves[count] = {0, 4, 1, 6, 2, 5, 3, 7};
+    for (size_t i = 0; i < count; i++) {
+        if (offsets[i] != waves[i])
+            fail_msg("%s stored at offset %llu, its wave says %llu", rows[i].event_id,
+                     (unsigned long long)offsets[i], (unsigned long long)waves[i]);
+    }
+}
+
+/* A row whose publish fails (an invalid topic: INVALID_ARGUMENT, every
+ * time) holds back its key's later rows, which stay unsent and
+ * unpublished, while other keys' rows go on (a pass stops after the wave
+ * with the failure; the next starts with the failed row). Once the row is
+ * repaired it is sent, then its key's next one, in order. */
+static void test_outbox_relay_failure_holds_back_only_its_key(void **state)
+{
+    fixture_t *f = *state;
+    start_broker(f, "relayfail", true, NULL);
+    relay_db_new(f);
+    static const relay_row_t rows[] = {{"x-1", "relayed", "A"}, {"x-2", "Bad Topic!", "A"},
+                                       {"x-3", "relayed", "A"}, {"x-4", "relayed", "B"},
+                                       {"x-5", "relayed", "B"}, {"x-6", "relayed", "B"},
+                                       {NULL, NULL, NULL}};
+    relay_insert(f, rows);
+    relay_start(f);
+    assert_true(relay_wait_sent(f, "x-6"));
+    sleep_ms(1500); /* three more passes (the relay retries every 500 ms) */
+    assert_true(relay_sent(f, "x-1"));
+    assert_false(relay_sent(f, "x-2"));
+    assert_false(relay_sent(f, "x-3"));
+    assert_true(relay_sent(f, "x-4"));
+    assert_true(relay_sent(f, "x-5"));
+    topic_view_t view;
+    topic_view_must(f, "relayed", &view);
+    assert_int_equal(view.end_offset, 4); /* x-1, x-4, x-5, x-6; not x-3 */
+    uint64_t offsets[relay_rows_max];
+    relay_read(f, "before", rows, 4, offsets);
+    assert_true(offsets[0] != UINT64_MAX);
+    assert_true(offsets[2] == UINT64_MAX);
+
+    relay_sql(f, "UPDATE relay.outbox SET topic = 'relayed' WHERE event_id = 'x-2'");
+    assert_true(relay_wait_sent(f, NULL));
+    topic_view_must(f, "relayed", &view);
+    assert_int_equal(view.end_offset, 6);
+    static const relay_row_t repaired[] = {{"x-1", "relayed", "A"}, {"x-2", "relayed", "A"},
+                                           {"x-3", "relayed", "A"}, {"x-4", "relayed", "B"},
+                                           {"x-5", "relayed", "B"}, {"x-6", "relayed", "B"},
+                                           {NULL, NULL, NULL}};
+    relay_read(f, "after", repaired, 6, offsets);
+    relay_assert_key_order(repaired, offsets);
+}
+
 #define T(fn) cmocka_unit_test_setup_teardown(fn, fixture_setup, fixture_teardown)
 
 int main(void)
@@ -1425,10 +2078,17 @@ int main(void)
         T(test_restart_keeps_exactly_the_groups),
         T(test_replay_and_start_at_end),
         T(test_events_consumer_survives_broker_restart),
+        T(test_events_batch_handler_gets_what_waits),
+        T(test_events_batch_refusal_redelivers_only_that_event),
+        T(test_publish_many),
+        T(test_publish_many_late_answers),
+        T(test_publish_many_without_bus),
         T(test_bad_input_survived),
         T(test_publish_without_event_id_is_answered),
         T(test_dot_names_stay_inside_data_dir),
         T(test_bus_disabled),
+        T(test_outbox_relay_waves_keep_key_order),
+        T(test_outbox_relay_failure_holds_back_only_its_key),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -8,7 +8,12 @@
  * on the Redis channel, in GET /v1/notifications and on the SSE stream.
  * Then the consumers are SIGKILLed during a burst of payments: every
  * payment still appears exactly once in the history, and no notification
- * is lost or doubled.
+ * is lost or doubled. Last, the transaction service's recorder is handed
+ * batches of money events (published at once while it was stopped): one
+ * that commits (with a malformed payload, a PAYMENT_FAILED and an event
+ * recorded before) and one that cannot (a payment recorded before under
+ * another event id) and goes event by event: one row per movement, all
+ * acknowledged.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -29,11 +34,15 @@
 #include <cmocka.h>
 #include <hiredis/hiredis.h>
 #include <jansson.h>
+#include <libpq-fe.h>
 
 #include "clock/clock.h"
+#include "events.pb-c.h"
 #include "http_client.h"
 #include "proc.h"
+#include "rpc/rpc.h"
 #include "system.h"
+#include "wire/wire.h"
 
 static const char jwt_secret[] = "event-flow-test-secret-0123456789abcdefghijklm";
 static const char password[] = "Flow-Passw0rd-71c2";
@@ -463,12 +472,333 @@ static void test_consumers_killed_during_burst(void **state)
     http_response_free(&r);
 }
 
+/* ---- the recorder's batches ------------------------------------------------ */
+
+enum {
+    batch_count = 12,        /* events published at once */
+    batch_malformed = 5,     /* not a MoneyEvent */
+    batch_again = 4,         /* the first event again, under another bus id */
+    batch_repeat = 7,        /* the first payment again, under another event id */
+    batch_failed = 10,       /* PAYMENT_FAILED: moves no money */
+    batch_wait_ms = 30000,   /* for the recorder to catch up */
+    money_payload_max = 512, /* a packed MoneyEvent of this test */
+};
+
+/* One MoneyEvent of the test (its strings are its own). */
+typedef struct {
+    char bus_id[id_bytes]; /* the bus's event id; "": event_id */
+    char event_id[id_bytes];
+    Paygate__V1__MoneyEventType type;
+    char user[id_bytes];
+    int64_t amount;
+    char order[id_bytes];
+    char payment[id_bytes];
+    char refund[id_bytes];
+    char topup[id_bytes];
+    uint8_t payload[money_payload_max];
+    size_t payload_len;
+    bool moves; /* must have a row of its own afterwards */
+} money_t;
+
+/* Packs 'm' into m->payload. */
+static void money_pack(money_t *m)
+{
+    Paygate__V1__MoneyEvent e = PAYGATE__V1__MONEY_EVENT__INIT;
+    e.event_id = m->event_id;
+    e.type = m->type;
+    e.user_id = m->user;
+    e.amount = m->amount;
+    e.currency = (char *)"INR";
+    e.order_id = m->order;
+    e.payment_id = m->payment;
+    e.refund_id = m->refund;
+    e.topup_id = m->topup;
+    e.occurred_at = (char *)"2026-11-27T10:00:00.000Z";
+    e.request_id = (char *)"";
+    m->payload_len = paygate__v1__money_event__get_packed_size(&e);
+    assert_true(m->payload_len <= sizeof m->payload);
+    paygate__v1__money_event__pack(&e, m->payload);
+}
+
+/* Event 'i' of a batch of run 'tag': a top-up, a payment or a refund by
+ * i % 3, each of its own user. */
+static void money_new(money_t *m, const char *tag, int i)
+{
+    memset(m, 0, sizeof *m);
+    snprintf(m->event_id, id_bytes, "evt_%s_%d", tag, i);
+    snprintf(m->user, id_bytes, "usr_%s_%d", tag, i);
+    m->amount = 1000 + i;
+    m->moves = true;
+    if (i % 3 == 0) {
+        m->type = PAYGATE__V1__MONEY_EVENT_TYPE__TOPUP_SUCCEEDED;
+        snprintf(m->topup, id_bytes, "top_%s_%d", tag, i);
+        return;
+    }
+    snprintf(m->order, id_bytes, "ord_%s_%d", tag, i);
+    snprintf(m->payment, id_bytes, "pay_%s_%d", tag, i);
+    m->type = PAYGATE__V1__MONEY_EVENT_TYPE__PAYMENT_SUCCEEDED;
+    if (i % 3 == 2) {
+        m->type = PAYGATE__V1__MONEY_EVENT_TYPE__REFUND_SUCCEEDED;
+        snprintf(m->refund, id_bytes, "ref_%s_%d", tag, i);
+    }
+}
+
+/* The first column of the first row of 'sql' with text parameter $1 =
+ * 'param', as a number. */
+static long long db_number(PGconn *db, const char *sql, const char *param)
+{
+    const char *params[] = {param};
+    PGresult *r = PQexecParams(db, sql, 1, NULL, params, NULL, NULL, 0);
+    if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1)
+        fail_msg("%s: %s", sql, PQerrorMessage(db));
+    long long value = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
+    PQclear(r);
+    return value;
+}
+
+static const char row_sql[] = "SELECT count(*) FROM transactions.transactions WHERE event_id = $1";
+
+/* Group "transaction" of topic "payments", from broker.services/List. */
+typedef struct {
+    bool found;
+    uint64_t end_offset;
+    uint64_t committed;
+    uint64_t lag;
+    uint32_t in_flight;
+    uint64_t redelivered;
+    uint64_t dead_lettered;
+} recorder_group_t;
+
+static recorder_group_t recorder_group(rpc_client_t *rpc)
+{
+    recorder_group_t out = {0};
+    Paygate__V1__ListServicesRequest request = PAYGATE__V1__LIST_SERVICES_REQUEST__INIT;
+    ProtobufCMessage *msg = NULL;
+    rpc_call_opts_t opts = {.deadline_ms = 2000};
+    rpc_status_t status;
+    Paygate__V1__Code code =
+        rpc_client_call(rpc, "broker.services", "List", &request.base,
+                        &paygate__v1__list_services_reply__descriptor, &msg, &opts, &status);
+    if (code != PAYGATE__V1__CODE__OK)
+        fail_msg("broker.services/List: %s %s", wire_code_name(code), status.message);
+    Paygate__V1__ListServicesReply *reply = (Paygate__V1__ListServicesReply *)msg;
+    for (size_t i = 0; i < reply->n_topics; i++) {
+        const Paygate__V1__TopicInfo *t = reply->topics[i];
+        if (strcmp(t->name, "payments") != 0)
+            continue;
+        for (size_t k = 0; k < t->n_groups; k++) {
+            const Paygate__V1__GroupInfo *g = t->groups[k];
+            if (strcmp(g->name, "transaction") != 0)
+                continue;
+            out = (recorder_group_t){.found = true,
+                                     .end_offset = t->end_offset,
+                                     .committed = g->committed_offset,
+                                     .lag = g->lag,
+                                     .in_flight = g->in_flight,
+                                     .redelivered = g->redelivered,
+                                     .dead_lettered = g->dead_lettered};
+        }
+    }
+    protobuf_c_message_free_unpacked(msg, NULL);
+    return out;
+}
+
+/* Counts the lines of 'path' that contain 'text'. */
+static int log_lines(const char *path, const char *text)
+{
+    FILE *file = fopen(path, "r");
+    if (file == NULL)
+        return -1;
+    static char line[65536];
+    int count = 0;
+    while (fgets(line, sizeof line, file) != NULL)
+        count += strstr(line, text) != NULL;
+    fclose(file);
+    return count;
+}
+
+/* Stops the transaction service, publishes 'batch' to "payments" in one
+ * rpc_client_publish_many (so that its recorder is handed them together
+ * when it starts again), starts it again (log "flow-transaction<suffix>"),
+ * and waits until its group has acknowledged everything: committed at the
+ * end, nothing in flight, and neither refused (NACK, counted as
+ * redelivered) nor dead-lettered. */
+static void recorder_feed(rpc_client_t *rpc, money_t *batch, size_t count, const char *suffix)
+{
+    assert_true(count <= batch_count);
+    assert_true(proc_stop(system_process(sys.system, system_transaction), 15000));
+    recorder_group_t before = recorder_group(rpc);
+    assert_true(before.found);
+    rpc_publish_item_t items[batch_count];
+    for (size_t i = 0; i < count; i++)
+        items[i] = (rpc_publish_item_t){.topic = "payments",
+                                        .event_id = batch[i].bus_id[0] ? batch[i].bus_id
+                                                                       : batch[i].event_id,
+                                        .key = batch[i].user,
+                                        .payload = batch[i].payload,
+                                        .payload_len = batch[i].payload_len};
+    assert_int_equal(rpc_client_publish_many(rpc, items, count, 5000), count);
+    for (size_t i = 0; i < count; i++)
+        assert_false(items[i].duplicate);
+
+    assert_true(system_start_process(sys.system, system_transaction, suffix));
+    recorder_group_t after = {0};
+    int64_t until = clock_now_ms() + batch_wait_ms;
+    for (;;) {
+        after = recorder_group(rpc);
+        if (after.found && after.end_offset == before.end_offset + count && after.lag == 0 &&
+            after.in_flight == 0)
+            break;
+        if (clock_now_ms() > until)
+            fail_msg("group transaction: end %llu (was %llu), lag %llu, %u in flight after %d ms",
+                     (unsigned long long)after.end_offset, (unsigned long long)before.end_offset,
+                     (unsigned long long)after.lag, after.in_flight, batch_wait_ms);
+        sleep_ms(100);
+    }
+    assert_int_equal(after.committed, after.end_offset);
+    assert_int_equal(after.redelivered, before.redelivered);
+    assert_int_equal(after.dead_lettered, before.dead_lettered);
+}
+
+/* Asserts one row per moving event of 'batch' (its type, user and
+ * amount) and none for the others. */
+static void recorder_assert_rows(PGconn *db, const money_t *batch, size_t count)
+{
+    for (size_t i = 0; i < count; i++) {
+        const money_t *m = &batch[i];
+        long long rows = db_number(db, row_sql, m->bus_id[0] ? m->bus_id : m->event_id);
+        if (rows != (m->moves ? 1 : 0))
+            fail_msg("event %zu (%s): %lld rows", i, m->event_id, rows);
+        if (!m->moves)
+            continue;
+        const char *type = m->type == PAYGATE__V1__MONEY_EVENT_TYPE__TOPUP_SUCCEEDED    ? "TOPUP"
+                           : m->type == PAYGATE__V1__MONEY_EVENT_TYPE__REFUND_SUCCEEDED ? "REFUND"
+                                                                                        : "PAYMENT";
+        const char *params[] = {m->event_id, m->user, type};
+        char amount[32];
+        snprintf(amount, sizeof amount, "%lld", (long long)m->amount);
+        PGresult *r =
+            PQexecParams(db,
+                         "SELECT amount FROM transactions.transactions WHERE event_id = $1"
+                         " AND user_id = $2 AND type = $3",
+                         3, NULL, params, NULL, NULL, 0);
+        assert_int_equal(PQresultStatus(r), PGRES_TUPLES_OK);
+        if (PQntuples(r) != 1)
+            fail_msg("event %zu (%s): no %s row for %s", i, m->event_id, type, m->user);
+        assert_string_equal(PQgetvalue(r, 0, 0), amount);
+        PQclear(r);
+    }
+}
+
+/* The recorder is handed money events together (published at once while
+ * the transaction service is stopped):
+ *   1. top-ups, payments and refunds with a payload that is not a
+ *      MoneyEvent, a PAYMENT_FAILED, and a recorded event again under
+ *      another bus id: the batch commits (no "did not commit"), one row per
+ *      movement, none for the others;
+ *   2. the same kinds with the payment of a recorded event under another
+ *      event id (transactions_payment_once): the batch's transaction
+ *      cannot commit and each event goes alone; one row per movement, the
+ *      payment still its first row only.
+ * Each time the group acknowledges everything, without a refusal. */
+static void test_recorder_batches(void **state)
+{
+    (void)state;
+    rpc_client_t *rpc = rpc_client_new(NULL, system_broker_endpoint(sys.system));
+    assert_non_null(rpc);
+    PGconn *db = PQconnectdb(system_pg_dsn(sys.system));
+    if (PQstatus(db) != CONNECTION_OK)
+        fail_msg("cannot connect to the test database: %s", PQerrorMessage(db));
+    char tag[32], run[40];
+    snprintf(tag, sizeof tag, "rb%dx%u", (int)getpid(), sys.counter++);
+
+    /* the first payment, recorded alone */
+    static money_t first, batch[batch_count];
+    snprintf(run, sizeof run, "%s_first", tag);
+    money_new(&first, run, 1);
+    money_pack(&first);
+    rpc_status_t status;
+    assert_int_equal(rpc_client_publish(rpc, "payments", first.event_id, first.user, first.payload,
+                                        first.payload_len, 5000, NULL, NULL, &status),
+                     PAYGATE__V1__CODE__OK);
+    int64_t until = clock_now_ms() + batch_wait_ms;
+    while (db_number(db, row_sql, first.event_id) != 1) {
+        if (clock_now_ms() > until)
+            fail_msg("event %s not recorded within %d ms", first.event_id, batch_wait_ms);
+        sleep_ms(100);
+    }
+
+    for (int round = 1; round <= 2; round++) {
+        snprintf(run, sizeof run, "%s_b%d", tag, round);
+        for (int i = 0; i < batch_count; i++) {
+            money_t *m = &batch[i];
+            money_new(m, run, i);
+            if (i == batch_failed) {
+                m->type = PAYGATE__V1__MONEY_EVENT_TYPE__PAYMENT_FAILED;
+                m->moves = false;
+            } else if (round == 1 && i == batch_again) { /* the first event again */
+                *m = first;
+                snprintf(m->bus_id, id_bytes, "evt_%s_%d", run, i);
+                m->moves = false;
+            } else if (round == 2 && i == batch_repeat) { /* the first payment again */
+                snprintf(m->user, id_bytes, "%s", first.user);
+                m->type = first.type;
+                m->amount = first.amount;
+                snprintf(m->order, id_bytes, "%s", first.order);
+                snprintf(m->payment, id_bytes, "%s", first.payment);
+                m->refund[0] = m->topup[0] = '\0';
+                m->moves = false;
+            }
+            money_pack(m);
+            if (i == batch_malformed) { /* a varint that never ends */
+                memset(m->payload, 0xff, 16);
+                m->payload_len = 16;
+                assert_null(paygate__v1__money_event__unpack(NULL, m->payload_len, m->payload));
+                m->moves = false;
+            }
+        }
+        char suffix[16];
+        snprintf(suffix, sizeof suffix, "-batch%d", round);
+        recorder_feed(rpc, batch, batch_count, suffix);
+        recorder_assert_rows(db, batch, batch_count);
+
+        const char *log = system_process(sys.system, system_transaction)->log_path;
+        assert_int_equal(log_lines(log, "is not a MoneyEvent"), 1);
+        if (round == 1) {
+            assert_int_equal(log_lines(log, "did not commit"), 0);
+            assert_int_equal(log_lines(log, "was recorded before as"), 1);
+        } else {
+            /* the batch's transaction failed on the repeated payment;
+             * each went alone, and the single path told of the repeat */
+            assert_true(log_lines(log, "did not commit") >= 1);
+            assert_int_equal(log_lines(log, "already recorded under another event id"), 1);
+        }
+    }
+    /* the first payment: its one row, nothing else of it */
+    assert_int_equal(db_number(db, row_sql, first.event_id), 1);
+    assert_int_equal(
+        db_number(db,
+                  "SELECT count(*) FROM transactions.transactions WHERE payment_id = $1"
+                  " AND type = 'PAYMENT'",
+                  first.payment),
+        1);
+    char like[48];
+    snprintf(like, sizeof like, "%%%s%%", tag);
+    assert_int_equal(
+        db_number(db, "SELECT count(*) FROM transactions.transactions WHERE event_id LIKE $1",
+                  like),
+        1 + (batch_count - 3) * 2);
+    PQfinish(db);
+    rpc_client_destroy(&rpc);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_seed_flow),
         cmocka_unit_test(test_sse_stream),
         cmocka_unit_test(test_consumers_killed_during_burst),
+        cmocka_unit_test(test_recorder_batches),
     };
     return cmocka_run_group_tests_name("event flow", tests, group_setup, group_teardown);
 }
