@@ -35,6 +35,7 @@ E2E_INSTANCES_CONNECTIONS="${PAYGATE_BENCH_INSTANCES_CONNECTIONS:-32}"
 E2E_RUN_DIR="${PAYGATE_BENCH_RUN_DIR:-$RUN_DIR/bench}"
 [[ "$E2E_RUN_DIR" == /* ]] || E2E_RUN_DIR="$ROOT/$E2E_RUN_DIR"
 E2E_PORT_BASE="${PAYGATE_BENCH_PORT_BASE:-}"
+E2E_STATEMENTS="${PAYGATE_BENCH_STATEMENTS:-0}" # 1: pg_stat_statements of payments.c8
 E2E_WRK_THREADS_MAX=2           # wrk threads: at most this, at most one per connection
 E2E_WRK_TIMEOUT_S=10            # a request unanswered this long is a wrk timeout (an error)
 E2E_ORDER_AMOUNT=100            # paise per order: ₹1
@@ -186,9 +187,12 @@ e2e_servers_start() {
     : >"$E2E_RUN_DIR/results.txt"
     pg_base="$(pg_base_dir pg)"
     rm -rf "$pg_base"
-    pg_start "$pg_base" "$PG_PORT" "$(printf '%s\n' 'max_connections = 300')"
+    local conf='max_connections = 300'
+    [[ "$E2E_STATEMENTS" == 1 ]] && conf+=$'\n'"shared_preload_libraries = 'pg_stat_statements'"
+    pg_start "$pg_base" "$PG_PORT" "$conf"
     pg_wait_ready "$pg_base" "$PG_PORT"
     pg_ensure_paygate_db "$PG_PORT"
+    [[ "$E2E_STATEMENTS" == 1 ]] && pg_admin_sql "$PG_PORT" "create extension pg_stat_statements" >/dev/null
     pg_admin_sql "$PG_PORT" "create database pgbench" >/dev/null
     mkdir -p "$RUN_DIR/redis"
     redis_start "$RUN_DIR/redis" "$REDIS_PORT" "$PID_DIR/redis.pid" "$LOG_DIR/redis.log"
@@ -299,7 +303,7 @@ e2e_cpu_ticks() {
 # database's write transactions and WAL bytes, before and after a measured run,
 # divided by the work done. For the runs named in E2E_COST_KEYS.
 
-E2E_COST_KEYS=" payments.c8 tpcb.c8 wallet.c64 selectonly.c64 "
+E2E_COST_KEYS=" payments.c8 tpcb.c8 payments.c32 tpcb.c32 wallet.c64 selectonly.c64 "
 E2E_COST_WAIT=()
 
 # e2e_cost_wanted KEY succeeds when KEY's run is costed (each time it runs:
@@ -588,6 +592,28 @@ e2e_record_wrk() {
     log "bench: $key: $rate/s, p99 $p99 ms, $errors errors (statuses $(e2e_field statuses "$line"))"
 }
 
+# e2e_statements_reset / e2e_statements_write KEY N: with
+# PAYGATE_BENCH_STATEMENTS=1, what each statement cost PostgreSQL over one
+# measured run of N units of work, into statements.KEY.txt of the results.
+e2e_statements_reset() {
+    [[ "$E2E_STATEMENTS" == 1 ]] || return 0
+    pg_admin_sql "$PG_PORT" "select pg_stat_statements_reset()" >/dev/null
+}
+e2e_statements_write() {
+    [[ "$E2E_STATEMENTS" == 1 && "$2" -gt 0 ]] || return 0
+    local out="$E2E_RESULTS_DIR/statements.$1.txt"
+    mkdir -p "$E2E_RESULTS_DIR"
+    {
+        printf '# per unit of work (%s units), by total execution time; calls, ms, rows, WAL bytes\n' "$2"
+        "$PG_BIN/psql" -X -q -A -F ' | ' -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -c \
+            "select round(calls::numeric / $2, 2) as calls, round((total_exec_time / $2)::numeric, 4) as ms,
+                    round(rows::numeric / $2, 2) as rows, round(wal_bytes / $2) as wal,
+                    left(regexp_replace(query, '\s+', ' ', 'g'), 110) as query
+               from pg_stat_statements order by total_exec_time desc limit 30"
+    } >"$out"
+    log "bench: wrote $out"
+}
+
 # e2e_payments_measure CONNECTIONS KEY: warm-up, then one measured payments run
 # recorded under KEY.
 e2e_payments_measure() {
@@ -595,6 +621,7 @@ e2e_payments_measure() {
     e2e_settle
     e2e_payments_wrk "$connections" "$(e2e_seconds_warmup)"
     e2e_settle
+    e2e_statements_reset
     e2e_payments_wrk "$connections" "$E2E_SECONDS" "$(e2e_cost_wanted "$key" && echo 1)"
     line=$E2E_LINE
     if e2e_cost_wanted "$key"; then
@@ -604,6 +631,7 @@ e2e_payments_measure() {
         e2e_cost_snapshot "$E2E_RUN_DIR/cost.after"
         e2e_cost_record "$key" "$(e2e_field ok "$line")" "$(e2e_field ok "$line")" \
             "$E2E_RUN_DIR/cost.before" "$E2E_RUN_DIR/cost.after"
+        e2e_statements_write "$key" "$(e2e_field ok "$line")"
     fi
     e2e_record_wrk "$key" "$line"
     rate=$(e2e_rate "$line")
@@ -753,6 +781,7 @@ e2e_get_measure() {
         e2e_cost_snapshot "$E2E_RUN_DIR/cost.after"
         e2e_cost_record "$key" "$(e2e_field ok "$line")" "$(e2e_field ok "$line")" \
             "$E2E_RUN_DIR/cost.before" "$E2E_RUN_DIR/cost.after"
+        e2e_statements_write "$key" "$(e2e_field ok "$line")"
     fi
     e2e_record_wrk "$key" "$line"
 }
@@ -947,24 +976,25 @@ e2e_summary() {
             echo
             echo "Where the time goes: what one unit of work costs the server processes (counted by the kernel and PostgreSQL over the measured run, median of $E2E_REPEATS; load generators not counted; pgbench's own figures are PostgreSQL's alone):"
             echo
-            echo "| per unit of work | payment, 8 connections | pgbench TPC-B-like transaction, 8 clients | wallet read, 64 connections | pgbench -S transaction, 64 clients |"
-            echo "| --- | ---: | ---: | ---: | ---: |"
+            echo "| per unit of work | payment, 8 connections | pgbench TPC-B-like transaction, 8 clients | payment, 32 connections | TPC-B-like, 32 clients | wallet read, 64 connections | pgbench -S transaction, 64 clients |"
+            echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
             for v in "CPU ms, all server processes:cpu_ms" "CPU ms, PostgreSQL:cpu_ms.postgres" \
                 "context switches, all:switches" "context switches, PostgreSQL:switches.postgres" \
                 "database write transactions:write_xacts" "WAL bytes:wal_bytes"; do
                 printf '| %s |' "${v%%:*}"
-                for name in payments.c8 tpcb.c8 wallet.c64 selectonly.c64; do
+                for name in payments.c8 tpcb.c8 payments.c32 tpcb.c32 wallet.c64 selectonly.c64; do
                     printf ' %s |' "$(e2e_median_of "cost.$name.${v#*:}")"
                 done
                 echo
             done
             echo
-            echo "| process | payment: CPU ms | payment: context switches | wallet read: CPU ms | wallet read: context switches |"
-            echo "| --- | ---: | ---: | ---: | ---: |"
-            mapfile -t names < <(awk '$1 ~ /^cost\.(payments\.c8|wallet\.c64)\.cpu_ms\./ { sub(/^cost\.[a-z]+\.c[0-9]+\.cpu_ms\./, "", $1); print $1 }' "$E2E_RUN_DIR/results.txt" | sort -u)
+            echo "| process | payment (8 connections): CPU ms | context switches | payment (32 connections): CPU ms | context switches | wallet read: CPU ms | wallet read: context switches |"
+            echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+            mapfile -t names < <(awk '$1 ~ /^cost\.(payments\.c8|payments\.c32|wallet\.c64)\.cpu_ms\./ { sub(/^cost\.[a-z]+\.c[0-9]+\.cpu_ms\./, "", $1); print $1 }' "$E2E_RUN_DIR/results.txt" | sort -u)
             for name in "${names[@]}"; do
-                printf '| %s | %s | %s | %s | %s |\n' "$name" \
+                printf '| %s | %s | %s | %s | %s | %s | %s |\n' "$name" \
                     "$(e2e_median_of "cost.payments.c8.cpu_ms.$name")" "$(e2e_median_of "cost.payments.c8.switches.$name")" \
+                    "$(e2e_median_of "cost.payments.c32.cpu_ms.$name")" "$(e2e_median_of "cost.payments.c32.switches.$name")" \
                     "$(e2e_median_of "cost.wallet.c64.cpu_ms.$name")" "$(e2e_median_of "cost.wallet.c64.switches.$name")"
             done
         fi
