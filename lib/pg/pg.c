@@ -475,6 +475,60 @@ pg_result_t pg_exec_prepared(pg_conn_t *self, const char *name, const char *sql,
     return conn_finish(self, res, name, in_txn, nparams > 0, out);
 }
 
+/* The array literal of column 'column' of 'rows' ("{\"a\",NULL}"),
+ * malloc'd; NULL when memory runs out. */
+static char *rows_column_literal(const char *const *const *rows, size_t count, int column)
+{
+    size_t size = 3;
+    for (size_t i = 0; i < count; i++)
+        size += rows[i][column] == NULL ? 5 : 2 * strlen(rows[i][column]) + 3;
+    char *literal = malloc(size), *p = literal;
+    if (literal == NULL)
+        return NULL;
+    *p++ = '{';
+    for (size_t i = 0; i < count; i++) {
+        if (i > 0)
+            *p++ = ',';
+        const char *value = rows[i][column];
+        if (value == NULL) {
+            memcpy(p, "NULL", 4);
+            p += 4;
+            continue;
+        }
+        *p++ = '"';
+        for (; *value != '\0'; value++) {
+            if (*value == '"' || *value == '\\')
+                *p++ = '\\';
+            *p++ = *value;
+        }
+        *p++ = '"';
+    }
+    *p++ = '}';
+    *p = '\0';
+    return literal;
+}
+
+pg_result_t pg_exec_prepared_rows(pg_conn_t *self, const char *name, const char *sql, int ncolumns,
+                                  size_t count, const char *const *const *rows, PGresult **out)
+{
+    assert(self != NULL && ncolumns > 0 && count > 0 && rows != NULL);
+    if (out != NULL)
+        *out = NULL;
+    char **columns = calloc((size_t)ncolumns, sizeof *columns);
+    bool built = columns != NULL;
+    for (int j = 0; built && j < ncolumns; j++)
+        built = (columns[j] = rows_column_literal(rows, count, j)) != NULL;
+    pg_result_t result = PG_ERROR;
+    if (built)
+        result = pg_exec_prepared(self, name, sql, ncolumns, (const char *const *)columns, out);
+    else
+        error_set_text(self, "out of memory");
+    for (int j = 0; columns != NULL && j < ncolumns; j++)
+        free(columns[j]);
+    free(columns);
+    return result;
+}
+
 /* Reads the results of the pipeline pg_exec_prepared_batch sent: BEGIN,
  * 'count' statements, COMMIT, then the sync. Returns the first failure
  * (PG_OK: committed). */

@@ -116,6 +116,17 @@ pg_result_t pg_exec_prepared(pg_conn_t *self, const char *name, const char *sql,
 pg_result_t pg_exec_prepared_batch(pg_conn_t *self, const char *name, const char *sql, int nparams,
                                    size_t count, const char *const *const *params, PGresult **out);
 
+/* Runs prepared statement 'name' (as pg_exec_prepared) once for 'count'
+ * rows at a time: parameter j is a text array literal of column j of
+ * rows[0..count-1] ('rows[i][j]'; NULL is SQL NULL), which the statement
+ * unnests, e.g. "INSERT ... SELECT * FROM unnest($1::text[],
+ * $2::bigint[])". One statement for many rows: PostgreSQL sets up the
+ * statement (its executor, its tables' CHECK constraints) once, not once
+ * per row as for pg_exec_prepared_batch. Answers as pg_exec_prepared;
+ * PG_ERROR when memory runs out. */
+pg_result_t pg_exec_prepared_rows(pg_conn_t *self, const char *name, const char *sql, int ncolumns,
+                                  size_t count, const char *const *const *rows, PGresult **out);
+
 /* Opens a transaction (connecting if needed) at the server's default
  * isolation level; run "SET TRANSACTION ISOLATION LEVEL ..." next for
  * another. Fails with PG_ERROR if one is already open on this handle. */

@@ -77,6 +77,17 @@ static const char mark_paid_sql[] =
     " WHERE id = $1 AND user_id = $3 AND status = 'PENDING'"
     " RETURNING " ORDER_COLUMNS;
 
+/* mark_paid_sql for many orders at once: $1 ids, $2 payments, $3 users
+ * (arrays, pg_exec_prepared_rows); answers the orders it completed. */
+static const char mark_paid_rows_sql[] =
+    "UPDATE orders SET status = 'COMPLETED', payment_id = r.paying, updated_at = now()"
+    "  FROM unnest($1::text[], $2::text[], $3::text[]) AS r(order_ref, paying, payer)"
+    /* = ANY: the planner reads the orders by their index, not by
+     * hashing the table (it cannot tell how many rows unnest gives) */
+    " WHERE id = ANY($1::text[]) AND id = r.order_ref AND user_id = r.payer"
+    "   AND status = 'PENDING'"
+    " RETURNING " ORDER_COLUMNS;
+
 /* The calling user's id, or NULL after failing the call. */
 static const char *caller_user(rpc_ctx_t *ctx)
 {
@@ -443,15 +454,11 @@ static Paygate__V1__Code mark_paid_check(rpc_ctx_t *ctx,
 }
 
 /* The answer for an order that MarkPaid left COMPLETED by this payment,
- * from its row ('rows', cleared here); 'changed': this call completed
- * it. */
-static Paygate__V1__Code mark_paid_answer(rpc_ctx_t *ctx, PGresult *rows,
-                                          const Paygate__V1__MarkPaidRequest *request, bool changed,
-                                          Paygate__V1__Order *reply)
+ * 'reply' filled from its row; 'changed': this call completed it. */
+static Paygate__V1__Code mark_paid_answer_checked(rpc_ctx_t *ctx,
+                                                  const Paygate__V1__MarkPaidRequest *request,
+                                                  bool changed, Paygate__V1__Order *reply)
 {
-    Paygate__V1__Code code = order_reply(ctx, rows, reply);
-    if (code != PAYGATE__V1__CODE__OK)
-        return code;
     /* Postcondition: the order is completed by this very payment. */
     if (reply->status != PAYGATE__V1__ORDER_STATUS__COMPLETED ||
         strcmp(reply->payment_id, request->payment_id) != 0) {
@@ -466,14 +473,17 @@ static Paygate__V1__Code mark_paid_answer(rpc_ctx_t *ctx, PGresult *rows,
     return PAYGATE__V1__CODE__OK;
 }
 
-/* mark_paid_answer of a call that completed its order, as a
- * pgrpc_row_answer_fn. */
-static Paygate__V1__Code mark_paid_row_answer(rpc_ctx_t *ctx, PGresult *rows,
-                                              const ProtobufCMessage *request,
-                                              ProtobufCMessage *reply)
+/* The answer for an order that MarkPaid left COMPLETED by this payment,
+ * from its row ('rows', cleared here); 'changed': this call completed
+ * it. */
+static Paygate__V1__Code mark_paid_answer(rpc_ctx_t *ctx, PGresult *rows,
+                                          const Paygate__V1__MarkPaidRequest *request, bool changed,
+                                          Paygate__V1__Order *reply)
 {
-    return mark_paid_answer(ctx, rows, (const Paygate__V1__MarkPaidRequest *)request, true,
-                            (Paygate__V1__Order *)reply);
+    Paygate__V1__Code code = order_reply(ctx, rows, reply);
+    if (code != PAYGATE__V1__CODE__OK)
+        return code;
+    return mark_paid_answer_checked(ctx, request, changed, reply);
 }
 
 Paygate__V1__Code order_mark_paid(rpc_ctx_t *ctx, const ProtobufCMessage *request_msg,
@@ -525,20 +535,22 @@ Paygate__V1__Code order_mark_paid(rpc_ctx_t *ctx, const ProtobufCMessage *reques
 }
 
 /* Batch code of MarkPaid (lib/rpc RPC_BATCH_HANDLER): the calls that
- * pass the checks run in one transaction sent in one round trip
- * (pg_exec_prepared_batch), each as the single call's statement; each
- * that completed its order is answered from its row. A call that changed
- * nothing (a repeat, an order in another state, no such order), and
- * every call when the transaction did not commit (e.g. a payment id
- * already used for another order), is left to order_mark_paid, which
- * runs it again alone and answers why: nothing of it happened. */
+ * pass the checks run as one statement (pg_exec_prepared_rows: the
+ * single call's UPDATE for all their orders); each that completed its
+ * order is answered from its row. A call that changed nothing (a repeat,
+ * an order in another state or completed by another call of the batch,
+ * no such order), and every call when the statement failed (e.g. a
+ * payment id already used for another order), is left to
+ * order_mark_paid, which runs it again alone and answers why: nothing of
+ * it happened. */
 void order_mark_paid_batch(rpc_ctx_t *const *ctxs, const ProtobufCMessage *const *requests,
                            ProtobufCMessage *const *replies, Paygate__V1__Code *codes,
                            bool *answered, size_t count, void *thread_state)
 {
     order_thread_t *thread = thread_state;
     const char *params[rpc_batch_items_max][3];
-    pgrpc_batch_t batch = {0};
+    const char *const *rows_params[rpc_batch_items_max];
+    size_t index[rpc_batch_items_max], n = 0;
     for (size_t i = 0; i < count && i < rpc_batch_items_max; i++) {
         const Paygate__V1__MarkPaidRequest *request =
             (const Paygate__V1__MarkPaidRequest *)requests[i];
@@ -547,13 +559,40 @@ void order_mark_paid_batch(rpc_ctx_t *const *ctxs, const ProtobufCMessage *const
             answered[i] = true;
             continue;
         }
-        size_t k = batch.count++;
-        params[k][0] = request->order_id;
-        params[k][1] = request->payment_id;
-        params[k][2] = request->user_id;
-        batch.params[k] = params[k];
-        batch.index[k] = i;
+        params[n][0] = request->order_id;
+        params[n][1] = request->payment_id;
+        params[n][2] = request->user_id;
+        rows_params[n] = params[n];
+        index[n++] = i;
     }
-    pgrpc_batch_run(thread->pg, "order_mark_paid", mark_paid_sql, 3, &batch, ctxs, requests,
-                    replies, codes, answered, mark_paid_row_answer);
+    if (n == 0)
+        return;
+    PGresult *rows = NULL;
+    if (pg_exec_prepared_rows(thread->pg, "order_mark_paid_rows", mark_paid_rows_sql, 3, n,
+                              rows_params, &rows) != PG_OK) {
+        log_info("mark paid: a batch of %zu did not commit (%s); each goes alone", n,
+                 pg_error_sqlstate(thread->pg));
+        return;
+    }
+    for (size_t k = 0; k < n; k++) {
+        size_t i = index[k];
+        const Paygate__V1__MarkPaidRequest *request =
+            (const Paygate__V1__MarkPaidRequest *)requests[i];
+        int row = PQntuples(rows) - 1;
+        while (row >= 0 &&
+               (strcmp(PQgetvalue(rows, row, col_id), request->order_id) != 0 ||
+                strcmp(PQgetvalue(rows, row, col_payment_id), request->payment_id) != 0))
+            row--;
+        if (row < 0)
+            continue; /* changed nothing: order_mark_paid explains */
+        Paygate__V1__Order *reply = (Paygate__V1__Order *)replies[i];
+        log_set_request_id(rpc_ctx_request_id(ctxs[i]));
+        answered[i] = true;
+        codes[i] = order_from_row(ctxs[i], rows, row, reply)
+                       ? mark_paid_answer_checked(ctxs[i], request, true, reply)
+                       : rpc_ctx_fail(ctxs[i], PAYGATE__V1__CODE__INTERNAL, "internal_error",
+                                      "internal error (request %s)", rpc_ctx_request_id(ctxs[i]));
+    }
+    log_set_request_id(NULL);
+    PQclear(rows);
 }

@@ -100,7 +100,7 @@ saga_outcome_t saga_drive(payment_env_t *env, saga_payment_t *p, const char *req
 /* saga.c: drives the fresh payments of 'ps' ('count', at most
  * rpc_batch_items_max; each at ORDER_CHECKED with the lease its insert
  * took, for request 'request_ids[i]') together: one user.Debit batch, one
- * order.MarkPaid batch, one transaction for their outcomes. A payment
+ * order.MarkPaid batch, one statement for their outcomes. A payment
  * for which a batch did not simply succeed goes on alone (saga_drive)
  * from its recorded step, so that every failure is handled as for one
  * payment. Sets 'outcomes[i]' as saga_drive answers for each. */

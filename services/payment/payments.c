@@ -43,6 +43,22 @@ static const char insert_sql[] =
     " RETURNING id, lease_token, (extract(epoch FROM locked_until) * 1000)::bigint, " PGRPC_TIME(
         "created_at");
 
+/* insert_sql for many payments at once: $1..$10 are arrays of its
+ * parameters (pg_exec_prepared_rows), one element per payment; the rows
+ * go in in that order. */
+static const char insert_rows_sql[] =
+    "INSERT INTO payments (id, user_id, order_id, idempotency_key, amount, status, step,"
+    " failure_code, failure_message, locked_until)"
+    " SELECT id, user_id, order_id, idempotency_key, amount, status, step, failure_code,"
+    "        failure_message, now() + make_interval(secs => lease::int / 1000.0)"
+    "   FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[],"
+    "               $7::text[], $8::text[], $9::text[], $10::int[])"
+    "        AS p(id, user_id, order_id, idempotency_key, amount, status, step, failure_code,"
+    "             failure_message, lease)"
+    " ON CONFLICT (user_id, idempotency_key) DO NOTHING"
+    " RETURNING id, lease_token, (extract(epoch FROM locked_until) * 1000)::bigint, " PGRPC_TIME(
+        "created_at");
+
 /* (ordered by user and idempotency key: the unique key it may wait on) */
 const payment_sql_kind_t payment_insert_statement = {"payment_insert", insert_sql, 10, {1, 3}};
 
@@ -460,10 +476,10 @@ void payment_create_batch(rpc_ctx_t *const *ctxs, const ProtobufCMessage *const 
     if (n == 0)
         return;
 
-    /* The inserts, in lock order, in one transaction. When it does not
-     * commit, nothing of it happened (or its outcome is unknown: then the
-     * single handler finds the key in progress, and the recovery loop
-     * finishes the payment), and every call goes to the single handler. */
+    /* The inserts, in lock order, in one statement. When it fails,
+     * nothing of it happened (or its outcome is unknown: then the single
+     * handler finds the key in progress, and the recovery loop finishes
+     * the payment), and every call goes to the single handler. */
     for (size_t i = 1; i < n; i++) {
         create_item_t moving = items[i];
         size_t j = i;
@@ -491,9 +507,9 @@ void payment_create_batch(rpc_ctx_t *const *ctxs, const ProtobufCMessage *const 
         memcpy(it->insert_params, insert_params, sizeof insert_params);
         params[k] = it->insert_params;
     }
-    PGresult *inserted[rpc_batch_items_max];
-    if (pg_exec_prepared_batch(env->pg, "payment_insert", insert_sql, 10, n, params, inserted) !=
-        PG_OK) {
+    PGresult *inserted = NULL;
+    if (pg_exec_prepared_rows(env->pg, "payment_insert_rows", insert_rows_sql, 10, n, params,
+                              &inserted) != PG_OK) {
         log_info("payment: a batch of %zu inserts did not commit (%s); each goes alone", n,
                  pg_error_sqlstate(env->pg));
         return;
@@ -507,20 +523,19 @@ void payment_create_batch(rpc_ctx_t *const *ctxs, const ProtobufCMessage *const 
     size_t driven[rpc_batch_items_max], m = 0;
     for (size_t k = 0; k < n; k++) {
         create_item_t *it = &items[k];
-        PGresult *rows = inserted[k];
-        if (PQntuples(rows) == 0) {
-            PQclear(rows);
+        int row = 0, inserted_rows = PQntuples(inserted);
+        while (row < inserted_rows && strcmp(PQgetvalue(inserted, row, 0), it->id) != 0)
+            row++;
+        if (row == inserted_rows)
             continue;
-        }
         saga_payment_t fresh = {.amount = it->amount};
         snprintf(fresh.id, sizeof fresh.id, "%s", it->id);
         snprintf(fresh.user_id, sizeof fresh.user_id, "%s", it->user);
         snprintf(fresh.order_id, sizeof fresh.order_id, "%s", it->request->order_id);
         snprintf(fresh.step, sizeof fresh.step, "ORDER_CHECKED");
-        fresh.lease_token = strtoll(PQgetvalue(rows, 0, 1), NULL, 10);
-        fresh.lease_until_ms = strtoll(PQgetvalue(rows, 0, 2), NULL, 10);
-        snprintf(fresh.created_at, sizeof fresh.created_at, "%s", PQgetvalue(rows, 0, 3));
-        PQclear(rows);
+        fresh.lease_token = strtoll(PQgetvalue(inserted, row, 1), NULL, 10);
+        fresh.lease_until_ms = strtoll(PQgetvalue(inserted, row, 2), NULL, 10);
+        snprintf(fresh.created_at, sizeof fresh.created_at, "%s", PQgetvalue(inserted, row, 3));
         saga_payment_t *saga = &it->saga;
         *saga = fresh;
         size_t i = it->call;
@@ -536,6 +551,7 @@ void payment_create_batch(rpc_ctx_t *const *ctxs, const ProtobufCMessage *const 
         request_ids[m] = rpc_ctx_request_id(ctxs[i]);
         driven[m++] = k;
     }
+    PQclear(inserted);
     if (m == 0)
         return;
     saga_outcome_t outcomes[rpc_batch_items_max];

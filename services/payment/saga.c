@@ -87,6 +87,30 @@ static const char saga_finish_sql[] =
                       "  ON CONFLICT (event_id) DO NOTHING)"
                       " SELECT created, updated FROM done";
 
+/* saga_finish_sql for many payments at once: $1..$8 are arrays of its
+ * parameters (pg_exec_prepared_rows); answers the id and times of each
+ * payment it finished, and inserts their events in the order given. */
+static const char saga_finish_rows_sql[] =
+    "WITH input AS ("
+    "  SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],"
+    "                       $6::text[], $7::text[], $8::bigint[]) WITH ORDINALITY"
+    "      AS i(id, status, failure_code, failure_message, event_id, key, payload, token, n)),"
+    " done AS ("
+    "  UPDATE payments p SET status = i.status, step = 'DONE', failure_code = i.failure_code,"
+    "         failure_message = i.failure_message, updated_at = now()"
+    "    FROM input i"
+    /* = ANY: the payments are read by their index (see orders.c) */
+    "   WHERE p.id = ANY($1::text[]) AND p.id = i.id AND p.status = 'PROCESSING'"
+    "     AND p.lease_token = i.token"
+    "  RETURNING p.id, " PGRPC_TIME("p.created_at") " AS created, " PGRPC_TIME(
+        "p.updated_at") " AS updated),"
+                        " event AS ("
+                        "  INSERT INTO outbox (event_id, topic, key, payload)"
+                        "  SELECT i.event_id, 'payments', i.key, decode(i.payload, 'hex')"
+                        "    FROM input i JOIN done d ON d.id = i.id ORDER BY i.n"
+                        "  ON CONFLICT (event_id) DO NOTHING)"
+                        " SELECT id, created, updated FROM done";
+
 /* (ordered by payment id: the row it updates) */
 const payment_sql_kind_t saga_finish_statement = {"saga_finish", saga_finish_sql, 8, {0, -1}};
 
@@ -181,22 +205,23 @@ static bool finish_args(const saga_payment_t *p, bool succeeded, const char *fai
     return true;
 }
 
-/* The finishing statement's answer 'rows' (cleared here) for 'p': the
- * outcome recorded, or SAGA_PENDING when this driver no longer held it. */
+/* The finishing statement's answer for 'p', row 'row' of 'rows' (its
+ * created and updated times in columns 'col' and 'col' + 1; 'row' -1:
+ * no row): the outcome recorded, or SAGA_PENDING when this driver no
+ * longer held it. */
 static saga_outcome_t finish_result(payment_env_t *env, saga_payment_t *p, bool succeeded,
                                     const char *failure_code, const char *failure_message,
-                                    PGresult *rows)
+                                    const PGresult *rows, int row, int col)
 {
     /* The statement inserts the event row exactly when it finished the
      * payment: no row means this driver no longer held it. */
-    bool finished = PQntuples(rows) == 1;
+    bool finished = row >= 0;
     if (finished) {
-        snprintf(p->created_at, sizeof p->created_at, "%s", PQgetvalue(rows, 0, 0));
-        snprintf(p->updated_at, sizeof p->updated_at, "%s", PQgetvalue(rows, 0, 1));
+        snprintf(p->created_at, sizeof p->created_at, "%s", PQgetvalue(rows, row, col));
+        snprintf(p->updated_at, sizeof p->updated_at, "%s", PQgetvalue(rows, row, col + 1));
         p->failure_code = failure_code;
         p->failure_message = failure_message;
     }
-    PQclear(rows);
     if (!finished) {
         log_info("saga %s: lease %" PRId64 " lost before finishing; outcome not recorded", p->id,
                  p->lease_token);
@@ -226,7 +251,10 @@ static saga_outcome_t saga_finish(payment_env_t *env, saga_payment_t *p, bool su
         log_warn("saga %s: cannot record the outcome: %s", p->id, pg_error_message(env->pg));
         return SAGA_PENDING;
     }
-    return finish_result(env, p, succeeded, failure_code, failure_message, rows);
+    saga_outcome_t outcome = finish_result(env, p, succeeded, failure_code, failure_message, rows,
+                                           PQntuples(rows) == 1 ? 0 : -1, 0);
+    PQclear(rows);
+    return outcome;
 }
 
 /* Calls user.'method' (Debit or Credit) for 'p'. */
@@ -475,9 +503,8 @@ static void saga_mark_paid_together(payment_env_t *env, saga_payment_t *const *p
     }
 }
 
-/* The payments going on succeeded: their finishing statements in one
- * transaction. Sets their outcomes; when it did not commit, they go
- * alone. */
+/* The payments going on succeeded: their outcomes and events recorded
+ * by one statement. Sets their outcomes; when it fails, they go alone. */
 static void saga_finish_together(payment_env_t *env, saga_payment_t *const *ps,
                                  const char *const *request_ids, bool *alone, size_t count,
                                  saga_outcome_t *outcomes)
@@ -494,10 +521,11 @@ static void saga_finish_together(payment_env_t *env, saga_payment_t *const *ps,
             break;
         params[built] = args[built].params;
     }
-    PGresult *rows[rpc_batch_items_max];
-    pg_result_t result = built < n ? PG_ERROR
-                                   : pg_exec_prepared_batch(env->pg, "saga_finish", saga_finish_sql,
-                                                            8, n, params, rows);
+    PGresult *rows = NULL;
+    pg_result_t result = built < n
+                             ? PG_ERROR
+                             : pg_exec_prepared_rows(env->pg, "saga_finish_rows",
+                                                     saga_finish_rows_sql, 8, n, params, &rows);
     for (size_t k = 0; k < built; k++)
         free(args[k].payload);
     if (result != PG_OK) {
@@ -508,9 +536,14 @@ static void saga_finish_together(payment_env_t *env, saga_payment_t *const *ps,
         return;
     }
     for (size_t k = 0; k < n; k++) {
+        saga_payment_t *p = ps[order[k]];
+        int row = PQntuples(rows) - 1;
+        while (row >= 0 && strcmp(PQgetvalue(rows, row, 0), p->id) != 0)
+            row--;
         log_set_request_id(request_ids[order[k]]);
-        outcomes[order[k]] = finish_result(env, ps[order[k]], true, "", "", rows[k]);
+        outcomes[order[k]] = finish_result(env, p, true, "", "", rows, row, 1);
     }
+    PQclear(rows);
     log_set_request_id(NULL);
 }
 

@@ -5,8 +5,9 @@
  * and "wallet" to recorder_on_events(), as many at once as the bus has
  * delivered meanwhile. Each payload is a MoneyEvent (proto/events.proto);
  * a movement of money becomes one row, and the rows of one call are
- * inserted in one transaction sent in one round trip (one commit for
- * all; when it does not commit, each event goes again alone):
+ * inserted by one statement (pg_exec_prepared_rows: one round trip, one
+ * commit, the table's constraints set up once; when it fails, each event
+ * goes again alone):
  *
  *   PAYMENT_SUCCEEDED -> PAYMENT  "₹1,000 paid for Order #ord_..."
  *   REFUND_SUCCEEDED  -> REFUND   "₹200 refunded for Order #ord_..."
@@ -79,6 +80,16 @@ static const char record_sql[] =
     " payment_id, refund_id, topup_id, description, created_at)"
     " VALUES ($1, $2, $3, $4, $5::bigint, $6, $7, $8, $9, $10, $11, $12::timestamptz)"
     " ON CONFLICT (event_id) DO NOTHING RETURNING id";
+
+/* record_sql for many rows at once: $1..$12 are arrays of the columns
+ * (pg_exec_prepared_rows); answers the event ids it inserted. */
+static const char record_rows_sql[] =
+    "INSERT INTO transactions (id, event_id, user_id, type, amount, currency, order_id,"
+    " payment_id, refund_id, topup_id, description, created_at)"
+    " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[],"
+    "                      $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],"
+    "                      $11::text[], $12::timestamptz[])"
+    " ON CONFLICT (event_id) DO NOTHING RETURNING event_id";
 
 /* $1 event */
 static const char recorded_sql[] = "SELECT id, user_id, type, amount FROM transactions"
@@ -356,13 +367,11 @@ static bool record_row(const movement_t *m, record_row_t *row)
     return true;
 }
 
-/* The record statement ran for 'm' (as 'row') and returned 'rows' (which
- * it clears): a new row, or an event recorded before. */
+/* The record statement ran for 'm' (as 'row'): 'inserted' a new row,
+ * or found the event recorded before. */
 static void recorder_recorded(recorder_t *self, const events_delivery_t *event, const movement_t *m,
-                              const record_row_t *row, PGresult *rows)
+                              const record_row_t *row, bool inserted)
 {
-    bool inserted = PQntuples(rows) == 1;
-    PQclear(rows);
     if (inserted) {
         self->recorded++;
         log_info("recorder: %s %s %" PRId64 " paise for %s (event %s, %s offset %" PRIu64
@@ -388,9 +397,12 @@ static bool recorder_record(recorder_t *self, const events_delivery_t *event, co
     pg_result_t result =
         pg_exec_prepared(self->pg, "transaction_record", record_sql, 12, row.params, &rows);
     switch (result) {
-    case PG_OK:
-        recorder_recorded(self, event, m, &row, rows);
+    case PG_OK: {
+        bool inserted = PQntuples(rows) == 1;
+        PQclear(rows);
+        recorder_recorded(self, event, m, &row, inserted);
         return true;
+    }
     case PG_UNAVAILABLE:
         self->database_retry_at_ms = clock_now_ms() + recorder_database_retry_ms;
         self->deferred++;
@@ -523,24 +535,29 @@ void recorder_on_events(const events_delivery_t *events, size_t count, bool *ack
         params[batched] = rows[batched].params;
         indexes[batched++] = i;
     }
-    /* Two or more: one transaction, sent in one round trip. When it does
-     * not commit (a constraint, the database gone), nothing of it
-     * happened and each goes again alone, which explains its own
-     * failure. */
+    /* Two or more: one statement for all (one round trip, one commit,
+     * the table's constraints set up once). When it fails (a constraint,
+     * the database gone), nothing of it happened and each goes again
+     * alone, which explains its own failure. */
     bool done = false;
     if (batched >= 2) {
-        PGresult *results[events_batch_max];
-        pg_result_t result = pg_exec_prepared_batch(self->pg, "transaction_record", record_sql, 12,
-                                                    batched, params, results);
+        PGresult *result_rows = NULL;
+        pg_result_t result =
+            pg_exec_prepared_rows(self->pg, "transaction_record_rows", record_rows_sql, 12, batched,
+                                  params, &result_rows);
         if (result == PG_OK) {
             for (size_t b = 0; b < batched; b++) {
                 recorder_item_t *item = &items[indexes[b]];
+                bool inserted = false;
+                for (int r = 0; !inserted && r < PQntuples(result_rows); r++)
+                    inserted = strcmp(PQgetvalue(result_rows, r, 0), item->movement.event_id) == 0;
                 log_set_request_id(item->event->request_id);
-                recorder_recorded(self, &events[indexes[b]], &item->movement, &rows[b], results[b]);
+                recorder_recorded(self, &events[indexes[b]], &item->movement, &rows[b], inserted);
                 item->acknowledge = true;
                 item->record = false;
                 log_set_request_id(NULL);
             }
+            PQclear(result_rows);
             done = true;
         } else {
             log_info("recorder: a batch of %zu events did not commit (%s); each goes alone",

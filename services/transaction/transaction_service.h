@@ -49,7 +49,7 @@ void recorder_destroy(recorder_t **self);
 
 /* The consumer's batch handler (events_batch_handler_fn), with
  * 'recorder' a recorder_t: records 'events' idempotently by event id,
- * together in one transaction (one round trip) when it can. Sets
+ * together in one statement (one round trip) when it can. Sets
  * 'acknowledge[i]' true when event i is recorded, was recorded before,
  * moves no money, or can never be recorded (malformed: logged); false
  * (redeliver) when the database is unavailable or failed unexpectedly. */
