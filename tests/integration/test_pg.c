@@ -661,6 +661,64 @@ static void test_prepared_batch_commits_together(void **state)
     pg_conn_destroy(&conn);
 }
 
+static const char rows_insert_sql[] =
+    "INSERT INTO rows_notes (id, note) SELECT * FROM unnest($1::bigint[], $2::text[])"
+    " RETURNING id, note";
+
+/* pg_exec_prepared_rows: one statement for all rows, each value exactly
+ * as given (quotes, backslashes, braces, commas, "NULL" the text) and
+ * NULL as SQL NULL; a failing row fails the statement whole. */
+static void test_prepared_rows(void **state)
+{
+    (void)state;
+    exec_ok(g.db, "CREATE TABLE rows_notes (id bigint PRIMARY KEY, note text)", 0, NULL);
+    pg_conn_t *conn = pg_conn_new(g.dsn, g.schema);
+    char cell[cell_bytes_max];
+    const char *rows[][2] = {{"1201", "plain"},
+                             {"1202", "\"quoted\", {braces}, a\\b and \\\""},
+                             {"1203", NULL},
+                             {"1204", "NULL"},
+                             {"1205", ""}};
+    const char *const *params[] = {rows[0], rows[1], rows[2], rows[3], rows[4]};
+    PGresult *out = NULL;
+    assert_int_equal(
+        pg_exec_prepared_rows(conn, "rows_insert", rows_insert_sql, 2, 5, params, &out), PG_OK);
+    assert_int_equal(PQntuples(out), 5);
+    PQclear(out);
+    for (int i = 0; i < 5; i++) {
+        const char *id[] = {rows[i][0]};
+        PGresult *row = NULL;
+        assert_int_equal(
+            pg_exec(g.db, "SELECT note FROM rows_notes WHERE id = $1::bigint", 1, id, &row), PG_OK);
+        assert_int_equal(PQntuples(row), 1);
+        if (rows[i][1] == NULL) {
+            assert_true(PQgetisnull(row, 0, 0));
+        } else {
+            assert_false(PQgetisnull(row, 0, 0));
+            assert_string_equal(PQgetvalue(row, 0, 0), rows[i][1]);
+        }
+        PQclear(row);
+    }
+    /* One statement: one transaction for all five. */
+    query_cell(g.db,
+               "SELECT count(DISTINCT xmin::text) FROM rows_notes WHERE id BETWEEN 1201 AND 1205",
+               0, NULL, cell);
+    assert_string_equal(cell, "1");
+
+    /* A duplicate among new rows: nothing of the statement stays. */
+    const char *more[][2] = {{"1206", "new"}, {"1201", "again"}, {"1207", "new"}};
+    const char *const *more_params[] = {more[0], more[1], more[2]};
+    out = (PGresult *)(uintptr_t)1; /* must be reset to NULL */
+    assert_int_equal(
+        pg_exec_prepared_rows(conn, "rows_insert", rows_insert_sql, 2, 3, more_params, &out),
+        PG_CONSTRAINT);
+    assert_null(out);
+    assert_string_equal(pg_error_constraint(conn), "rows_notes_pkey");
+    query_cell(g.db, "SELECT count(*) FROM rows_notes WHERE id IN (1206, 1207)", 0, NULL, cell);
+    assert_string_equal(cell, "0");
+    pg_conn_destroy(&conn);
+}
+
 static void test_prepared_batch_failure_leaves_nothing(void **state)
 {
     (void)state;
@@ -1164,6 +1222,7 @@ int main(void)
         cmocka_unit_test(test_connect_timeout_is_bounded),
         cmocka_unit_test(test_prepared_batch_commits_together),
         cmocka_unit_test(test_prepared_batch_failure_leaves_nothing),
+        cmocka_unit_test(test_prepared_rows),
         cmocka_unit_test(test_prepared_batch_refused_inside_transaction),
         cmocka_unit_test(test_prepared_batch_connection_lost),
         cmocka_unit_test(test_transaction_failed),
