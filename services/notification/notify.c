@@ -138,22 +138,35 @@ static bool notify_deliver(notifier_t *self, const notification_t *n, const char
     }
 }
 
-/* Handles one delivery; true acknowledges it. Sets the event's request
- * id as the log context (notify_handle clears it). */
-static bool notify_handle_event(notifier_t *self, const events_delivery_t *delivery)
+/* A delivery on its way: rendered, to be stored. */
+typedef struct {
+    Paygate__V1__MoneyEvent *event; /* NULL: not a MoneyEvent (freed by notify_handle_batch) */
+    notification_t n;
+    char json[notification_json_bytes_max + 1];
+    bool deliver;     /* to store: 'n' and 'json' are set */
+    bool acknowledge; /* otherwise: the answer */
+} notify_item_t;
+
+/* Decodes and renders 'delivery' into '*item': to deliver, or answered
+ * (dropped, stopping, no JSON). Logs as the event's request. */
+static void notify_prepare(notifier_t *self, const events_delivery_t *delivery, notify_item_t *item)
 {
-    if (atomic_load(&self->stopping))
-        return false; /* stopping: NACK, another member (or we, later) takes it */
-    Paygate__V1__MoneyEvent *event =
+    item->deliver = false;
+    item->acknowledge = true;
+    item->event = NULL;
+    if (atomic_load(&self->stopping)) {
+        item->acknowledge = false; /* stopping: NACK, another member (or we, later) takes it */
+        return;
+    }
+    Paygate__V1__MoneyEvent *event = item->event =
         paygate__v1__money_event__unpack(NULL, delivery->payload_len, delivery->payload);
-    if (event != NULL)
-        log_set_request_id(event->request_id); /* the request that caused the event */
     if (event == NULL) {
         self->dropped++;
         log_error("notify: %s offset %" PRIu64 " (%s) is not a MoneyEvent; dropped",
                   delivery->topic, delivery->offset, delivery->event_id);
-        return true;
+        return;
     }
+    log_set_request_id(event->request_id); /* the request that caused the event */
     /* The bus id and the event's own id are the same by contract; the
      * event's wins when both are set. */
     Paygate__V1__MoneyEvent view = *event;
@@ -162,34 +175,75 @@ static bool notify_handle_event(notifier_t *self, const events_delivery_t *deliv
     else if (strcmp(view.event_id, delivery->event_id) != 0)
         log_warn("notify: bus event id %s carries MoneyEvent %s", delivery->event_id,
                  view.event_id);
-    notification_t n;
     const char *problem = NULL;
-    bool rendered = notification_render(&view, delivery->timestamp_ms, &n, &problem);
-    paygate__v1__money_event__free_unpacked(event, NULL);
-    if (!rendered) {
+    if (!notification_render(&view, delivery->timestamp_ms, &item->n, &problem)) {
         self->dropped++;
         log_error("notify: %s offset %" PRIu64 " (%s) cannot be notified: %s; dropped",
                   delivery->topic, delivery->offset, delivery->event_id, problem);
-        return true;
+    } else if (notification_to_json(&item->n, item->json, sizeof item->json) < 0) {
+        log_error("notify: %s: cannot build its JSON; left for redelivery", item->n.id);
+        item->acknowledge = false;
+    } else {
+        item->deliver = true;
     }
-    char json[notification_json_bytes_max + 1];
-    if (notification_to_json(&n, json, sizeof json) < 0) {
-        log_error("notify: %s: cannot build its JSON; left for redelivery", n.id);
-        return false;
-    }
-    if (notify_deliver(self, &n, json, delivery))
-        return true;
-    self->refused++;
-    log_debug("notify: %s not delivered (Redis unavailable); NACK", n.id);
-    return false;
+    log_set_request_id(NULL);
 }
 
-/* The consumer's handler: true acknowledges the event. */
-static bool notify_handle(const events_delivery_t *delivery, void *state)
+/* The consumer's batch handler: the notifications of the events waiting
+ * are stored together (store_deliver_many: one round trip to Redis);
+ * one whose answer did not come goes again alone, with retries
+ * (notify_deliver). acknowledge[i]: event i is notified (now or before)
+ * or can never be. */
+static void notify_handle_batch(const events_delivery_t *deliveries, size_t count,
+                                bool *acknowledge, void *state)
 {
-    bool acknowledge = notify_handle_event(state, delivery);
-    log_set_request_id(NULL);
-    return acknowledge;
+    notifier_t *self = state;
+    notify_item_t *items = calloc(count, sizeof *items);
+    store_delivery_t *batch = calloc(count, sizeof *batch);
+    store_result_t *results = calloc(count, sizeof *results);
+    size_t *index = calloc(count, sizeof *index);
+    if (items == NULL || batch == NULL || results == NULL || index == NULL) {
+        for (size_t i = 0; i < count; i++)
+            acknowledge[i] = false; /* out of memory: delivered again later */
+        free(items), free(batch), free(results), free(index);
+        return;
+    }
+    size_t n = 0;
+    for (size_t i = 0; i < count; i++) {
+        notify_prepare(self, &deliveries[i], &items[i]);
+        acknowledge[i] = items[i].acknowledge;
+        if (items[i].deliver) {
+            batch[n] = (store_delivery_t){items[i].n.id, items[i].n.user_id, items[i].json};
+            index[n++] = i;
+        }
+    }
+    if (n > 0)
+        store_deliver_many(self->store, batch, n, results);
+    bool redis_down = false; /* one went alone and failed: the rest wait for redelivery */
+    for (size_t k = 0; k < n; k++) {
+        size_t i = index[k];
+        const notify_item_t *item = &items[i];
+        log_set_request_id(item->event->request_id);
+        if (results[k] == STORE_OK) {
+            self->delivered++;
+            log_debug("notify: %s -> %s (%s offset %" PRIu64 ")", item->n.id, item->n.user_id,
+                      deliveries[i].topic, deliveries[i].offset);
+        } else if (results[k] == STORE_DUPLICATE) {
+            self->duplicates++;
+            log_debug("notify: %s was delivered before (delivery %" PRIu32 ")", item->n.id,
+                      deliveries[i].delivery_count);
+        } else if (redis_down || !notify_deliver(self, &item->n, item->json, &deliveries[i])) {
+            redis_down = true;
+            self->refused++;
+            log_debug("notify: %s not delivered (Redis unavailable); NACK", item->n.id);
+            acknowledge[i] = false;
+        }
+        log_set_request_id(NULL);
+    }
+    for (size_t i = 0; i < count; i++)
+        if (items[i].event != NULL)
+            paygate__v1__money_event__free_unpacked(items[i].event, NULL);
+    free(items), free(batch), free(results), free(index);
 }
 
 /* One consumer's life: subscribe, consume until stopped or refused.
@@ -205,7 +259,7 @@ static int notify_consume(notifier_t *self)
         .max_in_flight = notify_max_in_flight,
         .heartbeat_interval_ms = notify_heartbeat_interval_ms,
         .start_at_end = false, /* a new group notifies the retained history once */
-        .handler = notify_handle,
+        .batch_handler = notify_handle_batch,
         .state = self,
         .metrics = self->metrics,
     };

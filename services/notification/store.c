@@ -148,22 +148,28 @@ bool store_ping(store_t *self)
     return ok;
 }
 
-store_result_t store_deliver(store_t *self, const char *id, const char *user_id, const char *json)
-{
+/* The keys of notification 'id' for 'user_id'. False when they do not
+ * fit (render.c checks lengths, so this is a bug: logged). */
+typedef struct {
     char seen[store_key_bytes_max], list[store_key_bytes_max], channel[store_key_bytes_max];
-    int a = snprintf(seen, sizeof seen, "notification:seen:%s", id);
-    int b = snprintf(list, sizeof list, "notifications:user:%s:latest", user_id);
-    int c = snprintf(channel, sizeof channel, "notifications:user:%s", user_id);
-    if (a < 0 || b < 0 || c < 0 || (size_t)a >= sizeof seen || (size_t)b >= sizeof list ||
-        (size_t)c >= sizeof channel) {
-        log_error("store: key for %s does not fit", id); /* render.c checks lengths */
-        return STORE_UNAVAILABLE;
+} deliver_keys_t;
+
+static bool deliver_keys(const char *id, const char *user_id, deliver_keys_t *k)
+{
+    int a = snprintf(k->seen, sizeof k->seen, "notification:seen:%s", id);
+    int b = snprintf(k->list, sizeof k->list, "notifications:user:%s:latest", user_id);
+    int c = snprintf(k->channel, sizeof k->channel, "notifications:user:%s", user_id);
+    if (a < 0 || b < 0 || c < 0 || (size_t)a >= sizeof k->seen || (size_t)b >= sizeof k->list ||
+        (size_t)c >= sizeof k->channel) {
+        log_error("store: key for %s does not fit", id);
+        return false;
     }
-    redisReply *reply =
-        store_command(self, "EVAL %s 2 %s %s %s %d %d %s", deliver_script, seen, list, json,
-                      (int)store_seen_ttl_s, (int)store_latest_max, channel);
-    if (reply == NULL)
-        return STORE_UNAVAILABLE;
+    return true;
+}
+
+/* The delivery script's answer 'reply' (freed here) as a result. */
+static store_result_t deliver_result(redisReply *reply)
+{
     store_result_t result = STORE_UNAVAILABLE;
     if (reply->type == REDIS_REPLY_INTEGER)
         result = reply->integer == 1 ? STORE_OK : STORE_DUPLICATE;
@@ -171,6 +177,71 @@ store_result_t store_deliver(store_t *self, const char *id, const char *user_id,
         log_error("store: the delivery script answered type %d", reply->type);
     freeReplyObject(reply);
     return result;
+}
+
+/* The delivery script's command, as a printf format for hiredis: keys
+ * seen and list, then the JSON, the expiry, the list length and the
+ * channel. */
+#define DELIVER_COMMAND "EVAL %s 2 %s %s %s %d %d %s"
+
+store_result_t store_deliver(store_t *self, const char *id, const char *user_id, const char *json)
+{
+    deliver_keys_t k;
+    if (!deliver_keys(id, user_id, &k))
+        return STORE_UNAVAILABLE;
+    redisReply *reply = store_command(self, DELIVER_COMMAND, deliver_script, k.seen, k.list, json,
+                                      (int)store_seen_ttl_s, (int)store_latest_max, k.channel);
+    if (reply == NULL)
+        return STORE_UNAVAILABLE;
+    return deliver_result(reply);
+}
+
+void store_deliver_many(store_t *self, const store_delivery_t *deliveries, size_t count,
+                        store_result_t *results)
+{
+    bool *sent = calloc(count > 0 ? count : 1, sizeof *sent);
+    for (size_t i = 0; i < count; i++)
+        results[i] = STORE_UNAVAILABLE;
+    if (sent == NULL || !store_connect(self)) {
+        free(sent);
+        return;
+    }
+    for (size_t i = 0; i < count; i++) {
+        deliver_keys_t k;
+        if (!deliver_keys(deliveries[i].id, deliveries[i].user_id, &k))
+            continue;
+        if (redisAppendCommand(self->redis, DELIVER_COMMAND, deliver_script, k.seen, k.list,
+                               deliveries[i].json, (int)store_seen_ttl_s, (int)store_latest_max,
+                               k.channel) != REDIS_OK)
+            break; /* out of memory: the rest are not sent */
+        sent[i] = true;
+    }
+    bool answered = true;
+    for (size_t i = 0; i < count; i++) {
+        if (!sent[i])
+            continue;
+        redisReply *reply = NULL;
+        if (redisGetReply(self->redis, (void **)&reply) != REDIS_OK || reply == NULL) {
+            /* the connection is unusable now: the next command reconnects */
+            store_failed(self, self->redis->errstr[0] ? self->redis->errstr : "no reply");
+            redisFree(self->redis);
+            self->redis = NULL;
+            answered = false;
+            break;
+        }
+        if (reply->type == REDIS_REPLY_ERROR) {
+            store_failed(self, reply->str);
+            freeReplyObject(reply);
+            answered = false;
+            continue;
+        }
+        results[i] = deliver_result(reply);
+    }
+    if (answered && self->down)
+        log_info("store: Redis %s:%u answers again", self->host, (unsigned)self->port);
+    if (answered)
+        self->down = false;
+    free(sent);
 }
 
 store_result_t store_latest(store_t *self, const char *user_id, int limit, store_each_fn each,

@@ -53,6 +53,21 @@ bool store_ping(store_t *self);
  * notifies once. Returns STORE_OK, STORE_DUPLICATE or STORE_UNAVAILABLE. */
 store_result_t store_deliver(store_t *self, const char *id, const char *user_id, const char *json);
 
+/* One notification for store_deliver_many. */
+typedef struct {
+    const char *id;
+    const char *user_id;
+    const char *json;
+} store_delivery_t;
+
+/* Delivers each of 'count' notifications as store_deliver does, their
+ * scripts sent together and their answers read after (one round trip to
+ * Redis for all), and sets 'results[i]'. A notification whose answer did
+ * not come (Redis gone or slow mid-way) is STORE_UNAVAILABLE, delivered
+ * or not: sending it again notifies once, as for store_deliver. */
+void store_deliver_many(store_t *self, const store_delivery_t *deliveries, size_t count,
+                        store_result_t *results);
+
 /* Called by store_latest for each stored JSON, newest first. */
 typedef void (*store_each_fn)(const char *json, size_t len, void *state);
 
