@@ -41,6 +41,7 @@
 #include <jansson.h>
 #include <libpq-fe.h>
 
+#include "clock/clock.h"
 #include "http_client.h"
 #include "id/id.h"
 #include "order.pb-c.h"
@@ -67,6 +68,8 @@ enum {
     retry_attempts_max = 20, /* same-key retries of a payment still processing */
     token_bytes_max = 2048,
     key_bytes = 300, /* an idempotency key of test 4: room for one over the 255 allowed */
+    restart_timeout_ms = 30000,  /* a service back and registered */
+    recovery_timeout_ms = 60000, /* payments left PROCESSING finished (lease 10 s) */
 };
 
 static struct {
@@ -1106,6 +1109,133 @@ static void test_batch_and_single_answers_match(void **state)
     }
 }
 
+/* ---- 5. a service down under a batch ------------------------------------ */
+
+/* Stops service 'which' and waits until the broker knows no instance. */
+static void service_stop(system_process_t which)
+{
+    assert_true(proc_stop(system_process(g.system, which), system_stop_timeout_ms));
+    assert_true(discovery_wait(g.rpc, system_process_name(which), 0, restart_timeout_ms) >= 0);
+}
+
+/* Starts service 'which' again and waits until all its instances registered. */
+static void service_start(system_process_t which, const char *suffix)
+{
+    assert_true(system_start_process(g.system, which, suffix));
+    assert_true(discovery_wait(g.rpc, system_process_name(which), service_threads,
+                               restart_timeout_ms) >= 0);
+}
+
+/* Sends the calls 'requests' (of 'user') as one batch again and again,
+ * with a pause, until every one is OK (a payment still processing, or
+ * its key in progress, answers otherwise), at most recovery_timeout_ms;
+ * fails the test on any other answer. Each payment id to 'ids'. */
+static void create_batch_until_paid(const Paygate__V1__CreatePaymentRequest *requests,
+                                    const char *const *users, size_t count,
+                                    char ids[][id_bytes_max + 1])
+{
+    int64_t start = clock_now_ms();
+    for (;;) {
+        rpc_batch_item_t items[8];
+        assert_true(count <= 8);
+        create_batch(requests, users, items, count);
+        size_t ok = 0;
+        for (size_t i = 0; i < count; i++) {
+            const rpc_status_t *st = &items[i].status;
+            if (st->code == PAYGATE__V1__CODE__OK) {
+                const Paygate__V1__Payment *p = (const Paygate__V1__Payment *)items[i].reply;
+                assert_int_equal(p->status, PAYGATE__V1__PAYMENT_STATUS__SUCCEEDED);
+                snprintf(ids[i], id_bytes_max + 1, "%s", p->id);
+                ok++;
+            } else if (!(st->code == PAYGATE__V1__CODE__UNAVAILABLE &&
+                         strcmp(st->reason, "payment_processing") == 0) &&
+                       !(st->code == PAYGATE__V1__CODE__FAILED_PRECONDITION &&
+                         strcmp(st->reason, "idempotency_in_progress") == 0)) {
+                fail_msg("call %zu: %d/%s: %s", i, (int)st->code, st->reason, st->message);
+            }
+        }
+        batch_free(items, count);
+        if (ok == count)
+            return;
+        if (clock_now_ms() - start > recovery_timeout_ms)
+            fail_msg("%zu of %zu payments still not finished after %d ms", count - ok, count,
+                     (int)recovery_timeout_ms);
+        sleep_ms(500);
+    }
+}
+
+/* The order service down: its order.Get batch fails, so every call of a
+ * batch goes to the single handler, which answers as alone: UNAVAILABLE
+ * order_service_unavailable, and no payment is recorded; once it is back
+ * the same calls pay. The user service down: the payments are recorded
+ * and their user.Debit batch fails, so each goes on alone and answers as
+ * alone: UNAVAILABLE payment_processing with its payment id; once it is
+ * back the same keys give those very payments, SUCCEEDED, each debited
+ * once. */
+static void test_batch_with_a_service_down(void **state)
+{
+    (void)state;
+    for (size_t round = 0; round < 2; round++) {
+        system_process_t down = round == 0 ? system_order : system_user;
+        const char *reason = round == 0 ? "order_service_unavailable" : "payment_processing";
+        char u[id_bytes_max + 1], orders[3][id_bytes_max + 1], keys[3][64];
+        user_new(u, "cb-down");
+        top_up(u, 10000);
+        for (size_t i = 0; i < 3; i++) {
+            order_new(u, 1000 + 100 * (int64_t)i, orders[i]);
+            unique(keys[i], sizeof keys[i], "cb-down");
+        }
+        service_stop(down);
+
+        rpc_status_t single;
+        Paygate__V1__Payment *reply = NULL;
+        Paygate__V1__Code code = create_single(u, orders[0], keys[0], &reply, &single);
+        assert_null(reply);
+        if (code != PAYGATE__V1__CODE__UNAVAILABLE || strcmp(single.reason, reason) != 0)
+            fail_msg("%s down, alone: %d/%s: %s", system_process_name(down), (int)code,
+                     single.reason, single.message);
+        Paygate__V1__CreatePaymentRequest requests[3];
+        const char *users[3] = {u, u, u};
+        for (size_t i = 0; i < 3; i++)
+            requests[i] = create_request(orders[i], keys[i]);
+        rpc_batch_item_t items[2];
+        create_batch(&requests[1], users, items, 2);
+        char named[3][id_bytes_max + 1] = {"", "", ""};
+        const char *id = rpc_status_detail(&single, "payment_id");
+        snprintf(named[0], sizeof named[0], "%s", id ? id : "");
+        for (size_t i = 0; i < 2; i++) {
+            expect_same_answer(system_process_name(down), &single, &items[i].status);
+            id = rpc_status_detail(&items[i].status, "payment_id");
+            snprintf(named[i + 1], sizeof named[i + 1], "%s", id ? id : "");
+        }
+        batch_free(items, 2);
+        if (round == 0) { /* nothing recorded */
+            assert_int_equal(
+                db_int("SELECT count(*) FROM payments.payments WHERE user_id = $1", u, NULL), 0);
+        } else { /* recorded, PROCESSING, nothing paid yet */
+            for (size_t i = 0; i < 3; i++) {
+                db_payment_expect(named[i], u, orders[i], "PROCESSING", "");
+                db_order_expect(orders[i], "PENDING", "");
+            }
+        }
+
+        service_start(down, "-back");
+        char ids[3][id_bytes_max + 1];
+        create_batch_until_paid(requests, users, 3, ids);
+        int64_t spent = 0;
+        for (size_t i = 0; i < 3; i++) {
+            if (round == 1)
+                assert_string_equal(ids[i], named[i]); /* the payment recorded before */
+            assert_int_equal(db_key_rows(u, keys[i]), 1);
+            assert_int_equal(db_ledger_rows(u, ids[i]), 1);
+            db_order_expect(orders[i], "COMPLETED", ids[i]);
+            db_payment_expect(ids[i], u, orders[i], "SUCCEEDED", "");
+            spent += 1000 + 100 * (int64_t)i;
+        }
+        db_wallet_expect(u, 10000 - spent);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1113,6 +1243,7 @@ int main(void)
         cmocka_unit_test(test_batch_same_key_or_order_twice),
         cmocka_unit_test(test_gateway_concurrent_payments),
         cmocka_unit_test(test_batch_and_single_answers_match),
+        cmocka_unit_test(test_batch_with_a_service_down),
     };
     return cmocka_run_group_tests_name("create_batches", tests, group_setup, group_teardown);
 }
