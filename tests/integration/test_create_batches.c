@@ -271,6 +271,46 @@ static const Paygate__V1__Payment *expect_item_paid(const rpc_batch_item_t *item
     return p;
 }
 
+/* Fails unless 'batch' (an item's status) and 'single' are the same
+ * answer: code, reason, message (with payment ids taken out) and details
+ * (with payment ids taken out). */
+static void expect_same_answer(const char *name, const rpc_status_t *single,
+                               const rpc_status_t *batch)
+{
+    if (single->code != batch->code || strcmp(single->reason, batch->reason) != 0)
+        fail_msg("%s: alone %d/%s, in a batch %d/%s", name, (int)single->code, single->reason,
+                 (int)batch->code, batch->reason);
+    /* the messages, each with its own payment id cut out */
+    char m1[sizeof single->message], m2[sizeof batch->message];
+    const rpc_status_t *st[] = {single, batch};
+    char *out[] = {m1, m2};
+    for (size_t s = 0; s < 2; s++) {
+        const char *id = rpc_status_detail(st[s], "payment_id");
+        const char *at = id != NULL ? strstr(st[s]->message, id) : NULL;
+        if (at == NULL)
+            snprintf(out[s], sizeof m1, "%s", st[s]->message);
+        else
+            snprintf(out[s], sizeof m1, "%.*s<id>%s", (int)(at - st[s]->message), st[s]->message,
+                     at + strlen(id));
+    }
+    if (strcmp(m1, m2) != 0)
+        fail_msg("%s: alone '%s', in a batch '%s'", name, m1, m2);
+    if (single->detail_count != batch->detail_count)
+        fail_msg("%s: %zu details alone, %zu in a batch", name, single->detail_count,
+                 batch->detail_count);
+    for (size_t i = 0; i < single->detail_count; i++) {
+        const char *key = single->details[i].key;
+        const char *other = rpc_status_detail(batch, key);
+        if (other == NULL)
+            fail_msg("%s: detail %s alone, not in a batch", name, key);
+        if (strcmp(key, "payment_id") == 0)
+            assert_true(strncmp(other, "pay_", 4) == 0);
+        else if (strcmp(other, single->details[i].value) != 0)
+            fail_msg("%s: detail %s '%s' alone, '%s' in a batch", name, key,
+                     single->details[i].value, other);
+    }
+}
+
 /* ---- the database --------------------------------------------------------- */
 
 /* Runs 'sql' with 'n' text parameters; fails the test unless it returns
@@ -623,8 +663,21 @@ static void test_batch_answers_each_call(void **state)
         if (code != items[i].status.code || strcmp(status.reason, items[i].status.reason) != 0)
             fail_msg("call %zu alone: %d/%s, in the batch %d/%s", i, (int)code, status.reason,
                      (int)items[i].status.code, items[i].status.reason);
-        if (code == PAYGATE__V1__CODE__OK)
-            assert_string_equal(p->id, ((const Paygate__V1__Payment *)items[i].reply)->id);
+        if (code == PAYGATE__V1__CODE__OK) { /* the first answer, field for field */
+            const ProtobufCMessage *was_paid = items[i].reply;
+            size_t size = protobuf_c_message_get_packed_size(was_paid);
+            assert_int_equal(protobuf_c_message_get_packed_size(&p->base), size);
+            uint8_t *b1 = malloc(size + 1), *b2 = malloc(size + 1);
+            assert_true(b1 != NULL && b2 != NULL);
+            protobuf_c_message_pack(was_paid, b1);
+            protobuf_c_message_pack(&p->base, b2);
+            if (memcmp(b1, b2, size) != 0)
+                fail_msg("call %zu: the replay of %s differs from the batch's answer", i, p->id);
+            free(b1);
+            free(b2);
+        } else {
+            expect_same_answer("a call of the batch, alone", &status, &items[i].status);
+        }
         const char *was = rpc_status_detail(&items[i].status, "payment_id");
         const char *now = rpc_status_detail(&status, "payment_id");
         if (code != PAYGATE__V1__CODE__OK && was != NULL && i != 10)
@@ -1007,46 +1060,6 @@ static void failure_setup(size_t kind, char user[id_bytes_max + 1], char order[i
     }
 }
 
-/* Fails unless 'batch' (an item's status) and 'single' are the same
- * answer: code, reason, message (with payment ids taken out) and details
- * (with payment ids taken out). */
-static void expect_same_answer(const char *name, const rpc_status_t *single,
-                               const rpc_status_t *batch)
-{
-    if (single->code != batch->code || strcmp(single->reason, batch->reason) != 0)
-        fail_msg("%s: alone %d/%s, in a batch %d/%s", name, (int)single->code, single->reason,
-                 (int)batch->code, batch->reason);
-    /* the messages, each with its own payment id cut out */
-    char m1[sizeof single->message], m2[sizeof batch->message];
-    const rpc_status_t *st[] = {single, batch};
-    char *out[] = {m1, m2};
-    for (size_t s = 0; s < 2; s++) {
-        const char *id = rpc_status_detail(st[s], "payment_id");
-        const char *at = id != NULL ? strstr(st[s]->message, id) : NULL;
-        if (at == NULL)
-            snprintf(out[s], sizeof m1, "%s", st[s]->message);
-        else
-            snprintf(out[s], sizeof m1, "%.*s<id>%s", (int)(at - st[s]->message), st[s]->message,
-                     at + strlen(id));
-    }
-    if (strcmp(m1, m2) != 0)
-        fail_msg("%s: alone '%s', in a batch '%s'", name, m1, m2);
-    if (single->detail_count != batch->detail_count)
-        fail_msg("%s: %zu details alone, %zu in a batch", name, single->detail_count,
-                 batch->detail_count);
-    for (size_t i = 0; i < single->detail_count; i++) {
-        const char *key = single->details[i].key;
-        const char *other = rpc_status_detail(batch, key);
-        if (other == NULL)
-            fail_msg("%s: detail %s alone, not in a batch", name, key);
-        if (strcmp(key, "payment_id") == 0)
-            assert_true(strncmp(other, "pay_", 4) == 0);
-        else if (strcmp(other, single->details[i].value) != 0)
-            fail_msg("%s: detail %s '%s' alone, '%s' in a batch", name, key,
-                     single->details[i].value, other);
-    }
-}
-
 /* For each way a call fails, the call made alone and the same call (on
  * state set up alike) inside a batch beside two good payments answer the
  * same code, reason, message and details; the good payments succeed. */
@@ -1236,6 +1249,143 @@ static void test_batch_with_a_service_down(void **state)
     }
 }
 
+/* ---- 6. a batch's transaction that does not commit ------------------------ */
+
+/* Runs the SQL command 'sql' on the test's connection; fails unless OK. */
+static void db_exec(const char *sql)
+{
+    PGresult *res = PQexec(g.db, sql);
+    if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+        char why[512];
+        snprintf(why, sizeof why, "%s", PQerrorMessage(g.db));
+        PQclear(res);
+        fail_msg("command failed: %s: %s", why, sql);
+    }
+    PQclear(res);
+}
+
+/* How many times 'needle' occurs in the log of process 'which' so far
+ * (its current log file). */
+static int log_count(system_process_t which, const char *needle)
+{
+    FILE *f = fopen(system_process(g.system, which)->log_path, "r");
+    if (f == NULL)
+        fail_msg("cannot read the %s log", system_process_name(which));
+    int count = 0;
+    char line[8192];
+    while (fgets(line, sizeof line, f) != NULL)
+        for (const char *at = strstr(line, needle); at != NULL; at = strstr(at + 1, needle))
+            count++;
+    fclose(f);
+    return count;
+}
+
+/* A trigger of the test's own makes the payment service's statements fail
+ * for some idempotency keys: inserts of keys "cb-boom*", and the update
+ * that records SUCCEEDED for keys "cb-stuck*".
+ *
+ * The inserts' transaction fails: nothing of it stays, and every call
+ * goes to the single handler, which answers each as alone (the two good
+ * ones paid, each in its own transaction now; the refused one the error
+ * its single call gives, with no row).
+ *
+ * The outcomes' transaction fails (after the debits and the orders'
+ * completion): each payment goes on alone from its recorded step, its
+ * calls replayed (no second debit), and the two good ones SUCCEED; the
+ * one whose outcome cannot be recorded answers payment_processing with
+ * its id, its order completed by it and debited once. Without the
+ * trigger the same key then gives that payment SUCCEEDED (its lease
+ * taken over, or the recovery loop), and the money adds up. */
+static void test_batch_whose_transaction_fails(void **state)
+{
+    (void)state;
+    db_exec("CREATE FUNCTION payments.cb_refuse() RETURNS trigger LANGUAGE plpgsql AS"
+            " $$ BEGIN RAISE EXCEPTION 'refused by the test'; END $$");
+    db_exec("CREATE TRIGGER cb_refuse_insert BEFORE INSERT ON payments.payments FOR EACH ROW"
+            " WHEN (NEW.idempotency_key LIKE 'cb-boom%') EXECUTE FUNCTION payments.cb_refuse()");
+    db_exec("CREATE TRIGGER cb_refuse_finish BEFORE UPDATE ON payments.payments FOR EACH ROW"
+            " WHEN (NEW.status = 'SUCCEEDED' AND NEW.idempotency_key LIKE 'cb-stuck%')"
+            " EXECUTE FUNCTION payments.cb_refuse()");
+    char u[id_bytes_max + 1], o[7][id_bytes_max + 1], k[7][64];
+    user_new(u, "cb-fail");
+    top_up(u, 20000);
+    const int64_t amount[7] = {1000, 1100, 1200, 1300, 1400, 1500, 1600};
+    for (size_t i = 0; i < 7; i++) {
+        order_new(u, amount[i], o[i]);
+        unique(k[i], sizeof k[i], i == 1 || i == 6 ? "cb-boom" : i == 4 ? "cb-stuck" : "cb-ok");
+    }
+    const char *users[] = {u, u, u};
+
+    /* the inserts: a refused one alone, then one in a batch of three */
+    rpc_status_t single;
+    assert_int_equal(create_single(u, o[6], k[6], NULL, &single), PAYGATE__V1__CODE__INTERNAL);
+    assert_string_equal(single.reason, "internal_error");
+    int inserts_failed = log_count(system_payment, "inserts did not commit");
+    Paygate__V1__CreatePaymentRequest first[] = {
+        create_request(o[0], k[0]), create_request(o[1], k[1]), create_request(o[2], k[2])};
+    rpc_batch_item_t items[3];
+    create_batch(first, users, items, 3);
+    const Paygate__V1__Payment *p0 = expect_item_paid(items, 0, u, o[0], amount[0]);
+    const Paygate__V1__Payment *p2 = expect_item_paid(items, 2, u, o[2], amount[2]);
+    expect_item_fails(items, 1, single.code, single.reason);
+    assert_int_equal(items[1].status.detail_count, single.detail_count);
+    assert_int_equal(log_count(system_payment, "inserts did not commit"), inserts_failed + 1);
+    assert_int_equal(db_key_rows(u, k[1]) + db_key_rows(u, k[6]), 0);
+    db_order_expect(o[1], "PENDING", "");
+    db_order_expect(o[0], "COMPLETED", p0->id);
+    db_order_expect(o[2], "COMPLETED", p2->id);
+    assert_int_equal(db_ledger_rows(u, p0->id), 1);
+    assert_int_equal(db_ledger_rows(u, p2->id), 1);
+    char x0[32], x2[32];
+    db_debit_xmin(p0->id, x0);
+    db_debit_xmin(p2->id, x2);
+    assert_string_not_equal(x0, x2); /* paid alone, one after the other */
+    db_wallet_expect(u, 20000 - amount[0] - amount[2]);
+    batch_free(items, 3);
+
+    /* the outcomes */
+    int outcomes_failed = log_count(system_payment, "outcomes did not commit");
+    Paygate__V1__CreatePaymentRequest second[] = {
+        create_request(o[3], k[3]), create_request(o[4], k[4]), create_request(o[5], k[5])};
+    create_batch(second, users, items, 3);
+    const Paygate__V1__Payment *p3 = expect_item_paid(items, 0, u, o[3], amount[3]);
+    const Paygate__V1__Payment *p5 = expect_item_paid(items, 2, u, o[5], amount[5]);
+    expect_item_fails(items, 1, PAYGATE__V1__CODE__UNAVAILABLE, "payment_processing");
+    char stuck[id_bytes_max + 1];
+    const char *named = rpc_status_detail(&items[1].status, "payment_id");
+    assert_non_null(named);
+    snprintf(stuck, sizeof stuck, "%s", named);
+    assert_int_equal(log_count(system_payment, "outcomes did not commit"), outcomes_failed + 1);
+    /* debited together (one Debit batch), then each replayed alone: once */
+    char x3[32], x4[32], x5[32];
+    db_debit_xmin(p3->id, x3);
+    db_debit_xmin(stuck, x4);
+    db_debit_xmin(p5->id, x5);
+    assert_string_equal(x3, x4);
+    assert_string_equal(x3, x5);
+    assert_int_equal(db_ledger_rows(u, p3->id), 1);
+    assert_int_equal(db_ledger_rows(u, stuck), 1);
+    assert_int_equal(db_ledger_rows(u, p5->id), 1);
+    db_order_expect(o[3], "COMPLETED", p3->id);
+    db_order_expect(o[4], "COMPLETED", stuck);
+    db_order_expect(o[5], "COMPLETED", p5->id);
+    db_payment_expect(p3->id, u, o[3], "SUCCEEDED", "");
+    db_payment_expect(stuck, u, o[4], "PROCESSING", "");
+    db_payment_expect(p5->id, u, o[5], "SUCCEEDED", "");
+    batch_free(items, 3);
+
+    /* the trigger gone, the same key gives that payment, finished */
+    db_exec("DROP FUNCTION payments.cb_refuse() CASCADE");
+    char again[1][id_bytes_max + 1];
+    create_batch_until_paid(&second[1], users, 1, again);
+    assert_string_equal(again[0], stuck);
+    db_payment_expect(stuck, u, o[4], "SUCCEEDED", "");
+    db_order_expect(o[4], "COMPLETED", stuck);
+    assert_int_equal(db_ledger_rows(u, stuck), 1);
+    assert_int_equal(db_key_rows(u, k[4]), 1);
+    db_wallet_expect(u, 20000 - amount[0] - amount[2] - amount[3] - amount[4] - amount[5]);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1244,6 +1394,7 @@ int main(void)
         cmocka_unit_test(test_gateway_concurrent_payments),
         cmocka_unit_test(test_batch_and_single_answers_match),
         cmocka_unit_test(test_batch_with_a_service_down),
+        cmocka_unit_test(test_batch_whose_transaction_fails),
     };
     return cmocka_run_group_tests_name("create_batches", tests, group_setup, group_teardown);
 }
