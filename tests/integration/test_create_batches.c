@@ -16,11 +16,17 @@
  * replays to it (tests/support/wallet_check.h); every paid order is
  * COMPLETED by the payment answered; one payment row per (user, key).
  *
+ * Also what the batch code cannot simply carry: the order or the user
+ * service stopped under a batch, and (a trigger of the test's own) a
+ * batch whose inserts' or outcomes' transaction does not commit; each
+ * call must still answer as alone, and pay once when retried.
+ *
  * That the calls were driven together shows in the rows' xmin (the
  * writing transaction's id): the debits of one user.Debit batch share
  * one, and so do the orders of one order.MarkPaid batch and the payments
  * finished by one transaction. Process logs are kept in
- * $PAYGATE_TEST_LOG_DIR as create_batches-*.log.
+ * $PAYGATE_TEST_LOG_DIR as create_batches-*.log; the payment service's is
+ * read to see that a batch's transaction failed.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -63,8 +69,10 @@ enum {
     gateway_deadline_ms = 8000, /* below http_timeout_ms: a slow call is a 504, not a hang */
     call_deadline_ms = 20000,   /* the test's own calls (ASan, 2 shared cores) */
     ready_timeout_ms = 60000,
-    http_payers = 16,        /* concurrent POST /v1/payments */
-    http_users = 6,          /* whose wallets they share */
+    http_payers = 16, /* concurrent POST /v1/payments that succeed */
+    http_failing = 4, /* and that fail, at the same time */
+    http_burst = http_payers + http_failing,
+    http_users = 6,          /* whose wallets the good ones share */
     retry_attempts_max = 20, /* same-key retries of a payment still processing */
     token_bytes_max = 2048,
     key_bytes = 300, /* an idempotency key of test 4: room for one over the 255 allowed */
@@ -814,6 +822,8 @@ typedef struct {
     int64_t amount;
     char key[64];
     pthread_barrier_t *start;
+    int expect_status;       /* the HTTP status it must get */
+    const char *expect_code; /* and its error code ("" for 201) */
     /* the answer */
     int status;
     int attempts;
@@ -885,9 +895,9 @@ static void *http_payer_main(void *arg)
 /* Runs the payers of 'ps' at once. */
 static void http_payers_run(http_payer_t *ps, size_t count)
 {
-    pthread_t threads[http_payers];
+    pthread_t threads[http_burst];
     pthread_barrier_t start;
-    assert_true(count <= http_payers);
+    assert_true(count <= http_burst);
     assert_int_equal(pthread_barrier_init(&start, NULL, (unsigned)count), 0);
     for (size_t i = 0; i < count; i++) {
         ps[i].start = &start;
@@ -898,19 +908,36 @@ static void http_payers_run(http_payer_t *ps, size_t count)
     pthread_barrier_destroy(&start);
 }
 
+/* The JSON of response body 'body' without its error's request_id (which
+ * is per request); the caller json_decref()s. */
+static json_t *json_without_request_id(const char *body)
+{
+    json_t *json = json_loads(body, 0, NULL);
+    if (json == NULL)
+        fail_msg("not JSON: %s", body);
+    json_t *error = json_object_get(json, "error");
+    if (error != NULL)
+        json_object_del(error, "request_id");
+    return json;
+}
+
 /* 16 POST /v1/payments at once (each its own order; 6 users, so that
  * payments of one wallet meet in one batch), which the gateway's route
- * callers send as batch.Create: all 201 SUCCEEDED, each order COMPLETED
- * by its payment, each wallet lost exactly its payments. Then the same 16
- * requests again at once, with the same Idempotency-Keys: the same
- * responses (same payment ids), and no money moves. */
+ * callers send as batch.Create, and among them 4 that fail (a wallet too
+ * poor: 402; an order paid before and a cancelled one: 409; another
+ * user's order: 404): every good one 201 SUCCEEDED, each order COMPLETED
+ * by its payment, each wallet lost exactly its payments, each failure its
+ * own error. Then the same 20 requests again at once, with the same
+ * Idempotency-Keys: the same responses (same payment ids; the errors
+ * but for their request_id), and no money moves. */
 static void test_gateway_concurrent_payments(void **state)
 {
     (void)state;
-    static http_user_t users[http_users];
-    static http_payer_t ps[http_payers];
+    static http_user_t users[http_users + 1]; /* the last one: too poor */
+    static http_payer_t ps[http_burst];
     memset(ps, 0, sizeof ps);
-    for (size_t i = 0; i < http_users; i++) {
+    int64_t rows[http_users + 1] = {0}; /* payment rows each user will have */
+    for (size_t i = 0; i <= http_users; i++) {
         char tag[32];
         snprintf(tag, sizeof tag, "cb-http%zu", i);
         http_user_new(&users[i], tag);
@@ -919,48 +946,101 @@ static void test_gateway_concurrent_payments(void **state)
         http_payer_t *p = &ps[t];
         p->user = &users[t % http_users];
         p->amount = 1000 + 37 * (int64_t)t;
+        p->expect_status = 201;
+        p->expect_code = "";
         order_new(p->user->id, p->amount, p->order);
         unique(p->key, sizeof p->key, "cb-http");
         p->user->spent += p->amount;
         p->user->payments++;
+        rows[t % http_users]++;
     }
+    /* the failures */
+    http_user_t *poor = &users[http_users];
+    http_payer_t *f = &ps[http_payers];
+    f[0] = (http_payer_t){
+        .user = poor, .amount = 5000, .expect_status = 402, .expect_code = "insufficient_funds"};
+    order_new(poor->id, f[0].amount, f[0].order);
+    rows[http_users]++;
+    f[1] = (http_payer_t){
+        .user = &users[0], .amount = 900, .expect_status = 409, .expect_code = "order_not_payable"};
+    order_new(users[0].id, f[1].amount, f[1].order);
+    rows[0] += 2; /* the payment before, and the failed one */
+    f[2] = (http_payer_t){
+        .user = &users[1], .amount = 800, .expect_status = 404, .expect_code = "order_not_found"};
+    order_new(users[2].id, f[2].amount, f[2].order); /* users[2]'s */
+    f[3] = (http_payer_t){
+        .user = &users[3], .amount = 700, .expect_status = 409, .expect_code = "order_not_payable"};
+    order_new(users[3].id, f[3].amount, f[3].order);
+    order_cancel(users[3].id, f[3].order);
+    rows[3]++;
+    for (size_t i = 0; i < http_failing; i++)
+        unique(f[i].key, sizeof f[i].key, "cb-http-fail");
     for (size_t i = 0; i < http_users; i++) {
         users[i].funded = users[i].spent + 5000 + 111 * (int64_t)i; /* enough, and some left */
         top_up(users[i].id, users[i].funded);
     }
+    poor->funded = 100;
+    top_up(poor->id, poor->funded);
+    char key[64], paid_before[id_bytes_max + 1];
+    unique(key, sizeof key, "cb-http-before");
+    pay_single_ok(users[0].id, f[1].order, key, paid_before);
+    users[0].spent += f[1].amount;
+    users[0].payments++;
 
-    http_payers_run(ps, http_payers);
-    char *first[http_payers];
+    http_payers_run(ps, http_burst);
+    char *first[http_burst];
     char payments[http_payers * (id_bytes_max + 1) + 3] = "{";
-    for (size_t t = 0; t < http_payers; t++) {
+    for (size_t t = 0; t < http_burst; t++) {
         http_payer_t *p = &ps[t];
-        if (p->status != 201)
-            fail_msg("payment %zu: HTTP %d after %d attempts: %s", t, p->status, p->attempts,
-                     p->body ? p->body : "(none)");
+        if (p->status != p->expect_status)
+            fail_msg("payment %zu: HTTP %d after %d attempts, expected %d: %s", t, p->status,
+                     p->attempts, p->expect_status, p->body ? p->body : "(none)");
         json_t *json = json_loads(p->body, 0, NULL);
         assert_non_null(json);
-        assert_string_equal(json_string_value(json_object_get(json, "status")), "SUCCEEDED");
-        assert_string_equal(json_string_value(json_object_get(json, "order_id")), p->order);
-        assert_string_equal(json_string_value(json_object_get(json, "user_id")), p->user->id);
-        assert_int_equal(json_integer_value(json_object_get(json, "amount")), p->amount);
+        if (p->expect_status == 201) {
+            assert_string_equal(json_string_value(json_object_get(json, "status")), "SUCCEEDED");
+            assert_string_equal(json_string_value(json_object_get(json, "order_id")), p->order);
+            assert_string_equal(json_string_value(json_object_get(json, "user_id")), p->user->id);
+            assert_int_equal(json_integer_value(json_object_get(json, "amount")), p->amount);
+            for (size_t s = 0; s < t; s++)
+                assert_string_not_equal(ps[s].payment, p->payment);
+            db_order_expect(p->order, "COMPLETED", p->payment);
+            db_payment_expect(p->payment, p->user->id, p->order, "SUCCEEDED", "");
+            assert_int_equal(db_ledger_rows(p->user->id, p->payment), 1);
+            strcat(payments, p->payment);
+            strcat(payments, t + 1 < http_payers ? "," : "}");
+        } else {
+            json_t *error = json_object_get(json, "error");
+            const char *code = json_string_value(json_object_get(error, "code"));
+            const char *id = json_string_value(json_object_get(error, "payment_id"));
+            if (code == NULL || strcmp(code, p->expect_code) != 0)
+                fail_msg("payment %zu: expected %s: %s", t, p->expect_code, p->body);
+            if (p->expect_status == 404) {
+                assert_null(id);
+            } else { /* the FAILED payment is named, and nothing moved for it */
+                assert_non_null(id);
+                db_payment_expect(id, p->user->id, p->order, "FAILED", p->expect_code);
+                assert_int_equal(db_ledger_rows(p->user->id, id), 0);
+            }
+        }
         json_decref(json);
-        for (size_t s = 0; s < t; s++)
-            assert_string_not_equal(ps[s].payment, p->payment);
-        db_order_expect(p->order, "COMPLETED", p->payment);
-        db_payment_expect(p->payment, p->user->id, p->order, "SUCCEEDED", "");
-        assert_int_equal(db_key_rows(p->user->id, p->key), 1);
-        assert_int_equal(db_ledger_rows(p->user->id, p->payment), 1);
-        strcat(payments, p->payment);
-        strcat(payments, t + 1 < http_payers ? "," : "}");
+        assert_int_equal(db_key_rows(p->user->id, p->key), p->expect_status == 404 ? 0 : 1);
         first[t] = p->body;
         p->body = NULL;
     }
-    for (size_t i = 0; i < http_users; i++) {
+    db_order_expect(f[0].order, "PENDING", "");
+    db_order_expect(f[1].order, "COMPLETED", paid_before);
+    db_order_expect(f[2].order, "PENDING", "");
+    db_order_expect(f[3].order, "CANCELLED", "");
+    for (size_t i = 0; i <= http_users; i++) {
         db_wallet_expect(users[i].id, users[i].funded - users[i].spent);
         assert_int_equal(db_int("SELECT count(*) FROM users.ledger WHERE user_id = $1"
                                 " AND kind = 'DEBIT'",
                                 users[i].id, NULL),
                          users[i].payments);
+        assert_int_equal(
+            db_int("SELECT count(*) FROM payments.payments WHERE user_id = $1", users[i].id, NULL),
+            rows[i]);
     }
     /* how many batches the debits went in (printed, not asserted: it
      * depends on timing whether the payments met in batches) */
@@ -973,23 +1053,33 @@ static void test_gateway_concurrent_payments(void **state)
     PQclear(res);
 
     /* the same requests again, at once: the first responses, no money */
-    http_payers_run(ps, http_payers);
-    for (size_t t = 0; t < http_payers; t++) {
+    http_payers_run(ps, http_burst);
+    for (size_t t = 0; t < http_burst; t++) {
         http_payer_t *p = &ps[t];
-        if (p->status != 201 || p->body == NULL || strcmp(p->body, first[t]) != 0)
+        if (p->status != p->expect_status || p->body == NULL)
             fail_msg("replay %zu: HTTP %d: %s, first %s", t, p->status,
                      p->body ? p->body : "(none)", first[t]);
+        if (p->expect_status == 201) { /* byte for byte */
+            if (strcmp(p->body, first[t]) != 0)
+                fail_msg("replay %zu: %s, first %s", t, p->body, first[t]);
+        } else {
+            json_t *was = json_without_request_id(first[t]);
+            json_t *now = json_without_request_id(p->body);
+            if (!json_equal(was, now))
+                fail_msg("replay %zu: %s, first %s", t, p->body, first[t]);
+            json_decref(was);
+            json_decref(now);
+        }
         free(p->body);
         p->body = NULL;
         free(first[t]);
-        assert_int_equal(db_key_rows(p->user->id, p->key), 1);
-        assert_int_equal(db_ledger_rows(p->user->id, p->payment), 1);
+        assert_int_equal(db_key_rows(p->user->id, p->key), p->expect_status == 404 ? 0 : 1);
     }
-    for (size_t i = 0; i < http_users; i++) {
+    for (size_t i = 0; i <= http_users; i++) {
         db_wallet_expect(users[i].id, users[i].funded - users[i].spent);
         assert_int_equal(
             db_int("SELECT count(*) FROM payments.payments WHERE user_id = $1", users[i].id, NULL),
-            users[i].payments);
+            rows[i]);
     }
 }
 
