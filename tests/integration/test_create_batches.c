@@ -822,6 +822,7 @@ typedef struct {
     int64_t amount;
     char key[64];
     pthread_barrier_t *start;
+    bool once;               /* no retry: the first answer */
     int expect_status;       /* the HTTP status it must get */
     const char *expect_code; /* and its error code ("" for 201) */
     /* the answer */
@@ -878,7 +879,7 @@ static void *http_payer_main(void *arg)
             code = json_string_value(json_object_get(json_object_get(r.json, "error"), "code"));
         bool again = !answered || r.status >= 500 ||
                      (code != NULL && strcmp(code, "idempotency_in_progress") == 0);
-        if (!again) {
+        if (!again || p->once) {
             p->status = r.status;
             const char *id = r.json ? json_string_value(json_object_get(r.json, "id")) : NULL;
             snprintf(p->payment, sizeof p->payment, "%s", id ? id : "");
@@ -1214,6 +1215,22 @@ static void test_batch_and_single_answers_match(void **state)
 
 /* ---- 5. a service down under a batch ------------------------------------ */
 
+/* How many times 'needle' occurs in the log of process 'which' so far
+ * (its current log file). */
+static int log_count(system_process_t which, const char *needle)
+{
+    FILE *f = fopen(system_process(g.system, which)->log_path, "r");
+    if (f == NULL)
+        fail_msg("cannot read the %s log", system_process_name(which));
+    int count = 0;
+    char line[8192];
+    while (fgets(line, sizeof line, f) != NULL)
+        for (const char *at = strstr(line, needle); at != NULL; at = strstr(at + 1, needle))
+            count++;
+    fclose(f);
+    return count;
+}
+
 /* Stops service 'which' and waits until the broker knows no instance. */
 static void service_stop(system_process_t which)
 {
@@ -1271,10 +1288,11 @@ static void create_batch_until_paid(const Paygate__V1__CreatePaymentRequest *req
  * batch goes to the single handler, which answers as alone: UNAVAILABLE
  * order_service_unavailable, and no payment is recorded; once it is back
  * the same calls pay. The user service down: the payments are recorded
- * and their user.Debit batch fails, so each goes on alone and answers as
- * alone: UNAVAILABLE payment_processing with its payment id; once it is
- * back the same keys give those very payments, SUCCEEDED, each debited
- * once. */
+ * and their user.Debit batch gets no answer, so they stay PROCESSING (as
+ * a single call's payment does, without a wait for a debit each alone)
+ * and answer as alone: UNAVAILABLE payment_processing with the payment
+ * id; once it is back the same keys give those very payments, SUCCEEDED,
+ * each debited once. */
 static void test_batch_with_a_service_down(void **state)
 {
     (void)state;
@@ -1301,6 +1319,7 @@ static void test_batch_with_a_service_down(void **state)
         const char *users[3] = {u, u, u};
         for (size_t i = 0; i < 3; i++)
             requests[i] = create_request(orders[i], keys[i]);
+        int unanswered = log_count(system_payment, "debits got no answer");
         rpc_batch_item_t items[2];
         create_batch(&requests[1], users, items, 2);
         char named[3][id_bytes_max + 1] = {"", "", ""};
@@ -1316,6 +1335,14 @@ static void test_batch_with_a_service_down(void **state)
             assert_int_equal(
                 db_int("SELECT count(*) FROM payments.payments WHERE user_id = $1", u, NULL), 0);
         } else { /* recorded, PROCESSING, nothing paid yet */
+            /* the Debit batch got no answer: the two stay PROCESSING as a
+             * single call's payment does, without a debit each alone */
+            assert_int_equal(log_count(system_payment, "debits got no answer"), unanswered + 1);
+            for (size_t i = 1; i < 3; i++) {
+                char needle[160];
+                snprintf(needle, sizeof needle, "saga %s: debit outcome unknown", named[i]);
+                assert_int_equal(log_count(system_payment, needle), 0);
+            }
             for (size_t i = 0; i < 3; i++) {
                 db_payment_expect(named[i], u, orders[i], "PROCESSING", "");
                 db_order_expect(orders[i], "PENDING", "");
@@ -1339,6 +1366,95 @@ static void test_batch_with_a_service_down(void **state)
     }
 }
 
+/* POSTs p->order with p->key until it is 201 (the same key: a payment
+ * still processing answers 503, its key in progress 409), at most
+ * recovery_timeout_ms; fails the test on any other answer. */
+static void http_pay_until_paid(http_payer_t *p)
+{
+    char body[128];
+    snprintf(body, sizeof body, "{\"order_id\":\"%s\"}", p->order);
+    int64_t start = clock_now_ms();
+    for (;;) {
+        http_response_t r;
+        bool answered = http_api_request(&r, g.http_port, "POST", "/v1/payments", p->user->token,
+                                         p->key, body, NULL);
+        const char *code = NULL;
+        if (answered && r.json != NULL)
+            code = json_string_value(json_object_get(json_object_get(r.json, "error"), "code"));
+        if (answered && r.status == 201) {
+            const char *id = json_string_value(json_object_get(r.json, "id"));
+            assert_non_null(id);
+            snprintf(p->payment, sizeof p->payment, "%s", id);
+            assert_string_equal(json_string_value(json_object_get(r.json, "status")), "SUCCEEDED");
+            http_response_free(&r);
+            return;
+        }
+        bool again = !answered || r.status >= 500 ||
+                     (code != NULL && strcmp(code, "idempotency_in_progress") == 0);
+        if (!again)
+            fail_msg("POST /v1/payments: HTTP %d: %s", r.status, r.body ? r.body : "");
+        http_response_free(&r);
+        if (clock_now_ms() - start > recovery_timeout_ms)
+            fail_msg("payment of %s not finished after %d ms", p->order, (int)recovery_timeout_ms);
+        sleep_ms(500);
+    }
+}
+
+/* The user service down while 4 payments come through the gateway at
+ * once (gathered into batches as they meet): each answers as a single
+ * call does, 503 payment_processing naming its payment (recorded
+ * PROCESSING), not a 504 for a whole batch; once the service is back, the
+ * same keys give those payments, SUCCEEDED, each debited once. */
+static void test_gateway_payments_with_the_user_service_down(void **state)
+{
+    (void)state;
+    enum { n = 4 };
+    static http_user_t user;
+    static http_payer_t ps[n];
+    memset(ps, 0, sizeof ps);
+    http_user_new(&user, "cb-down-http");
+    top_up(user.id, 10000);
+    for (size_t i = 0; i < n; i++) {
+        ps[i].user = &user;
+        ps[i].amount = 1000 + 10 * (int64_t)i;
+        ps[i].once = true;
+        order_new(user.id, ps[i].amount, ps[i].order);
+        unique(ps[i].key, sizeof ps[i].key, "cb-down-http");
+    }
+    service_stop(system_user);
+    http_payers_run(ps, n);
+    char named[n][id_bytes_max + 1];
+    for (size_t i = 0; i < n; i++) {
+        http_payer_t *p = &ps[i];
+        json_t *json = p->body ? json_loads(p->body, 0, NULL) : NULL;
+        json_t *error = json_object_get(json, "error");
+        const char *code = json_string_value(json_object_get(error, "code"));
+        const char *id = json_string_value(json_object_get(error, "payment_id"));
+        if (p->status != 503 || code == NULL || strcmp(code, "payment_processing") != 0 ||
+            id == NULL)
+            fail_msg("payment %zu with the user service down: HTTP %d: %s (expected 503"
+                     " payment_processing with its payment_id, as alone)",
+                     i, p->status, p->body ? p->body : "(none)");
+        snprintf(named[i], sizeof named[i], "%s", id);
+        json_decref(json);
+        free(p->body);
+        p->body = NULL;
+        db_payment_expect(named[i], user.id, p->order, "PROCESSING", "");
+        db_order_expect(p->order, "PENDING", "");
+    }
+    service_start(system_user, "-back-http");
+    int64_t spent = 0;
+    for (size_t i = 0; i < n; i++) {
+        http_pay_until_paid(&ps[i]);
+        assert_string_equal(ps[i].payment, named[i]);
+        assert_int_equal(db_key_rows(user.id, ps[i].key), 1);
+        assert_int_equal(db_ledger_rows(user.id, named[i]), 1);
+        db_order_expect(ps[i].order, "COMPLETED", named[i]);
+        spent += ps[i].amount;
+    }
+    db_wallet_expect(user.id, 10000 - spent);
+}
+
 /* ---- 6. a batch's transaction that does not commit ------------------------ */
 
 /* Runs the SQL command 'sql' on the test's connection; fails unless OK. */
@@ -1352,22 +1468,6 @@ static void db_exec(const char *sql)
         fail_msg("command failed: %s: %s", why, sql);
     }
     PQclear(res);
-}
-
-/* How many times 'needle' occurs in the log of process 'which' so far
- * (its current log file). */
-static int log_count(system_process_t which, const char *needle)
-{
-    FILE *f = fopen(system_process(g.system, which)->log_path, "r");
-    if (f == NULL)
-        fail_msg("cannot read the %s log", system_process_name(which));
-    int count = 0;
-    char line[8192];
-    while (fgets(line, sizeof line, f) != NULL)
-        for (const char *at = strstr(line, needle); at != NULL; at = strstr(at + 1, needle))
-            count++;
-    fclose(f);
-    return count;
 }
 
 /* A trigger of the test's own makes the payment service's statements fail
@@ -1484,6 +1584,7 @@ int main(void)
         cmocka_unit_test(test_gateway_concurrent_payments),
         cmocka_unit_test(test_batch_and_single_answers_match),
         cmocka_unit_test(test_batch_with_a_service_down),
+        cmocka_unit_test(test_gateway_payments_with_the_user_service_down),
         cmocka_unit_test(test_batch_whose_transaction_fails),
     };
     return cmocka_run_group_tests_name("create_batches", tests, group_setup, group_teardown);
