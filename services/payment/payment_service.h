@@ -103,7 +103,10 @@ saga_outcome_t saga_drive(payment_env_t *env, saga_payment_t *p, const char *req
  * order.MarkPaid batch, one statement for their outcomes. A payment
  * for which a batch did not simply succeed goes on alone (saga_drive)
  * from its recorded step, so that every failure is handled as for one
- * payment. Sets 'outcomes[i]' as saga_drive answers for each. */
+ * payment; but when a Debit or MarkPaid batch got no answer at all
+ * (UNAVAILABLE, DEADLINE_EXCEEDED) its payments stay PENDING, as one
+ * payment does after such a call, rather than wait out a deadline each.
+ * Sets 'outcomes[i]' as saga_drive answers for each. */
 void saga_drive_together(payment_env_t *env, saga_payment_t *const *ps,
                          const char *const *request_ids, size_t count, saga_outcome_t *outcomes);
 

@@ -431,10 +431,34 @@ static size_t saga_going(saga_payment_t *const *ps, const bool *alone, size_t co
     return n;
 }
 
+/* Whether a batch call's own code 'code' means that the service did not
+ * answer it (down, or too slow): the outcome of each call in it is then
+ * unknown, as for a single call without an answer. */
+static bool saga_batch_unanswered(Paygate__V1__Code code)
+{
+    return code == PAYGATE__V1__CODE__UNAVAILABLE || code == PAYGATE__V1__CODE__DEADLINE_EXCEEDED;
+}
+
+/* Leaves the payments of 'order' ('n' of them) PROCESSING at their step
+ * after a batch of 'what' that got no answer ('code'), as saga_drive
+ * leaves one whose call got none: '*pending' set (and '*alone', so that
+ * no later batch takes them). Going on alone would repeat the same call
+ * once per payment, one after another, each waiting out its deadline,
+ * and the batch's caller would time out before any answer. */
+static void saga_leave_pending(const size_t *order, size_t n, const char *what,
+                               Paygate__V1__Code code, bool *alone, bool *pending)
+{
+    log_warn("saga: a batch of %zu %s got no answer (%s); they stay PROCESSING, to be retried", n,
+             what, wire_code_name(code));
+    for (size_t k = 0; k < n; k++)
+        alone[order[k]] = pending[order[k]] = true;
+}
+
 /* One user.Debit batch for the payments going on; those it did not debit
- * as asked go alone. */
+ * as asked go alone (all stay pending when the batch got no answer). */
 static void saga_debit_together(payment_env_t *env, saga_payment_t *const *ps,
-                                const char *const *request_ids, bool *alone, size_t count)
+                                const char *const *request_ids, bool *alone, bool *pending,
+                                size_t count)
 {
     size_t order[rpc_batch_items_max];
     size_t n = saga_going(ps, alone, count, saga_user_key, order);
@@ -458,6 +482,8 @@ static void saga_debit_together(payment_env_t *env, saga_payment_t *const *ps,
     Paygate__V1__Code code =
         rpc_client_call_batch(env->rpc, "user", "Debit", items, n,
                               &paygate__v1__wallet_movement__descriptor, &opts, NULL);
+    if (saga_batch_unanswered(code))
+        saga_leave_pending(order, n, "debits", code, alone, pending);
     for (size_t k = 0; k < n; k++) {
         const Paygate__V1__WalletMovement *movement =
             (const Paygate__V1__WalletMovement *)items[k].reply;
@@ -472,9 +498,11 @@ static void saga_debit_together(payment_env_t *env, saga_payment_t *const *ps,
 }
 
 /* One order.MarkPaid batch for the payments going on; those whose order
- * it did not complete go alone. */
+ * it did not complete go alone (all stay pending when the batch got no
+ * answer). */
 static void saga_mark_paid_together(payment_env_t *env, saga_payment_t *const *ps,
-                                    const char *const *request_ids, bool *alone, size_t count)
+                                    const char *const *request_ids, bool *alone, bool *pending,
+                                    size_t count)
 {
     size_t order[rpc_batch_items_max];
     size_t n = saga_going(ps, alone, count, saga_order_key, order);
@@ -495,6 +523,8 @@ static void saga_mark_paid_together(payment_env_t *env, saga_payment_t *const *p
     rpc_call_opts_t opts = {.deadline_ms = env->settings->call_deadline_ms, .principal = "payment"};
     Paygate__V1__Code code = rpc_client_call_batch(env->rpc, "order", "MarkPaid", items, n,
                                                    &paygate__v1__order__descriptor, &opts, NULL);
+    if (saga_batch_unanswered(code))
+        saga_leave_pending(order, n, "order completions", code, alone, pending);
     for (size_t k = 0; k < n; k++) {
         if (code != PAYGATE__V1__CODE__OK || items[k].status.code != PAYGATE__V1__CODE__OK)
             alone[order[k]] = true;
@@ -551,6 +581,7 @@ void saga_drive_together(payment_env_t *env, saga_payment_t *const *ps,
                          const char *const *request_ids, size_t count, saga_outcome_t *outcomes)
 {
     bool alone[rpc_batch_items_max] = {0};
+    bool pending[rpc_batch_items_max] = {0}; /* left PROCESSING: a batch got no answer */
     if (count > rpc_batch_items_max)
         count = rpc_batch_items_max; /* the callers never pass more */
     for (size_t i = 0; i < count; i++) {
@@ -559,16 +590,17 @@ void saga_drive_together(payment_env_t *env, saga_payment_t *const *ps,
          * ORDER_CHECKED with its insert's lease */
         alone[i] = strcmp(ps[i]->step, "ORDER_CHECKED") != 0 || ps[i]->lease_until_ms == 0;
     }
-    saga_debit_together(env, ps, request_ids, alone, count);
-    saga_mark_paid_together(env, ps, request_ids, alone, count);
+    saga_debit_together(env, ps, request_ids, alone, pending, count);
+    saga_mark_paid_together(env, ps, request_ids, alone, pending, count);
     saga_finish_together(env, ps, request_ids, alone, count, outcomes);
     /* Whatever did not simply succeed goes on alone from its recorded
      * step: the calls it repeats are keyed by the payment id and give the
      * same answers again (a debit made is replayed, an order completed
      * by this payment stays so), and each failure is then handled as in
-     * a payment driven alone. */
+     * a payment driven alone. Those a batch got no answer for stay
+     * PENDING, as after a single call without an answer. */
     for (size_t i = 0; i < count; i++) {
-        if (!alone[i])
+        if (!alone[i] || pending[i])
             continue;
         log_set_request_id(request_ids[i]);
         outcomes[i] = saga_drive(env, ps[i], request_ids[i]);
