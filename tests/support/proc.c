@@ -39,6 +39,23 @@ static void proc_use_own_cert(const char *path)
 
 bool proc_start(proc_t *p, const char *name, const char *path, const char *const env[])
 {
+    return proc_start_args(p, name, path, NULL, env);
+}
+
+enum { proc_args_max = 32 }; /* command-line arguments of proc_start_args */
+
+bool proc_start_args(proc_t *p, const char *name, const char *path, const char *const args[],
+                     const char *const env[])
+{
+    char *argv[proc_args_max + 2];
+    size_t argc = 0;
+    argv[argc++] = (char *)path;
+    for (size_t i = 0; args != NULL && args[i] != NULL; i++) {
+        if (argc > proc_args_max)
+            return false;
+        argv[argc++] = (char *)args[i];
+    }
+    argv[argc] = NULL;
     memset(p, 0, sizeof *p);
     snprintf(p->name, sizeof p->name, "%s", name);
     const char *dir = getenv("PAYGATE_TEST_LOG_DIR");
@@ -60,7 +77,7 @@ bool proc_start(proc_t *p, const char *name, const char *path, const char *const
         int null_fd = open("/dev/null", O_RDONLY);
         if (null_fd >= 0)
             dup2(null_fd, STDIN_FILENO);
-        execl(path, path, (char *)NULL);
+        execv(path, argv);
         fprintf(stderr, "exec %s: %s\n", path, strerror(errno));
         _exit(127);
     }

@@ -41,6 +41,12 @@ typedef struct {
  * Returns false when fork/exec setup failed. */
 bool proc_start(proc_t *p, const char *name, const char *path, const char *const env[]);
 
+/* As proc_start, with command-line arguments 'args' (NULL-ended, may be
+ * NULL) after the program name: for servers that are configured by
+ * arguments (a test's own redis-server). */
+bool proc_start_args(proc_t *p, const char *name, const char *path, const char *const args[],
+                     const char *const env[]);
+
 /* Sends 'signo'. */
 void proc_signal(proc_t *p, int signo);
 
