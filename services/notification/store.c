@@ -26,15 +26,21 @@ struct store {
  *   KEYS[1] notification:seen:<id>   KEYS[2] notifications:user:<u>:latest
  *   ARGV[1] the JSON   ARGV[2] seen expiry (s)   ARGV[3] list length kept
  *   ARGV[4] the channel notifications:user:<u>
- * Returns 1 when it delivered, 0 when the id was seen before. */
-static const char deliver_script[] =
-    "if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[2]) then\n"
-    "  redis.call('LPUSH', KEYS[2], ARGV[1])\n"
-    "  redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[3]) - 1)\n"
-    "  redis.call('PUBLISH', ARGV[4], ARGV[1])\n"
-    "  return 1\n"
-    "end\n"
-    "return 0\n";
+ * Returns 1 when it delivered, 0 when the id was seen before. Redis does
+ * not undo the writes of a script that fails half-way, so the write that
+ * can fail (LPUSH: the list key holds another type, or Redis is out of
+ * memory, checked at a script's first write) comes first and the seen key
+ * is set after it: a failed script leaves nothing, and the retry
+ * delivers (were the seen key set first, the retry would answer "seen
+ * before" and the notification would be lost). */
+static const char deliver_script[] = "if redis.call('EXISTS', KEYS[1]) == 1 then\n"
+                                     "  return 0\n"
+                                     "end\n"
+                                     "redis.call('LPUSH', KEYS[2], ARGV[1])\n"
+                                     "redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[3]) - 1)\n"
+                                     "redis.call('SET', KEYS[1], '1', 'EX', ARGV[2])\n"
+                                     "redis.call('PUBLISH', ARGV[4], ARGV[1])\n"
+                                     "return 1\n";
 
 store_t *store_new(const char *host, uint16_t port, uint32_t timeout_ms)
 {

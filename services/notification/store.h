@@ -46,11 +46,13 @@ bool store_ping(store_t *self);
 
 /* Delivers notification 'id' for 'user_id' ('json' is its JSON), exactly
  * once per id, in one Lua script that Redis runs atomically: when
- * notification:seen:<id> did not exist, it is set (with its expiry), the
- * JSON is pushed on the user's list, the list trimmed to the latest 50,
- * and the JSON published on the user's channel; otherwise nothing
- * happens. So a redelivered event, or a retry after a lost reply,
- * notifies once. Returns STORE_OK, STORE_DUPLICATE or STORE_UNAVAILABLE. */
+ * notification:seen:<id> did not exist, the JSON is pushed on the user's
+ * list, the list trimmed to the latest 50, the seen key set (with its
+ * expiry), and the JSON published on the user's channel; otherwise
+ * nothing happens. So a redelivered event, or a retry after a lost reply,
+ * notifies once; a script that fails (the list key of another type)
+ * changes nothing, so its retry still notifies. Returns STORE_OK,
+ * STORE_DUPLICATE or STORE_UNAVAILABLE. */
 store_result_t store_deliver(store_t *self, const char *id, const char *user_id, const char *json);
 
 /* One notification for store_deliver_many. */
