@@ -1,12 +1,14 @@
 /*
  * notify: from bus events to delivered notifications. See notify.h.
  *
- *   DELIVER -> decode MoneyEvent -> render -> store_deliver (Lua, atomic)
- *                                               |
- *        delivered, or seen before: ACK  <------+------> Redis failing:
- *                                                        retry 100, 200,
- *                                                        400, 800 ms; then
- *                                                        NACK (false)
+ *   DELIVERs waiting -> decode MoneyEvents -> render -> store_deliver_many
+ *   (their Lua scripts pipelined; each atomic)   |
+ *        delivered, or seen before: ACK  <-------+------> no answer: that one
+ *                                                         alone (store_deliver)
+ *                                                         retried 100, 200,
+ *                                                         400, 800 ms; then
+ *                                                         NACK, and the rest
+ *                                                         of the batch too
  *
  * A NACKed event comes back after the broker's NACK delay (1 s) and does
  * not count towards its dead-letter limit, so a Redis outage of any length
@@ -18,8 +20,10 @@
  * consumer runs the handler on its own thread and sends nothing while it
  * runs; the broker expires a consumer it has not heard from for liveness
  * x heartbeat interval (here 3 x 2 s), which would count the delivery
- * towards the dead-letter limit. 2 s of retries plus at most one Redis
- * timeout (1 s) stays well below it.
+ * towards the dead-letter limit. A batch's pipelined scripts (one Redis
+ * timeout, 1 s), then 2 s of retries for one of them (plus at most one
+ * more timeout) stay below it: after one fails alone, the rest of the
+ * batch are NACKed without trying.
  *
  * An event that can never become a notification (undecodable, unknown
  * type, bad ids) is logged and acknowledged: retrying cannot fix it.
