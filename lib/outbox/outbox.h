@@ -4,8 +4,9 @@
  * A service writes an event into its own `outbox` table in the same
  * database transaction (usually the same statement) as the state change
  * that causes it. The relay thread publishes unsent rows to the broker's
- * event bus in id order and marks each sent only after the broker
- * acknowledged it (after its fsync). A crash between commit and publish
+ * event bus, a key's events in id order (a pass sends its rows in waves,
+ * at most one event of a key in a wave: relay.c), and marks each sent only
+ * after the broker acknowledged it (after its fsync). A crash between commit and publish
  * loses nothing (the row stays unsent); a crash between publish and mark
  * publishes again, which the broker's dedup by event id makes harmless.
  *
