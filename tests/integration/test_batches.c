@@ -50,7 +50,7 @@
 #include "proc.h"
 #include "rpc/rpc.h"
 #include "system.h"
-#include "wallet_check.h"
+#include "db_assert.h"
 #include "user.pb-c.h"
 
 /* The services' HS256 key (the user service signs with it): 48 bytes. */
@@ -285,42 +285,12 @@ static void mark_paid_ok(const char *user, const char *id, const char *payment_i
 
 /* ---- the database --------------------------------------------------------- */
 
-/* Runs 'sql' with 'n' text parameters; fails the test unless it returns
- * rows. The caller PQclear()s. */
-static PGresult *db_query(const char *sql, int n, const char *const params[])
-{
-    PGresult *res = PQexecParams(g.db, sql, n, NULL, params, NULL, NULL, 0);
-    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-        char why[512];
-        snprintf(why, sizeof why, "%s", PQerrorMessage(g.db));
-        PQclear(res);
-        fail_msg("query failed: %s: %s", why, sql);
-    }
-    return res;
-}
-
 /* The single integer 'sql' returns for parameters 'a' and 'b' (b may be
  * NULL: one parameter). */
 static int64_t db_int(const char *sql, const char *a, const char *b)
 {
     const char *params[] = {a, b};
-    PGresult *res = db_query(sql, b != NULL ? 2 : 1, params);
-    if (PQntuples(res) != 1 || PQnfields(res) != 1)
-        fail_msg("expected one value from: %s", sql);
-    int64_t value = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
-    PQclear(res);
-    return value;
-}
-
-/* wallet_check (tests/support) of 'user': fails the test when the
- * invariant does not hold. Returns the balance. */
-static int64_t db_wallet_check(const char *user)
-{
-    int64_t balance = 0;
-    char why[512];
-    if (!wallet_check(g.db, user, &balance, why, sizeof why))
-        fail_msg("%s", why);
-    return balance;
+    return db_assert_int(g.db, sql, b != NULL ? 2 : 1, params);
 }
 
 /* How many ledger rows of 'user' carry 'reference'. */
@@ -335,8 +305,9 @@ static int64_t db_ledger_rows(const char *user, const char *reference)
 static void db_ledger_xmin(const char *user, const char *reference, char out[32])
 {
     const char *params[] = {user, reference};
-    PGresult *res = db_query(
-        "SELECT xmin::text FROM users.ledger WHERE user_id = $1 AND reference = $2", 2, params);
+    PGresult *res = db_assert_rows(
+        g.db, "SELECT xmin::text FROM users.ledger WHERE user_id = $1 AND reference = $2", 2,
+        params);
     if (PQntuples(res) != 1)
         fail_msg("wallet %s: %d ledger rows %s, expected one", user, PQntuples(res), reference);
     snprintf(out, 32, "%s", PQgetvalue(res, 0, 0));
@@ -347,7 +318,8 @@ static void db_ledger_xmin(const char *user, const char *reference, char out[32]
 static void db_order_xmin(const char *id, char out[32])
 {
     const char *params[] = {id};
-    PGresult *res = db_query("SELECT xmin::text FROM orders.orders WHERE id = $1", 1, params);
+    PGresult *res =
+        db_assert_rows(g.db, "SELECT xmin::text FROM orders.orders WHERE id = $1", 1, params);
     assert_int_equal(PQntuples(res), 1);
     snprintf(out, 32, "%s", PQgetvalue(res, 0, 0));
     PQclear(res);
@@ -502,9 +474,9 @@ static void test_user_debit_batch_answers_each_call(void **state)
     expect_item_fails(items, 7, PAYGATE__V1__CODE__DEADLINE_EXCEEDED, "debit_window_closed");
     batch_free(items, n);
 
-    assert_int_equal(db_wallet_check(a), 5000);
-    assert_int_equal(db_wallet_check(b), 1000);
-    assert_int_equal(db_wallet_check(c), 4300);
+    assert_int_equal(db_assert_wallet(g.db, a), 5000);
+    assert_int_equal(db_assert_wallet(g.db, b), 1000);
+    assert_int_equal(db_assert_wallet(g.db, c), 4300);
     assert_int_equal(db_ledger_rows(a, ra1), 1);
     assert_int_equal(db_ledger_rows(a, ra2), 1);
     assert_int_equal(db_ledger_rows(b, rb), 0);
@@ -526,7 +498,7 @@ static void test_user_debit_batch_answers_each_call(void **state)
     assert_false(later->replayed);
     assert_int_equal(later->balance_after, 600);
     protobuf_c_message_free_unpacked(&later->base, NULL);
-    assert_int_equal(db_wallet_check(b), 600);
+    assert_int_equal(db_assert_wallet(g.db, b), 600);
 }
 
 /* The gateway's principal may not move money, in a batch as alone: every
@@ -551,7 +523,7 @@ static void test_user_batch_refuses_the_gateway(void **state)
         expect_item_fails(items, 0, PAYGATE__V1__CODE__PERMISSION_DENIED, "internal_only");
         expect_item_fails(items, 1, PAYGATE__V1__CODE__PERMISSION_DENIED, "internal_only");
     }
-    assert_int_equal(db_wallet_check(a), 2000);
+    assert_int_equal(db_assert_wallet(g.db, a), 2000);
     assert_int_equal(db_ledger_rows(a, r1) + db_ledger_rows(a, r2), 0);
 }
 
@@ -597,7 +569,7 @@ static void test_user_batch_falls_back_when_a_statement_fails(void **state)
     assert_int_equal(top_up(b, 500), 500);
     const int64_t near_limit = MONEY_BALANCE_MINOR_MAX - 500;
     db_fill_wallet(rich, near_limit);
-    assert_int_equal(db_wallet_check(rich), near_limit);
+    assert_int_equal(db_assert_wallet(g.db, rich), near_limit);
     char ra[64], rb[64], rr[64], rn[64], rd[64];
     unique(ra, sizeof ra, "refund-a");
     unique(rb, sizeof rb, "refund-b");
@@ -631,9 +603,9 @@ static void test_user_batch_falls_back_when_a_statement_fails(void **state)
     /* the batch's transaction really failed and was run again call by call */
     assert_int_equal(log_count(system_user, "Credit calls did not commit"), fallbacks_before + 1);
 
-    assert_int_equal(db_wallet_check(a), 1100);
-    assert_int_equal(db_wallet_check(b), 750);
-    assert_int_equal(db_wallet_check(rich), near_limit);
+    assert_int_equal(db_assert_wallet(g.db, a), 1100);
+    assert_int_equal(db_assert_wallet(g.db, b), 750);
+    assert_int_equal(db_assert_wallet(g.db, rich), near_limit);
     assert_int_equal(db_ledger_rows(a, ra), 1);
     assert_int_equal(db_ledger_rows(b, rb), 1);
     assert_int_equal(db_ledger_rows(rich, rr), 0);
@@ -654,8 +626,8 @@ static void test_user_batch_falls_back_when_a_statement_fails(void **state)
     db_ledger_xmin(a, rd, xa);
     db_ledger_xmin(b, rd, xb);
     assert_string_equal(xa, xb);
-    assert_int_equal(db_wallet_check(a), 1000);
-    assert_int_equal(db_wallet_check(b), 700);
+    assert_int_equal(db_assert_wallet(g.db, a), 1000);
+    assert_int_equal(db_assert_wallet(g.db, b), 700);
 }
 
 /* ---- tests: order.MarkPaid / order.Get in batches ----------------------- */
@@ -1068,9 +1040,10 @@ static void client_check(const client_t *c, int64_t funded)
         }
         /* the payment answered is this order's, of this user, as answered */
         const char *params[] = {c->payment[i]};
-        PGresult *res = db_query("SELECT order_id, user_id, status, failure_code, amount"
-                                 " FROM payments.payments WHERE id = $1",
-                                 1, params);
+        PGresult *res = db_assert_rows(g.db,
+                                       "SELECT order_id, user_id, status, failure_code, amount"
+                                       " FROM payments.payments WHERE id = $1",
+                                       1, params);
         assert_int_equal(PQntuples(res), 1);
         assert_string_equal(PQgetvalue(res, 0, 0), c->order[i]);
         assert_string_equal(PQgetvalue(res, 0, 1), c->user);
@@ -1086,7 +1059,7 @@ static void client_check(const client_t *c, int64_t funded)
         /* the wallet moved once for it at most: the debit carries the payment id */
         assert_int_equal(db_ledger_rows(c->user, c->payment[i]), expect[0] == '\0' ? 1 : 0);
     }
-    assert_int_equal(db_wallet_check(c->user), funded - paid);
+    assert_int_equal(db_assert_wallet(g.db, c->user), funded - paid);
 }
 
 /* 16 clients pay 6 fresh orders each at once: every payment SUCCEEDED
@@ -1147,15 +1120,17 @@ static void test_concurrent_payments_are_gathered(void **state)
         strcat(users, t + 1 < clients ? "," : "}");
     }
     const char *params[] = {users};
-    PGresult *res = db_query("SELECT count(*), count(DISTINCT xmin::text) FROM users.ledger"
-                             " WHERE kind = 'DEBIT' AND user_id = ANY($1::text[])",
-                             1, params);
+    PGresult *res = db_assert_rows(g.db,
+                                   "SELECT count(*), count(DISTINCT xmin::text) FROM users.ledger"
+                                   " WHERE kind = 'DEBIT' AND user_id = ANY($1::text[])",
+                                   1, params);
     int64_t debits = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
     int64_t debit_commits = strtoll(PQgetvalue(res, 0, 1), NULL, 10);
     PQclear(res);
-    res = db_query("SELECT count(*), count(DISTINCT xmin::text) FROM orders.orders"
-                   " WHERE status = 'COMPLETED' AND user_id = ANY($1::text[])",
-                   1, params);
+    res = db_assert_rows(g.db,
+                         "SELECT count(*), count(DISTINCT xmin::text) FROM orders.orders"
+                         " WHERE status = 'COMPLETED' AND user_id = ANY($1::text[])",
+                         1, params);
     int64_t completed = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
     int64_t completed_commits = strtoll(PQgetvalue(res, 0, 1), NULL, 10);
     PQclear(res);
@@ -1214,7 +1189,7 @@ static void test_concurrent_payments_half_fail_each_answer_its_own(void **state)
     for (size_t t = 0; t < clients; t++) {
         const client_t *c = &cs[t];
         client_check(c, c->amount * mixed_funded_orders);
-        assert_int_equal(db_wallet_check(c->user), 0);
+        assert_int_equal(db_assert_wallet(g.db, c->user), 0);
         for (size_t i = 0; i < mixed_orders; i++)
             if (plan[i] == 'F')
                 expect_order(c->user, c->order[i], PAYGATE__V1__ORDER_STATUS__PENDING, "");

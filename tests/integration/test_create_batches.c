@@ -56,7 +56,7 @@
 #include "rpc/rpc.h"
 #include "system.h"
 #include "user.pb-c.h"
-#include "wallet_check.h"
+#include "db_assert.h"
 
 /* The services' HS256 key (the user service signs with it): 48 bytes. */
 static const char jwt_secret[] = "cbatch-test-secret-0123456789abcdefghijklmnopqrs";
@@ -321,38 +321,19 @@ static void expect_same_answer(const char *name, const rpc_status_t *single,
 
 /* ---- the database --------------------------------------------------------- */
 
-/* Runs 'sql' with 'n' text parameters; fails the test unless it returns
- * rows. The caller PQclear()s. */
-static PGresult *db_query(const char *sql, int n, const char *const params[])
-{
-    PGresult *res = PQexecParams(g.db, sql, n, NULL, params, NULL, NULL, 0);
-    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-        char why[512];
-        snprintf(why, sizeof why, "%s", PQerrorMessage(g.db));
-        PQclear(res);
-        fail_msg("query failed: %s: %s", why, sql);
-    }
-    return res;
-}
-
 /* The single integer 'sql' returns for parameters 'a' and 'b' (b may be
  * NULL: one parameter). */
 static int64_t db_int(const char *sql, const char *a, const char *b)
 {
     const char *params[] = {a, b};
-    PGresult *res = db_query(sql, b != NULL ? 2 : 1, params);
-    if (PQntuples(res) != 1 || PQnfields(res) != 1)
-        fail_msg("expected one value from: %s", sql);
-    int64_t value = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
-    PQclear(res);
-    return value;
+    return db_assert_int(g.db, sql, b != NULL ? 2 : 1, params);
 }
 
 /* The single text 'sql' returns for parameter 'a' into 'out' (32 bytes). */
 static void db_text(const char *sql, const char *a, char out[32])
 {
     const char *params[] = {a};
-    PGresult *res = db_query(sql, 1, params);
+    PGresult *res = db_assert_rows(g.db, sql, 1, params);
     if (PQntuples(res) != 1 || PQnfields(res) != 1)
         fail_msg("expected one value from: %s (%s)", sql, a);
     snprintf(out, 32, "%s", PQgetvalue(res, 0, 0));
@@ -364,10 +345,7 @@ static void db_text(const char *sql, const char *a, char out[32])
  * top-ups minus its succeeded payments, and 'expected'. */
 static void db_wallet_expect(const char *user, int64_t expected)
 {
-    int64_t balance = 0;
-    char why[512];
-    if (!wallet_check(g.db, user, &balance, why, sizeof why))
-        fail_msg("%s", why);
+    int64_t balance = db_assert_wallet(g.db, user);
     int64_t topups =
         db_int("SELECT COALESCE(SUM(amount), 0) FROM users.topups WHERE user_id = $1", user, NULL);
     int64_t paid = db_int("SELECT COALESCE(SUM(amount), 0) FROM payments.payments"
@@ -384,8 +362,9 @@ static void db_wallet_expect(const char *user, int64_t expected)
 static void db_order_expect(const char *id, const char *status, const char *payment)
 {
     const char *params[] = {id};
-    PGresult *res = db_query(
-        "SELECT status, COALESCE(payment_id, '') FROM orders.orders WHERE id = $1", 1, params);
+    PGresult *res = db_assert_rows(
+        g.db, "SELECT status, COALESCE(payment_id, '') FROM orders.orders WHERE id = $1", 1,
+        params);
     if (PQntuples(res) != 1)
         fail_msg("order %s: %d rows", id, PQntuples(res));
     if (strcmp(PQgetvalue(res, 0, 0), status) != 0 || strcmp(PQgetvalue(res, 0, 1), payment) != 0)
@@ -400,9 +379,10 @@ static void db_payment_expect(const char *id, const char *user, const char *orde
                               const char *status, const char *failure)
 {
     const char *params[] = {id};
-    PGresult *res = db_query("SELECT user_id, order_id, status, failure_code"
-                             " FROM payments.payments WHERE id = $1",
-                             1, params);
+    PGresult *res = db_assert_rows(g.db,
+                                   "SELECT user_id, order_id, status, failure_code"
+                                   " FROM payments.payments WHERE id = $1",
+                                   1, params);
     if (PQntuples(res) != 1)
         fail_msg("payment %s: %d rows", id, PQntuples(res));
     if (strcmp(PQgetvalue(res, 0, 0), user) != 0 || strcmp(PQgetvalue(res, 0, 1), order) != 0 ||
@@ -1046,9 +1026,10 @@ static void test_gateway_concurrent_payments(void **state)
     /* how many batches the debits went in (printed, not asserted: it
      * depends on timing whether the payments met in batches) */
     const char *params[] = {payments};
-    PGresult *res = db_query("SELECT count(DISTINCT xmin::text) FROM users.ledger"
-                             " WHERE kind = 'DEBIT' AND reference = ANY($1::text[])",
-                             1, params);
+    PGresult *res = db_assert_rows(g.db,
+                                   "SELECT count(DISTINCT xmin::text) FROM users.ledger"
+                                   " WHERE kind = 'DEBIT' AND reference = ANY($1::text[])",
+                                   1, params);
     fprintf(stderr, "%d payments over HTTP: their debits in %s commits\n", (int)http_payers,
             PQgetvalue(res, 0, 0));
     PQclear(res);

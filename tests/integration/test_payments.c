@@ -41,7 +41,7 @@
 #include "http_client.h"
 #include "proc.h"
 #include "system.h"
-#include "wallet_check.h"
+#include "db_assert.h"
 
 /* The services' HS256 key (user signs, gateway verifies): 48 bytes. */
 static const char jwt_secret[] = "payments-test-secret-0123456789abcdefghijklmnopq";
@@ -297,41 +297,11 @@ static void payment_get(http_response_t *r, const user_t *u, const char *id)
 
 /* ---- the database -------------------------------------------------------- */
 
-/* Runs 'sql' with 'n' text parameters; fails the test unless it returns
- * rows. The caller PQclear()s. */
-static PGresult *db_query(const char *sql, int n, const char *const params[])
-{
-    PGresult *res = PQexecParams(g.db, sql, n, NULL, params, NULL, NULL, 0);
-    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-        char why[512];
-        snprintf(why, sizeof why, "%s", PQerrorMessage(g.db));
-        PQclear(res);
-        fail_msg("query failed: %s: %s", why, sql);
-    }
-    return res;
-}
-
 /* The single integer 'sql' returns for 'user_id'. */
 static int64_t db_int(const char *sql, const char *user_id)
 {
     const char *params[] = {user_id};
-    PGresult *res = db_query(sql, 1, params);
-    if (PQntuples(res) != 1 || PQnfields(res) != 1)
-        fail_msg("expected one value from: %s", sql);
-    int64_t value = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
-    PQclear(res);
-    return value;
-}
-
-/* wallet_check (tests/support) of 'user_id': fails the test when the
- * invariant does not hold. Returns the balance. */
-static int64_t db_wallet_check(const char *user_id)
-{
-    int64_t balance = 0;
-    char why[512];
-    if (!wallet_check(g.db, user_id, &balance, why, sizeof why))
-        fail_msg("%s", why);
-    return balance;
+    return db_assert_int(g.db, sql, 1, params);
 }
 
 /* Checks that every COMPLETED order of 'user_id' has exactly one SUCCEEDED
@@ -351,7 +321,7 @@ static void db_orders_check(const char *user_id)
         " WHERE p.user_id = $1 AND p.status = 'SUCCEEDED'"
         " AND (o.status IS DISTINCT FROM 'COMPLETED' OR o.payment_id IS DISTINCT FROM p.id)";
     const char *params[] = {user_id};
-    PGresult *res = db_query(completed_sql, 1, params);
+    PGresult *res = db_assert_rows(g.db, completed_sql, 1, params);
     for (int i = 0; i < PQntuples(res); i++) {
         if (strcmp(PQgetvalue(res, i, 2), "1") != 0 || strcmp(PQgetvalue(res, i, 3), "1") != 0) {
             char order[80];
@@ -362,7 +332,7 @@ static void db_orders_check(const char *user_id)
         }
     }
     PQclear(res);
-    res = db_query(orphan_sql, 1, params);
+    res = db_assert_rows(g.db, orphan_sql, 1, params);
     int orphans = PQntuples(res);
     if (orphans > 0) {
         char payment[80];
@@ -465,7 +435,7 @@ static void test_sample_flow(void **state)
     http_response_free(&r);
 
     assert_int_equal(wallet_balance(&u), 100000);
-    assert_int_equal(db_wallet_check(u.id), 100000);
+    assert_int_equal(db_assert_wallet(g.db, u.id), 100000);
     db_orders_check(u.id);
 }
 
@@ -518,7 +488,7 @@ static void test_insufficient_funds_then_new_key(void **state)
     http_response_free(&r);
     http_response_free(&first);
     assert_int_equal(wallet_balance(&u), 5000);
-    assert_int_equal(db_wallet_check(u.id), 5000);
+    assert_int_equal(db_assert_wallet(g.db, u.id), 5000);
     db_orders_check(u.id);
 }
 
@@ -558,7 +528,7 @@ static void test_order_not_payable(void **state)
     char status[16];
     order_status(&u, cancelled, status);
     assert_string_equal(status, "CANCELLED");
-    assert_int_equal(db_wallet_check(u.id), 40000);
+    assert_int_equal(db_assert_wallet(g.db, u.id), 40000);
     db_orders_check(u.id);
 }
 
@@ -657,7 +627,7 @@ static void test_idempotent_replay(void **state)
 
     assert_int_equal(wallet_balance(&u), 50000 - 12345);
     assert_int_equal(db_int("SELECT count(*) FROM payments.payments WHERE user_id = $1", u.id), 1);
-    assert_int_equal(db_wallet_check(u.id), 50000 - 12345);
+    assert_int_equal(db_assert_wallet(g.db, u.id), 50000 - 12345);
     db_orders_check(u.id);
     http_response_free(&first);
 }
@@ -732,7 +702,7 @@ static void test_refunds(void **state)
     assert_int_equal(json_number(r.json, "amount"), 30000);
     http_response_free(&r);
     assert_int_equal(wallet_balance(&u), 100000);
-    assert_int_equal(db_wallet_check(u.id), 100000);
+    assert_int_equal(db_assert_wallet(g.db, u.id), 100000);
     assert_int_equal(db_int("SELECT count(*) FROM payments.refunds WHERE user_id = $1", u.id), 3);
     assert_int_equal(db_int("SELECT COALESCE(SUM(amount), 0) FROM users.ledger WHERE user_id = $1"
                             " AND kind = 'CREDIT'",
@@ -760,7 +730,7 @@ static void test_refund_of_failed_payment_refused(void **state)
     expect_error(&r, 409, "payment_not_refundable");
     http_response_free(&r);
     assert_int_equal(wallet_balance(&u), 1000);
-    assert_int_equal(db_wallet_check(u.id), 1000);
+    assert_int_equal(db_assert_wallet(g.db, u.id), 1000);
 }
 
 /* ---- tests: lists ------------------------------------------------------------ */
@@ -1024,7 +994,7 @@ static void test_concurrent_payments_one_wallet(void **state)
     assert_int_equal(wallet_balance(&u), left);
 
     /* The database agrees, and the ledger never went negative. */
-    assert_int_equal(db_wallet_check(u.id), left);
+    assert_int_equal(db_assert_wallet(g.db, u.id), left);
     int64_t paid = db_int("SELECT COALESCE(SUM(amount), 0) FROM payments.payments"
                           " WHERE user_id = $1 AND status = 'SUCCEEDED'",
                           u.id);
@@ -1137,7 +1107,7 @@ static void test_concurrent_same_key_pays_once(void **state)
     assert_int_equal(db_int("SELECT count(*) FROM payments.payments WHERE user_id = $1", u.id), 1);
     assert_int_equal(
         db_int("SELECT count(*) FROM users.ledger WHERE user_id = $1 AND kind = 'DEBIT'", u.id), 1);
-    assert_int_equal(db_wallet_check(u.id), 7000);
+    assert_int_equal(db_assert_wallet(g.db, u.id), 7000);
     db_orders_check(u.id);
 }
 
@@ -1178,7 +1148,7 @@ static void test_concurrent_payments_one_order(void **state)
     assert_string_equal(json_text(r.json, "payment_id"), winner);
     http_response_free(&r);
     assert_int_equal(wallet_balance(&u), 27000);
-    assert_int_equal(db_wallet_check(u.id), 27000);
+    assert_int_equal(db_assert_wallet(g.db, u.id), 27000);
     /* Every debit of a loser has its compensation. */
     assert_int_equal(db_int("SELECT count(*) FROM users.ledger d JOIN payments.payments p"
                             " ON p.id = d.reference WHERE d.user_id = $1 AND d.kind = 'DEBIT'"
@@ -1221,7 +1191,7 @@ static void test_concurrent_refunds_never_exceed(void **state)
     assert_int_equal(json_number(r.json, "amount_refunded"), 9000);
     http_response_free(&r);
     assert_int_equal(wallet_balance(&u), 9000);
-    assert_int_equal(db_wallet_check(u.id), 9000);
+    assert_int_equal(db_assert_wallet(g.db, u.id), 9000);
 }
 
 /* A double click on "refund all": 8 full refunds with ONE key at once.
@@ -1268,7 +1238,7 @@ static void test_concurrent_same_key_refunds_once(void **state)
     assert_int_equal(
         db_int("SELECT count(*) FROM users.ledger WHERE user_id = $1 AND kind = 'CREDIT'", u.id),
         1);
-    assert_int_equal(db_wallet_check(u.id), 10000);
+    assert_int_equal(db_assert_wallet(g.db, u.id), 10000);
 }
 
 int main(void)
