@@ -188,7 +188,7 @@ e2e_servers_start() {
     pg_base="$(pg_base_dir pg)"
     rm -rf "$pg_base"
     local conf='max_connections = 300'
-    [[ "$E2E_STATEMENTS" == 1 ]] && conf+=$'\n'"shared_preload_libraries = 'pg_stat_statements'"
+    [[ "$E2E_STATEMENTS" == 1 ]] && conf+=$'\n'"shared_preload_libraries = 'pg_stat_statements'"$'\n'"pg_stat_statements.track_planning = on"
     pg_start "$pg_base" "$PG_PORT" "$conf"
     pg_wait_ready "$pg_base" "$PG_PORT"
     pg_ensure_paygate_db "$PG_PORT"
@@ -604,14 +604,59 @@ e2e_statements_write() {
     local out="$E2E_RESULTS_DIR/statements.$1.txt"
     mkdir -p "$E2E_RESULTS_DIR"
     {
-        printf '# per unit of work (%s units), by total execution time; calls, ms, rows, WAL bytes\n' "$2"
+        printf '# per unit of work (%s units), by total execution time; calls, ms, rows, WAL bytes, plans, planning ms\n' "$2"
         "$PG_BIN/psql" -X -q -A -F ' | ' -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -c \
             "select round(calls::numeric / $2, 2) as calls, round((total_exec_time / $2)::numeric, 4) as ms,
                     round(rows::numeric / $2, 2) as rows, round(wal_bytes / $2) as wal,
+                    round(plans::numeric / $2, 2) as plans, round((total_plan_time / $2)::numeric, 4) as plan_ms,
                     left(regexp_replace(query, '\s+', ' ', 'g'), 110) as query
                from pg_stat_statements order by total_exec_time desc limit 30"
     } >"$out"
     log "bench: wrote $out"
+}
+
+# Where a gathered payment's time goes (for the costed payments runs): the
+# gateway's and the payment service's /metrics histograms before and
+# after the measured run (e2e_steps_snapshot FILE); e2e_steps_record KEY
+# BEFORE AFTER records the means over the run: calls per batch.Create,
+# each step of a batch (ms), and a payment's wait for a caller thread and
+# its whole time in the gateway (ms).
+E2E_STEPS="order_get insert debit mark_paid finish"
+e2e_steps_snapshot() {
+    {
+        curl -s --max-time 5 "http://127.0.0.1:${GATEWAY_PORT}/metrics" |
+            grep -E '^paygate_gateway_(gather_wait_seconds|request_duration_seconds)_(sum|count)\{[^}]*route="/v1/payments"' |
+            grep -v 'method="GET"'
+        curl -s --max-time 5 "http://127.0.0.1:$((METRICS_PORT_BASE + 3))/metrics" |
+            grep -E '^paygate_payment_batch_(calls|step_seconds)_(sum|count)'
+    } >"$1" || true
+}
+e2e_steps_record() {
+    local key=$1 name
+    # "NAME{LABELS} VALUE" lines: the mean of each histogram over the run
+    # is (sum after - sum before) / (count after - count before).
+    awk -v key="$key" -v steps="$E2E_STEPS" '
+        function label(line) {
+            if (line ~ /^paygate_payment_batch_calls/) return "batch_calls"
+            if (line ~ /^paygate_gateway_gather_wait/) return "gather_wait_ms"
+            if (line ~ /^paygate_gateway_request_duration/) return "request_ms"
+            if (match(line, /step="[a-z_]+"/)) return substr(line, RSTART + 6, RLENGTH - 7) "_ms"
+            return ""
+        }
+        {
+            name = label($1); if (name == "") next
+            kind = ($1 ~ /_sum[{ ]/ || $1 ~ /_sum$/) ? "sum" : "count"
+            v[name, kind] += (FILENAME == ARGV[1] ? -1 : 1) * $2
+            seen[name] = 1
+        }
+        END {
+            for (name in seen) {
+                if (v[name, "count"] <= 0) continue
+                mean = v[name, "sum"] / v[name, "count"]
+                if (name ~ /_ms$/) mean *= 1000
+                printf "steps.%s.%s %.2f\n", key, name, mean
+            }
+        }' "$2" "$3" >>"$E2E_RUN_DIR/results.txt"
 }
 
 # e2e_payments_measure CONNECTIONS KEY: warm-up, then one measured payments run
@@ -622,9 +667,12 @@ e2e_payments_measure() {
     e2e_payments_wrk "$connections" "$(e2e_seconds_warmup)"
     e2e_settle
     e2e_statements_reset
+    e2e_cost_wanted "$key" && e2e_steps_snapshot "$E2E_RUN_DIR/steps.before"
     e2e_payments_wrk "$connections" "$E2E_SECONDS" "$(e2e_cost_wanted "$key" && echo 1)"
     line=$E2E_LINE
     if e2e_cost_wanted "$key"; then
+        e2e_steps_snapshot "$E2E_RUN_DIR/steps.after"
+        e2e_steps_record "$key" "$E2E_RUN_DIR/steps.before" "$E2E_RUN_DIR/steps.after"
         # The events of these payments are consumed after wrk ends: wait for
         # that work too, it is part of what a payment costs.
         e2e_settle
@@ -996,6 +1044,20 @@ e2e_summary() {
                     "$(e2e_median_of "cost.payments.c8.cpu_ms.$name")" "$(e2e_median_of "cost.payments.c8.switches.$name")" \
                     "$(e2e_median_of "cost.payments.c32.cpu_ms.$name")" "$(e2e_median_of "cost.payments.c32.switches.$name")" \
                     "$(e2e_median_of "cost.wallet.c64.cpu_ms.$name")" "$(e2e_median_of "cost.wallet.c64.switches.$name")"
+            done
+        fi
+        if [[ -n "$(e2e_recorded steps.payments.c32.batch_calls)$(e2e_recorded steps.payments.c8.batch_calls)" ]]; then
+            echo
+            echo "Where a payment's time goes: means over the measured run, from the gateway's and the payment service's /metrics histograms (median of $E2E_REPEATS). The gateway hands each payment to one of its caller threads, which sends what is waiting as one batch.Create; the payment service takes the batch through the steps below, each one call or statement for the whole batch, its commit included:"
+            echo
+            echo "| | payment, 8 connections | payment, 32 connections |"
+            echo "| --- | ---: | ---: |"
+            for v in "payments per batch.Create:batch_calls" "ms waiting for a caller thread (gateway):gather_wait_ms" \
+                "ms, order.Get of the batch:order_get_ms" "ms, the batch's inserts (commit):insert_ms" \
+                "ms, user.Debit of the batch (commit):debit_ms" "ms, order.MarkPaid of the batch (commit):mark_paid_ms" \
+                "ms, the outcomes and events (commit):finish_ms" "ms, a request in the gateway, end to end:request_ms"; do
+                printf '| %s | %s | %s |\n' "${v%%:*}" "$(e2e_median_of "steps.payments.c8.${v#*:}")" \
+                    "$(e2e_median_of "steps.payments.c32.${v#*:}")"
             done
         fi
         if [[ -n "$(e2e_recorded memory.idle.total)" ]]; then

@@ -110,6 +110,7 @@ typedef struct request {
     arena_t *arena; /* holds 'call_request' while it waits */
     const ProtobufCMessage *call_request;
     int64_t call_deadline_at_ms; /* handed over + the deadline (clock_now_ms) */
+    int64_t call_handed_us;      /* when it was handed over (clock_now_us) */
     char user_id[TOKEN_USER_ID_SIZE];
     bool call_done;
     Paygate__V1__Code call_code;
@@ -500,7 +501,8 @@ static bool route_caller_take(gateway_t *self, struct MHD_Connection *connection
     req->connection = connection;
     req->arena = arena;
     req->call_request = message;
-    req->call_deadline_at_ms = clock_now_ms() + self->config.deadline_ms;
+    req->call_handed_us = clock_now_us();
+    req->call_deadline_at_ms = req->call_handed_us / 1000 + self->config.deadline_ms;
     snprintf(req->user_id, sizeof req->user_id, "%s", user_id);
     req->call_done = false;
     req->call_next = NULL;
@@ -615,6 +617,11 @@ static void *route_caller_main(void *arg)
         bool stopping = caller->stopping;
         pthread_mutex_unlock(&caller->lock);
         if (client != NULL && !stopping) {
+            int64_t waits_us[rpc_batch_items_max], now_us = clock_now_us();
+            for (size_t i = 0; i < count; i++)
+                waits_us[i] = now_us - reqs[i]->call_handed_us;
+            gateway_metrics_gathered(caller->gateway->metrics, caller->route->path, count,
+                                     waits_us);
             route_caller_call_in_time(caller, client, reqs, count);
         } else {
             for (size_t i = 0; i < count; i++) {

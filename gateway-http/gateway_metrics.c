@@ -28,6 +28,8 @@ struct gateway_metrics {
     metrics_t *metrics;
     metrics_family_t *requests;
     metrics_family_t *duration;
+    metrics_family_t *gathered_calls;
+    metrics_family_t *gather_wait;
     metrics_series_t *in_flight;
     metrics_series_t *rate_limited;
 };
@@ -59,8 +61,18 @@ gateway_metrics_t *gateway_metrics_new(void)
         metrics_counter_family(self->metrics, "paygate_gateway_rate_limited_total",
                                "Requests refused with 429 by the gateway's rate limiting.", NULL),
         NULL);
+    static const double call_bounds[] = {1, 2, 4, 8, 16, 32, 64};
+    const char *const route_labels[] = {"route", NULL};
+    self->gathered_calls = metrics_histogram_family(
+        self->metrics, "paygate_gateway_gathered_calls",
+        "Calls a route's caller made at once (one batch, or one call), by route template.",
+        route_labels, call_bounds, sizeof call_bounds / sizeof call_bounds[0]);
+    self->gather_wait = metrics_histogram_family(
+        self->metrics, "paygate_gateway_gather_wait_seconds",
+        "How long a gathered call waited for its route's caller, by route template.", route_labels,
+        latency_bounds_s, sizeof latency_bounds_s / sizeof latency_bounds_s[0]);
     if (self->requests == NULL || self->duration == NULL || self->in_flight == NULL ||
-        self->rate_limited == NULL) {
+        self->rate_limited == NULL || self->gathered_calls == NULL || self->gather_wait == NULL) {
         gateway_metrics_destroy(&self);
         return NULL;
     }
@@ -116,6 +128,16 @@ void gateway_metrics_request_finished(gateway_metrics_t *self, const char *route
     const char *const duration_values[] = {route, method_text};
     metrics_histogram_observe(metrics_series(self->duration, duration_values),
                               (double)(elapsed_us < 0 ? 0 : elapsed_us) / 1e6);
+}
+
+void gateway_metrics_gathered(gateway_metrics_t *self, const char *route, size_t calls,
+                              const int64_t *waits_us)
+{
+    const char *const values[] = {route};
+    metrics_histogram_observe(metrics_series(self->gathered_calls, values), (double)calls);
+    metrics_series_t *wait = metrics_series(self->gather_wait, values);
+    for (size_t i = 0; i < calls; i++)
+        metrics_histogram_observe(wait, (double)(waits_us[i] < 0 ? 0 : waits_us[i]) / 1e6);
 }
 
 void gateway_metrics_rate_limited(gateway_metrics_t *self)

@@ -5,6 +5,12 @@
  *   paygate_gateway_request_duration_seconds{route,method} histogram
  *   paygate_gateway_in_flight_requests                      gauge
  *   paygate_gateway_rate_limited_total                      counter
+ *   paygate_gateway_gathered_calls{route}                   histogram
+ *   paygate_gateway_gather_wait_seconds{route}              histogram
+ *
+ * The last two are for the routes whose calls a caller thread gathers
+ * (route_t.gather): the calls it made at once (one batch, or one call),
+ * and how long each call waited for it after its request was read.
  *
  * 'route' is the route template ("/v1/orders/{id}"), one of the built-in
  * paths, "static" for the web app's files, or "unmatched" (404/405): never
@@ -54,6 +60,12 @@ void gateway_metrics_request_finished(gateway_metrics_t *self, const char *route
  * +1. Call it once per refused request, besides the 429 response (which
  * is counted in requests_total like any other). Thread-safe, lock-free. */
 void gateway_metrics_rate_limited(gateway_metrics_t *self);
+
+/* A route caller made 'calls' calls of route 'route' (its template) at
+ * once; 'waits_us[i]' is how long call i waited for it (from being handed
+ * over to being made). Thread-safe. */
+void gateway_metrics_gathered(gateway_metrics_t *self, const char *route, size_t calls,
+                              const int64_t *waits_us);
 
 /* Answers GET /metrics: 200 with the text format (METRICS_CONTENT_TYPE),
  * 'request_id' in X-Request-Id. */

@@ -38,17 +38,38 @@ typedef struct {
  *       finished by this process (each payment once, by its finisher)
  *   paygate_payment_refunds_total{outcome}    succeeded
  *   paygate_payment_recoveries_total{kind}    payment, refund: stuck
- *       sagas the recovery loop took over */
+ *       sagas the recovery loop took over
+ *   paygate_payment_batch_calls               histogram: calls per
+ *       batch.Create (the gateway's gathered payments)
+ *   paygate_payment_batch_step_seconds{step}  histogram: how long each
+ *       step of a batch of payments took, calls and commits included
+ *       (order_get, insert, debit, mark_paid, finish); with
+ *       batch_calls, where a gathered payment's time goes */
+typedef enum {
+    PAYMENT_STEP_ORDER_GET,
+    PAYMENT_STEP_INSERT,
+    PAYMENT_STEP_DEBIT,
+    PAYMENT_STEP_MARK_PAID,
+    PAYMENT_STEP_FINISH,
+    PAYMENT_STEP_COUNT
+} payment_step_t;
+
 typedef struct {
     metrics_series_t *payments_succeeded;
     metrics_series_t *payments_failed;
     metrics_series_t *refunds_succeeded;
     metrics_series_t *recovered_payments;
     metrics_series_t *recovered_refunds;
+    metrics_series_t *batch_calls;
+    metrics_series_t *batch_steps[PAYMENT_STEP_COUNT];
 } payment_metrics_t;
 
 /* Registers the series above in 'metrics'. */
 void payment_metrics_init(payment_metrics_t *out, metrics_t *metrics);
+
+/* Counts a batch step of 'step' that began at 'began_us' (clock_now_us)
+ * and ended now; returns now, the next step's beginning. */
+int64_t payment_step_done(const payment_metrics_t *metrics, payment_step_t step, int64_t began_us);
 
 /* What a thread needs to drive sagas: its database connection and its
  * RPC client (both owned by the thread), and the process's gathers

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "clock/clock.h"
 #include "id/id.h"
 #include "log/log.h"
 #include "order.pb-c.h"
@@ -460,6 +461,7 @@ void payment_create_batch(rpc_ctx_t *const *ctxs, const ProtobufCMessage *const 
     payment_env_t *env = thread_state;
     create_item_t items[rpc_batch_items_max];
     size_t n = 0;
+    metrics_histogram_observe(env->metrics->batch_calls, (double)count);
     /* What the single handler would refuse at once, it refuses. */
     for (size_t i = 0; i < count && n < rpc_batch_items_max; i++) {
         const Paygate__V1__CreatePaymentRequest *request =
@@ -472,7 +474,9 @@ void payment_create_batch(rpc_ctx_t *const *ctxs, const ProtobufCMessage *const 
     }
     if (n < 2)
         return; /* one call: the single handler gathers it with others' */
+    int64_t step_began = clock_now_us();
     n = create_orders(env, ctxs, items, n);
+    step_began = payment_step_done(env->metrics, PAYMENT_STEP_ORDER_GET, step_began);
     if (n == 0)
         return;
 
@@ -508,8 +512,10 @@ void payment_create_batch(rpc_ctx_t *const *ctxs, const ProtobufCMessage *const 
         params[k] = it->insert_params;
     }
     PGresult *inserted = NULL;
-    if (pg_exec_prepared_rows(env->pg, "payment_insert_rows", insert_rows_sql, 10, n, params,
-                              &inserted) != PG_OK) {
+    pg_result_t insert_result = pg_exec_prepared_rows(env->pg, "payment_insert_rows",
+                                                      insert_rows_sql, 10, n, params, &inserted);
+    payment_step_done(env->metrics, PAYMENT_STEP_INSERT, step_began);
+    if (insert_result != PG_OK) {
         log_info("payment: a batch of %zu inserts did not commit (%s); each goes alone", n,
                  pg_error_sqlstate(env->pg));
         return;

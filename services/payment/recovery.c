@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "clock/clock.h"
 #include "log/log.h"
 #include "payment_service.h"
 
@@ -99,4 +100,29 @@ void payment_metrics_init(payment_metrics_t *out, metrics_t *metrics)
     out->refunds_succeeded = metrics_series(refunds, (const char *const[]){"succeeded"});
     out->recovered_payments = metrics_series(recoveries, (const char *const[]){"payment"});
     out->recovered_refunds = metrics_series(recoveries, (const char *const[]){"refund"});
+    static const double call_bounds[] = {1, 2, 4, 8, 16, 32, 64};
+    out->batch_calls = metrics_series(
+        metrics_histogram_family(metrics, "paygate_payment_batch_calls",
+                                 "Calls per batch.Create (payments the gateway gathered).", NULL,
+                                 call_bounds, sizeof call_bounds / sizeof call_bounds[0]),
+        NULL);
+    static const double step_bounds_s[] = {0.0005, 0.001, 0.002, 0.005, 0.01,
+                                           0.025,  0.05,  0.1,   0.25,  1};
+    static const char *const steps[PAYMENT_STEP_COUNT] = {"order_get", "insert", "debit",
+                                                          "mark_paid", "finish"};
+    metrics_family_t *step_family = metrics_histogram_family(
+        metrics, "paygate_payment_batch_step_seconds",
+        "How long each step of a batch of payments took (its calls and commits included), by "
+        "step.",
+        (const char *const[]){"step", NULL}, step_bounds_s,
+        sizeof step_bounds_s / sizeof step_bounds_s[0]);
+    for (size_t i = 0; i < PAYMENT_STEP_COUNT; i++)
+        out->batch_steps[i] = metrics_series(step_family, (const char *const[]){steps[i]});
+}
+
+int64_t payment_step_done(const payment_metrics_t *metrics, payment_step_t step, int64_t began_us)
+{
+    int64_t now = clock_now_us();
+    metrics_histogram_observe(metrics->batch_steps[step], (double)(now - began_us) / 1e6);
+    return now;
 }

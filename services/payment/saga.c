@@ -46,6 +46,7 @@
 #include <string.h>
 
 #include "events.pb-c.h"
+#include "clock/clock.h"
 #include "log/log.h"
 #include "outbox/outbox.h"
 #include "wire/wire.h"
@@ -590,9 +591,13 @@ void saga_drive_together(payment_env_t *env, saga_payment_t *const *ps,
          * ORDER_CHECKED with its insert's lease */
         alone[i] = strcmp(ps[i]->step, "ORDER_CHECKED") != 0 || ps[i]->lease_until_ms == 0;
     }
+    int64_t step_began = clock_now_us();
     saga_debit_together(env, ps, request_ids, alone, pending, count);
+    step_began = payment_step_done(env->metrics, PAYMENT_STEP_DEBIT, step_began);
     saga_mark_paid_together(env, ps, request_ids, alone, pending, count);
+    step_began = payment_step_done(env->metrics, PAYMENT_STEP_MARK_PAID, step_began);
     saga_finish_together(env, ps, request_ids, alone, count, outcomes);
+    payment_step_done(env->metrics, PAYMENT_STEP_FINISH, step_began);
     /* Whatever did not simply succeed goes on alone from its recorded
      * step: the calls it repeats are keyed by the payment id and give the
      * same answers again (a debit made is replayed, an order completed

@@ -49,6 +49,7 @@
 
 #include "clock/clock.h"
 #include "http_client.h"
+#include "metrics_scrape.h"
 #include "id/id.h"
 #include "order.pb-c.h"
 #include "payment.pb-c.h"
@@ -432,6 +433,7 @@ static int group_setup(void **state)
                      SYSTEM_ONLY(system_payment) | SYSTEM_ONLY(system_gateway),
         .jwt_secret = jwt_secret,
         .rate_limits_off = true,
+        .metrics = true,
         .threads = {[system_user] = service_threads,
                     [system_order] = service_threads,
                     [system_payment] = service_threads,
@@ -536,7 +538,38 @@ static void test_batch_answers_each_call(void **state)
     enum { n = sizeof requests / sizeof requests[0] };
     _Static_assert(sizeof users / sizeof users[0] == n, "a user per call");
     rpc_batch_item_t items[n];
+    int metrics_port = system_metrics_port(g.system, system_payment);
+    char *before = metrics_scrape(metrics_port, "payment");
     create_batch(requests, users, items, n);
+    char *after = metrics_scrape(metrics_port, "payment");
+    /* one batch of n calls, each of its steps once (the good payments went
+     * through all of them together) */
+    static const char *const counted[] = {
+        "paygate_payment_batch_calls_count",
+        "paygate_payment_batch_step_seconds_count{step=\"order_get\"}",
+        "paygate_payment_batch_step_seconds_count{step=\"insert\"}",
+        "paygate_payment_batch_step_seconds_count{step=\"debit\"}",
+        "paygate_payment_batch_step_seconds_count{step=\"mark_paid\"}",
+        "paygate_payment_batch_step_seconds_count{step=\"finish\"}",
+    };
+    for (size_t i = 0; i < sizeof counted / sizeof counted[0]; i++) {
+        bool found;
+        double moved =
+            metrics_sample(after, counted[i], &found) - metrics_sample(before, counted[i], NULL);
+        if (!found || moved != 1)
+            fail_msg("%s moved by %.0f (found: %d), wanted 1", counted[i], moved, found);
+        if (i > 0) { /* a step took some time */
+            char sum[128];
+            snprintf(sum, sizeof sum, "paygate_payment_batch_step_seconds_sum%s",
+                     strchr(counted[i], '{'));
+            assert_true(metrics_sample(after, sum, NULL) > metrics_sample(before, sum, NULL));
+        }
+    }
+    assert_true(metrics_sample(after, "paygate_payment_batch_calls_sum", NULL) -
+                    metrics_sample(before, "paygate_payment_batch_calls_sum", NULL) ==
+                n);
+    free(before);
+    free(after);
 
     const Paygate__V1__Payment *pa1 = expect_item_paid(items, 0, a, oa1, 1000);
     expect_item_fails(items, 1, PAYGATE__V1__CODE__INVALID_ARGUMENT, "idempotency_key_required");

@@ -46,6 +46,7 @@
 #include <libpq-fe.h>
 
 #include "http_client.h"
+#include "metrics_scrape.h"
 #include "proc.h"
 #include "rpc/rpc.h"
 #include "system.h"
@@ -181,25 +182,13 @@ static char *scrape(system_process_t which)
 {
     int port = system_metrics_port(g.system, which);
     assert_true(port > 0);
-    http_response_t r;
-    if (!http_request(&r, port, "GET", "/metrics", NULL, NULL) || r.status != 200)
-        fail_msg("GET /metrics of %s: %d %s", system_process_name(which), r.status, r.error);
-    char *text = malloc(r.body_len + 2);
-    assert_non_null(text);
-    text[0] = '\n';
-    memcpy(text + 1, r.body ? r.body : "", r.body_len);
-    text[r.body_len + 1] = '\0';
-    http_response_free(&r);
-    return text;
+    return metrics_scrape(port, system_process_name(which));
 }
 
 /* The sample 'key' (name{labels} as rendered) of 'text'; 0 when absent. */
 static double sample(const char *text, const char *key)
 {
-    char needle[512];
-    snprintf(needle, sizeof needle, "\n%s ", key);
-    const char *at = strstr(text, needle);
-    return at ? strtod(at + strlen(needle), NULL) : 0;
+    return metrics_sample(text, key, NULL);
 }
 
 static const char handled_ok[] =
@@ -324,6 +313,7 @@ static void test_isolation_under_concurrency(void **state)
     }
     char *before = scrape(system_user);
     char *broker_before = scrape(system_broker);
+    char *gateway_before = metrics_scrape(g.port, "gateway");
     reader_t readers[users_count];
     pthread_t threads[users_count];
     for (size_t i = 0; i < users_count; i++) {
@@ -343,8 +333,26 @@ static void test_isolation_under_concurrency(void **state)
     }
     char *after = scrape(system_user);
     char *broker_after = scrape(system_broker);
+    char *gateway_after = metrics_scrape(g.port, "gateway");
     double handled = sample(after, handled_ok) - sample(before, handled_ok);
     double messages = sample(broker_after, routed) - sample(broker_before, routed);
+    /* the gateway's gathering metrics: every read counted once, in the
+     * calls of its route's caller and in the waits */
+    static const char *const gathered[][2] = {
+        {"paygate_gateway_gathered_calls_sum{route=\"/v1/wallet\"}", "wallet"},
+        {"paygate_gateway_gather_wait_seconds_count{route=\"/v1/wallet\"}", "wallet"},
+        {"paygate_gateway_gathered_calls_sum{route=\"/v1/orders/{id}\"}", "order"},
+        {"paygate_gateway_gather_wait_seconds_count{route=\"/v1/orders/{id}\"}", "order"},
+    };
+    double gathered_delta[4];
+    for (size_t i = 0; i < 4; i++)
+        gathered_delta[i] =
+            sample(gateway_after, gathered[i][0]) - sample(gateway_before, gathered[i][0]);
+    double made =
+        sample(gateway_after, "paygate_gateway_gathered_calls_count{route=\"/v1/wallet\"}") -
+        sample(gateway_before, "paygate_gateway_gathered_calls_count{route=\"/v1/wallet\"}");
+    free(gateway_before);
+    free(gateway_after);
     fprintf(stderr,
             "  %u requests (%u wallet reads, user GetWallet handled %.0f): the broker routed "
             "%.0f request messages (fewer than requests: some went in batches)\n",
@@ -359,6 +367,14 @@ static void test_isolation_under_concurrency(void **state)
     assert_int_equal(wallets, users_count * rounds_per_thread);
     if (handled != (double)wallets)
         fail_msg("the user service handled %.0f GetWallet calls for %u requests", handled, wallets);
+    for (size_t i = 0; i < 4; i++) {
+        double want = strcmp(gathered[i][1], "wallet") == 0 ? wallets : requests - wallets;
+        if (gathered_delta[i] != want)
+            fail_msg("%s moved by %.0f for %.0f reads", gathered[i][0], gathered_delta[i], want);
+    }
+    /* one or more reads per call the caller made */
+    if (made < 1 || made > wallets)
+        fail_msg("the wallet route's caller made %.0f calls for %u reads", made, wallets);
 }
 
 /* ---- 2. errors through the caller --------------------------------------------- */

@@ -360,6 +360,14 @@ static void test_counters_move_as_the_traffic_says(void **state)
                  "paygate_gateway_requests_total{route=\"unmatched\",method=\"GET\",status="
                  "\"404\"}",
                  1);
+    /* the two payments, one after the other: each made alone by the
+     * route's caller (and so no batch in the payment service, below) */
+    assert_delta(&before, &after, p_gateway,
+                 "paygate_gateway_gathered_calls_count{route=\"/v1/payments\"}", 2);
+    assert_delta(&before, &after, p_gateway,
+                 "paygate_gateway_gathered_calls_sum{route=\"/v1/payments\"}", 2);
+    assert_delta(&before, &after, p_gateway,
+                 "paygate_gateway_gather_wait_seconds_count{route=\"/v1/payments\"}", 2);
     /* the raw path never becomes a label */
     assert_null(strstr(after.text[p_gateway], "no-such-thing"));
     assert_delta(&before, &after, p_gateway,
@@ -390,6 +398,9 @@ static void test_counters_move_as_the_traffic_says(void **state)
                  1);
     assert_delta(&before, &after, p_payment, "paygate_payment_refunds_total{outcome=\"succeeded\"}",
                  0);
+    assert_delta(&before, &after, p_payment, "paygate_payment_batch_calls_count", 0);
+    assert_delta(&before, &after, p_payment,
+                 "paygate_payment_batch_step_seconds_count{step=\"debit\"}", 0);
     assert_delta(&before, &after, p_payment,
                  "paygate_rpc_handled_total{service=\"payment\",method=\"Create\",code=\"OK\"}", 1);
     assert_delta(&before, &after, p_payment,
