@@ -187,7 +187,9 @@ e2e_servers_start() {
     : >"$E2E_RUN_DIR/results.txt"
     pg_base="$(pg_base_dir pg)"
     rm -rf "$pg_base"
-    local conf='max_connections = 300'
+    # No checkpoint of its own during a measured run (e2e_checkpoint makes
+    # one before each warm-up): see "Checkpoints" in bench/README.md.
+    local conf=$'max_connections = 300\nmax_wal_size = 16GB\ncheckpoint_timeout = 1h'
     [[ "$E2E_STATEMENTS" == 1 ]] && conf+=$'\n'"shared_preload_libraries = 'pg_stat_statements'"$'\n'"pg_stat_statements.track_planning = on"
     pg_start "$pg_base" "$PG_PORT" "$conf"
     pg_wait_ready "$pg_base" "$PG_PORT"
@@ -414,6 +416,13 @@ e2e_cost_record() {
             printf "cost.%s.cpu_ms %.3f\ncost.%s.switches %.1f\n", key, all_cpu * 1000 / hz / units, key, all_sw / units
             printf "cost.%s.write_xacts %.2f\ncost.%s.wal_bytes %.0f\n", key, (x1 - x0 - 1) / db_units, key, (w1 - w0) / db_units
         }' <(cat "$4" "$4.db") <(cat "$5" "$5.db") >>"$E2E_RUN_DIR/results.txt"
+}
+
+# e2e_checkpoint makes PostgreSQL checkpoint now, before a warm-up, so that
+# no checkpoint (and no burst of full-page writes after one) falls inside
+# the measured run that follows, ours or pgbench's alike.
+e2e_checkpoint() {
+    pg_admin_sql "$PG_PORT" "checkpoint" >/dev/null || warn "bench: CHECKPOINT failed"
 }
 
 # e2e_settle waits until the paygate processes and PostgreSQL are idle (the
@@ -663,6 +672,7 @@ e2e_steps_record() {
 # recorded under KEY.
 e2e_payments_measure() {
     local connections=$1 key=$2 line rate
+    e2e_checkpoint
     e2e_settle
     e2e_payments_wrk "$connections" "$(e2e_seconds_warmup)"
     e2e_settle
@@ -720,6 +730,7 @@ e2e_pgbench() {
     shift 3
     jobs=$((clients < 2 ? clients : 2))
     e2e_pgbench_init
+    e2e_checkpoint
     e2e_settle
     "$PG_BIN/pgbench" -n -c "$clients" -j "$jobs" -T "$(e2e_seconds_warmup)" "$@" \
         -h 127.0.0.1 -p "$PG_PORT" -U postgres pgbench >/dev/null 2>&1 || die "pgbench warm-up failed"
