@@ -630,6 +630,105 @@ static void test_user_batch_falls_back_when_a_statement_fails(void **state)
     assert_int_equal(db_assert_wallet(g.db, b), 700);
 }
 
+/* Runs 'sql' on the test's database; fails the test unless it succeeds. */
+static void db_run(const char *sql)
+{
+    PGresult *res = PQexec(g.db, sql);
+    if (PQresultStatus(res) != PGRES_COMMAND_OK)
+        fail_msg("%s: %s", sql, PQerrorMessage(g.db));
+    PQclear(res);
+}
+
+/* Debit's batch code: five debits of one wallet and one of another in
+ * one batch are one transaction, each seeing the balance the one before
+ * it left; and when one of a batch's statements fails, nothing of the
+ * batch happens and each debit goes alone, the good ones made and the
+ * failing one refused. */
+static void test_user_debit_batch_one_wallet_often_and_a_failing_statement(void **state)
+{
+    (void)state;
+    char a[id_bytes_max + 1], b[id_bytes_max + 1], c[id_bytes_max + 1];
+    user_new(a, "bmany-a");
+    user_new(b, "bmany-b");
+    user_new(c, "bmany-c");
+    assert_int_equal(top_up(a, 10000), 10000);
+    assert_int_equal(top_up(b, 10000), 10000);
+    assert_int_equal(top_up(c, 10000), 10000);
+
+    /* 1. a's five debits and one of b's */
+    enum { n = 6 };
+    char r[n][64];
+    for (size_t i = 0; i < n; i++)
+        unique(r[i], sizeof r[i], "pay-many");
+    Paygate__V1__WalletMovementRequest requests[n];
+    const char *users[n];
+    rpc_batch_item_t items[n];
+    for (size_t i = 0; i < n; i++) {
+        users[i] = i == 2 ? b : a;
+        requests[i] = movement(users[i], 100 * (int64_t)(i + 1), r[i]);
+        items[i] = (rpc_batch_item_t){.request = &requests[i].base, .user_id = users[i]};
+    }
+    batch("user", "Debit", "payment", items, n, &paygate__v1__wallet_movement__descriptor);
+    int64_t balance = 10000;
+    for (size_t i = 0; i < n; i++) {
+        if (i == 2) {
+            expect_movement(items, i, "DEBIT", b, 300, r[i], 9700, false);
+            continue;
+        }
+        balance -= 100 * (int64_t)(i + 1);
+        expect_movement(items, i, "DEBIT", a, 100 * (int64_t)(i + 1), r[i], balance, false);
+    }
+    batch_free(items, n);
+    assert_int_equal(db_assert_wallet(g.db, a), 10000 - 100 - 200 - 400 - 500 - 600);
+    assert_int_equal(db_assert_wallet(g.db, b), 9700);
+    char x0[32], x5[32], xb[32];
+    db_ledger_xmin(a, r[0], x0);
+    db_ledger_xmin(a, r[5], x5);
+    db_ledger_xmin(b, r[2], xb);
+    assert_string_equal(x0, x5); /* one transaction */
+    assert_string_equal(x0, xb);
+
+    /* 2. a statement that fails (a trigger refuses one ledger row) */
+    db_run("CREATE FUNCTION users.bmany_refuse() RETURNS trigger LANGUAGE plpgsql AS"
+           " $$ BEGIN RAISE EXCEPTION 'refused by the test'; END $$");
+    db_run("CREATE TRIGGER bmany_refuse BEFORE INSERT ON users.ledger FOR EACH ROW"
+           " WHEN (NEW.reference LIKE 'bmany-boom%') EXECUTE FUNCTION users.bmany_refuse()");
+    char ra[64], rb[64], rc[64], ra2[64];
+    unique(ra, sizeof ra, "bmany-ok");
+    unique(rb, sizeof rb, "bmany-boom");
+    unique(rc, sizeof rc, "bmany-ok");
+    unique(ra2, sizeof ra2, "bmany-ok");
+    int64_t a_before = db_assert_wallet(g.db, a), b_before = db_assert_wallet(g.db, b);
+    Paygate__V1__WalletMovementRequest more[] = {
+        movement(a, 50, ra), movement(b, 60, rb),  /* refused by the trigger */
+        movement(c, 70, rc), movement(a, 80, ra2), /* a again */
+    };
+    const char *more_users[] = {a, b, c, a};
+    enum { m = sizeof more / sizeof more[0] };
+    rpc_batch_item_t more_items[m];
+    for (size_t i = 0; i < m; i++)
+        more_items[i] = (rpc_batch_item_t){.request = &more[i].base, .user_id = more_users[i]};
+    batch("user", "Debit", "payment", more_items, m, &paygate__v1__wallet_movement__descriptor);
+    expect_movement(more_items, 0, "DEBIT", a, 50, ra, a_before - 50, false);
+    expect_item_fails(more_items, 1, PAYGATE__V1__CODE__INTERNAL, "internal_error");
+    expect_movement(more_items, 2, "DEBIT", c, 70, rc, 9930, false);
+    expect_movement(more_items, 3, "DEBIT", a, 80, ra2, a_before - 130, false);
+    batch_free(more_items, m);
+    db_run("DROP TRIGGER bmany_refuse ON users.ledger");
+    db_run("DROP FUNCTION users.bmany_refuse()");
+    assert_int_equal(db_assert_wallet(g.db, a), a_before - 130);
+    assert_int_equal(db_assert_wallet(g.db, b), b_before);
+    assert_int_equal(db_assert_wallet(g.db, c), 9930);
+    assert_int_equal(db_ledger_rows(b, rb), 0);
+    /* each went alone: a transaction each */
+    char xa[32], xa2[32], xc[32];
+    db_ledger_xmin(a, ra, xa);
+    db_ledger_xmin(a, ra2, xa2);
+    db_ledger_xmin(c, rc, xc);
+    assert_string_not_equal(xa, xc);
+    assert_string_not_equal(xa, xa2);
+}
+
 /* ---- tests: order.MarkPaid / order.Get in batches ----------------------- */
 
 /* A MarkPaid request for a batch item. */
@@ -1208,6 +1307,7 @@ int main(void)
         cmocka_unit_test(test_user_debit_batch_answers_each_call),
         cmocka_unit_test(test_user_batch_refuses_the_gateway),
         cmocka_unit_test(test_user_batch_falls_back_when_a_statement_fails),
+        cmocka_unit_test(test_user_debit_batch_one_wallet_often_and_a_failing_statement),
         cmocka_unit_test(test_order_mark_paid_batch_answers_each_call),
         cmocka_unit_test(test_order_batch_falls_back_when_a_statement_fails),
         cmocka_unit_test(test_order_get_batch_each_user_sees_its_own),
