@@ -43,6 +43,7 @@
 
 #include "curve/curve.h"
 #include "http_client.h"
+#include "metrics_scrape.h"
 #include "id/id.h"
 #include "money/money.h"
 #include "order.pb-c.h"
@@ -1089,27 +1090,15 @@ static void clients_run(client_t *cs, size_t count)
 /* The payment service's counter 'name'{kind="'kind'"} (0 when absent). */
 static double gathered(const char *text, const char *name, const char *kind)
 {
-    char needle[160];
-    snprintf(needle, sizeof needle, "\n%s{kind=\"%s\"} ", name, kind);
-    const char *at = strstr(text, needle);
-    return at != NULL ? strtod(at + strlen(needle), NULL) : 0;
+    char key[160];
+    snprintf(key, sizeof key, "%s{kind=\"%s\"}", name, kind);
+    return metrics_sample(text, key, NULL);
 }
 
 /* GET /metrics of the payment service (malloc'd, led by a newline). */
 static char *payment_metrics(void)
 {
-    http_response_t r;
-    if (!http_request(&r, system_metrics_port(g.system, system_payment), "GET", "/metrics", NULL,
-                      NULL))
-        fail_msg("GET /metrics of payment: %s", r.error);
-    assert_int_equal(r.status, 200);
-    char *text = malloc(r.body_len + 2);
-    assert_non_null(text);
-    text[0] = '\n';
-    memcpy(text + 1, r.body ? r.body : "", r.body_len);
-    text[r.body_len + 1] = '\0';
-    http_response_free(&r);
-    return text;
+    return metrics_scrape(system_metrics_port(g.system, system_payment), "payment");
 }
 
 /* Checks every answer of client 'c' against what it expected, the orders
