@@ -631,15 +631,6 @@ static void test_user_batch_falls_back_when_a_statement_fails(void **state)
     assert_int_equal(db_assert_wallet(g.db, b), 700);
 }
 
-/* Runs 'sql' on the test's database; fails the test unless it succeeds. */
-static void db_run(const char *sql)
-{
-    PGresult *res = PQexec(g.db, sql);
-    if (PQresultStatus(res) != PGRES_COMMAND_OK)
-        fail_msg("%s: %s", sql, PQerrorMessage(g.db));
-    PQclear(res);
-}
-
 /* Debit's batch code: five debits of one wallet and one of another in
  * one batch are one transaction, each seeing the balance the one before
  * it left; and when one of a batch's statements fails, nothing of the
@@ -690,10 +681,11 @@ static void test_user_debit_batch_one_wallet_often_and_a_failing_statement(void 
     assert_string_equal(x0, xb);
 
     /* 2. a statement that fails (a trigger refuses one ledger row) */
-    db_run("CREATE FUNCTION users.bmany_refuse() RETURNS trigger LANGUAGE plpgsql AS"
-           " $$ BEGIN RAISE EXCEPTION 'refused by the test'; END $$");
-    db_run("CREATE TRIGGER bmany_refuse BEFORE INSERT ON users.ledger FOR EACH ROW"
-           " WHEN (NEW.reference LIKE 'bmany-boom%') EXECUTE FUNCTION users.bmany_refuse()");
+    db_assert_exec(g.db, "CREATE FUNCTION users.bmany_refuse() RETURNS trigger LANGUAGE plpgsql AS"
+                         " $$ BEGIN RAISE EXCEPTION 'refused by the test'; END $$");
+    db_assert_exec(
+        g.db, "CREATE TRIGGER bmany_refuse BEFORE INSERT ON users.ledger FOR EACH ROW"
+              " WHEN (NEW.reference LIKE 'bmany-boom%') EXECUTE FUNCTION users.bmany_refuse()");
     char ra[64], rb[64], rc[64], ra2[64];
     unique(ra, sizeof ra, "bmany-ok");
     unique(rb, sizeof rb, "bmany-boom");
@@ -715,8 +707,8 @@ static void test_user_debit_batch_one_wallet_often_and_a_failing_statement(void 
     expect_movement(more_items, 2, "DEBIT", c, 70, rc, 9930, false);
     expect_movement(more_items, 3, "DEBIT", a, 80, ra2, a_before - 130, false);
     batch_free(more_items, m);
-    db_run("DROP TRIGGER bmany_refuse ON users.ledger");
-    db_run("DROP FUNCTION users.bmany_refuse()");
+    db_assert_exec(g.db, "DROP TRIGGER bmany_refuse ON users.ledger");
+    db_assert_exec(g.db, "DROP FUNCTION users.bmany_refuse()");
     assert_int_equal(db_assert_wallet(g.db, a), a_before - 130);
     assert_int_equal(db_assert_wallet(g.db, b), b_before);
     assert_int_equal(db_assert_wallet(g.db, c), 9930);

@@ -1474,14 +1474,7 @@ static void test_gateway_payments_with_the_user_service_down(void **state)
 /* Runs the SQL command 'sql' on the test's connection; fails unless OK. */
 static void db_exec(const char *sql)
 {
-    PGresult *res = PQexec(g.db, sql);
-    if (PQresultStatus(res) != PGRES_COMMAND_OK) {
-        char why[512];
-        snprintf(why, sizeof why, "%s", PQerrorMessage(g.db));
-        PQclear(res);
-        fail_msg("command failed: %s: %s", why, sql);
-    }
-    PQclear(res);
+    db_assert_exec(g.db, sql);
 }
 
 /* A trigger of the test's own makes the payment service's statements fail

@@ -25,6 +25,18 @@ PGresult *db_assert_rows(PGconn *db, const char *sql, int n, const char *const p
     return res;
 }
 
+void db_assert_exec(PGconn *db, const char *sql)
+{
+    PGresult *res = PQexec(db, sql);
+    if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+        char why[512];
+        snprintf(why, sizeof why, "%s", PQerrorMessage(db));
+        PQclear(res);
+        fail_msg("command failed: %s: %s", why, sql);
+    }
+    PQclear(res);
+}
+
 int64_t db_assert_int(PGconn *db, const char *sql, int n, const char *const params[])
 {
     PGresult *res = db_assert_rows(db, sql, n, params);

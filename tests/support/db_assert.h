@@ -13,6 +13,10 @@
  * returns rows. The caller PQclear()s. */
 PGresult *db_assert_rows(PGconn *db, const char *sql, int n, const char *const params[]);
 
+/* Runs command 'sql' (no rows, no parameters: DDL and the like) on 'db';
+ * fails the test unless it succeeds. */
+void db_assert_exec(PGconn *db, const char *sql);
+
 /* The single integer 'sql' returns for its 'n' parameters; fails the test
  * unless it returns exactly one value. */
 int64_t db_assert_int(PGconn *db, const char *sql, int n, const char *const params[]);
