@@ -59,7 +59,7 @@ static void usage(void)
           "  PAYGATE_GATEWAY_PORT               port (8080)\n"
           "  PAYGATE_GATEWAY_THREADS            HTTP worker threads (16)\n"
           "  PAYGATE_GATEWAY_BODY_BYTES_MAX     largest request body (65536)\n"
-          "  PAYGATE_GATEWAY_HEADER_BYTES_MAX   memory for a request's head (32768)\n"
+          "  PAYGATE_GATEWAY_HEADER_BYTES_MAX   memory for a request's head (8192)\n"
           "  PAYGATE_GATEWAY_CONNECTIONS_MAX    open connections (1024)\n"
           "  PAYGATE_GATEWAY_CONNECTIONS_PER_ADDRESS_MAX  from one client address (128; 0: any)\n"
           "  PAYGATE_GATEWAY_TIMEOUT_S          idle or slow connection timeout (30)\n"
@@ -104,7 +104,7 @@ int main(int argc, char **argv)
     ok &= config_int("PAYGATE_GATEWAY_PORT", 8080, 1, 65535, &port);
     ok &= config_int("PAYGATE_GATEWAY_THREADS", 16, 1, 256, &threads);
     ok &= config_int("PAYGATE_GATEWAY_BODY_BYTES_MAX", 65536, 256, 16 * 1024 * 1024, &body_max);
-    ok &= config_int("PAYGATE_GATEWAY_HEADER_BYTES_MAX", 32768, 4096, 1024 * 1024, &header_max);
+    ok &= config_int("PAYGATE_GATEWAY_HEADER_BYTES_MAX", 8192, 4096, 1024 * 1024, &header_max);
     ok &= config_int("PAYGATE_GATEWAY_CONNECTIONS_MAX", 1024, 1, 100000, &connections);
     int64_t per_address, table_entries, forwarded_hops;
     ok &= config_int("PAYGATE_GATEWAY_CONNECTIONS_PER_ADDRESS_MAX", 128, 0, 100000, &per_address);

@@ -652,7 +652,7 @@ static void test_malformed_http_refused(void **state)
         http_response_free(&r);
     }
 
-    /* a 40 KB header, over the gateway's 32 KB for a request head */
+    /* a 40 KB header, over the gateway's 8 KB for a request head */
     size_t big = 40000;
     char *head = malloc(big + 128);
     assert_non_null(head);
